@@ -1,0 +1,116 @@
+"""The `data` section of params.yaml, as a typed dataclass.
+
+params.yaml holds the defaults (the full CIFAR-10 reproduction); pipelines/<variant>/params.yaml
+holds other variants; CLI flags only override.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from resnet_pipeline.config import ConfigError, load_params, load_section
+from resnet_pipeline.data.demo import SHAPES
+
+# The official CIFAR-10 python tarball (Krizhevsky 2009). Its checksum is torchvision's.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+# CIFAR-10's classes in label order (batches.meta of the official release, Krizhevsky 2009).
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_SIZE = (32, 32)
+
+DATASETS = ("cifar10", "imagefolder", "demo")
+BACKENDS = ("auto", "dali-gpu", "dali-cpu", "torch")
+NORMALIZATIONS = ("per_pixel", "per_channel")
+
+Dataset = Literal["cifar10", "imagefolder", "demo"]
+Backend = Literal["auto", "dali-gpu", "dali-cpu", "torch"]
+Normalize = Literal["per_pixel", "per_channel"]
+
+
+class DataError(ConfigError):
+    """A data source or prepared folder is unusable. The message names the path and what is expected.
+
+    A subclass of ConfigError (itself a ValueError) so the CLI reports it in one line, no traceback.
+    """
+
+
+def default_out(dataset: str) -> str:
+    """Where `prepare` writes a dataset when no `out` is given (relative to the current dir)."""
+    return f"data/prepared/{dataset}"
+
+
+@dataclass
+class DataConfig:
+    """Everything `prepare` and the loaders read from params.yaml's `data` section."""
+
+    dataset: Dataset = "cifar10"
+    # URL (downloaded, checksum verified), local archive (.tar, .tar.gz, .tgz, .zip) or folder.
+    # Not used for `demo`.
+    source: str | None = CIFAR10_URL
+    # Output folder; None means data/prepared/<dataset>.
+    out: str | None = None
+    # Where downloads are kept, so a re-run does not fetch again.
+    download_dir: str = "data/downloads"
+    # Fraction of each class's training images held out as `val` when the source has no val split.
+    # 0.1 of CIFAR-10's 50k gives the paper's 45k/5k split (Sec. 4.2).
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    backend: Backend = "auto"
+    # per_pixel: subtract the train split's mean image (Sec. 4.2), needs fixed-size small images;
+    # per_channel: subtract the per-channel mean. Both then divide by the per-channel std.
+    normalize: Normalize = "per_pixel"
+    # DALI CPU threads per pipeline; the torch backend uses this many DataLoader workers.
+    num_threads: int = 2
+    # The generated `demo` dataset: classes x (train + test) images of size x size pixels.
+    demo_classes: int = 10
+    demo_train_per_class: int = 300
+    demo_test_per_class: int = 60
+    demo_image_size: int = 32
+    demo_seed: int = 0
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out if self.out else default_out(self.dataset))
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the key and its valid values."""
+        for key, valid in (("dataset", DATASETS), ("backend", BACKENDS), ("normalize", NORMALIZATIONS)):
+            value = getattr(self, key)
+            if value not in valid:
+                raise ConfigError(f"data.{key}: {value!r} is not valid; choose one of {', '.join(valid)}")
+        if self.dataset in ("cifar10", "imagefolder") and not self.source:
+            raise ConfigError(
+                f"data.source: dataset {self.dataset!r} needs a source: a URL, an archive "
+                "(.tar, .tar.gz, .tgz, .zip) or a folder")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction: {self.val_fraction} is not valid; use a number in [0, 1)")
+        if self.num_threads < 1:
+            raise ConfigError(f"data.num_threads: {self.num_threads} is not valid; use an integer >= 1")
+        if not 2 <= self.demo_classes <= len(SHAPES):
+            raise ConfigError(f"data.demo_classes: {self.demo_classes} is not valid; use 2..{len(SHAPES)}")
+        for key in ("demo_train_per_class", "demo_test_per_class"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.{key}: {getattr(self, key)} is not valid; use an integer >= 1")
+        if not 16 <= self.demo_image_size <= 256:
+            raise ConfigError(f"data.demo_image_size: {self.demo_image_size} is not valid; use 16..256")
+
+
+def load_data_config(params: str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> DataConfig:
+    """Read params' `data` section and apply non-None flag ``overrides``.
+
+    Changing `dataset` by a flag also drops the section's `source` and `out` (unless given too):
+    `--dataset demo` on the CIFAR-10 params must not write the demo into data/prepared/cifar10,
+    nor treat the CIFAR-10 URL as an image folder.
+    """
+    if not isinstance(params, Mapping):
+        params = load_params(params)
+    section = dict(params.get("data") or {})
+    new_dataset = overrides.get("dataset")
+    if new_dataset is not None and new_dataset != section.get("dataset", DataConfig.dataset):
+        section.pop("out", None)
+        section.pop("source", None)
+        if new_dataset != "cifar10":
+            section["source"] = None
+    return load_section(DataConfig, "data", {**params, "data": section}, **overrides)

@@ -1,0 +1,262 @@
+"""`make_loader`: one factory for the DALI (GPU or CPU) and torch loaders of a prepared dataset.
+
+Every backend applies the same transforms, described once here and built from one `LoaderSpec`:
+
+CIFAR kind (small fixed-size images, Sec. 4.2 of the paper)
+    normalise at the stored resolution: (x - mean) / std, where mean is the train split's
+    per-pixel mean image (``normalize="per_pixel"``, the paper's "subtract the per-pixel mean";
+    dividing by the per-channel std is a constant rescale that the BN after conv1 absorbs) or the
+    per-channel mean (``"per_channel"``); train: pad ``pad`` (4) pixels with zeros (the mean
+    colour, after normalising), take a random crop of the original size, flip horizontally with
+    p=0.5; eval: the image as is.
+ImageNet kind (large images, Sec. 3.4)
+    train: resize the shorter side to a random integer in ``resize_range`` ([256, 480]), random
+    ``crop_size`` (224) crop, flip with p=0.5, per-channel normalisation; eval: shorter side to
+    ``eval_resize`` (256), centre crop; ``ten_crop``: the four corner crops and the centre crop,
+    then the horizontal flip of each, as [N, 10, 3, crop, crop].
+Colour augmentation (``color_aug``, train only)
+    AlexNet's PCA lighting, which the paper's Sec. 3.4 uses as "standard colour augmentation":
+    add sum_i alpha_i sqrt(lambda_i) p_i to every pixel, alpha_i ~ N(0, 0.1), with (lambda_i, p_i)
+    the eigen-pairs of the train split's RGB covariance (from the manifest). AlexNet scales by
+    lambda_i; on 0-255 data that would shift pixels by hundreds, so like common implementations we
+    scale by the standard deviation along each component.
+
+Sharding: the split is cut into ``num_shards`` contiguous shards (DALI's rule: shard i holds
+samples floor(N*i/S) .. floor(N*(i+1)/S)-1). Evaluation: each rank reads its own shard once, so
+every sample is seen exactly once across ranks; the last batch may be partial. Training: the whole
+split is reshuffled every epoch before it is cut, and every rank steps (N // S) // batch_size
+batches, dropping the remainder, so ranks stay in lockstep.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal, Protocol
+
+import numpy as np
+
+from resnet_pipeline.config import ConfigError
+from resnet_pipeline.data.config import BACKENDS, NORMALIZATIONS, DataError
+from resnet_pipeline.data.prepare import load_manifest
+
+Kind = Literal["auto", "cifar", "imagenet"]
+KINDS = ("auto", "cifar", "imagenet")
+# Images no larger than this (per side) and all of one size are the CIFAR kind.
+CIFAR_KIND_MAX_SIDE = 64
+# The five crop positions of ten-crop evaluation, as (x, y) fractions of the free space:
+# top-left, top-right, bottom-left, bottom-right, centre.
+FIVE_CROPS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5))
+# AlexNet's PCA lighting: alpha ~ N(0, 0.1) (Krizhevsky et al. 2012, Sec. 4.1).
+LIGHTING_STD = 0.1
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """What a backend needs, resolved from the manifest and `make_loader`'s arguments."""
+
+    root: Path
+    files: tuple[str, ...]  # relative to root, in the prepared file list's order
+    labels: tuple[int, ...]
+    num_classes: int
+    train: bool
+    kind: Literal["cifar", "imagenet"]
+    batch_size: int
+    shard_id: int
+    num_shards: int
+    seed: int
+    num_threads: int
+    mean: tuple[float, float, float]  # per channel, 0-255
+    std: tuple[float, float, float]
+    mean_image: np.ndarray | None  # HxWx3 float32, 0-255, for normalize="per_pixel"
+    image_size: tuple[int, int] | None  # (H, W) when fixed
+    pad: int
+    crop_size: int
+    resize_range: tuple[int, int]
+    eval_resize: int
+    ten_crop: bool
+    color_aug: bool
+    lighting: np.ndarray  # 3x3: column i is sqrt(lambda_i) * p_i, 0-255 scale
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.files)
+
+    def shard_bounds(self, shard_id: int | None = None) -> tuple[int, int]:
+        """[begin, end) of a shard, DALI's rule."""
+        i = self.shard_id if shard_id is None else shard_id
+        n, s = self.num_samples, self.num_shards
+        return (n * i) // s, (n * (i + 1)) // s
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (the same on every rank in training)."""
+        if self.train:
+            return (self.num_samples // self.num_shards) // self.batch_size
+        begin, end = self.shard_bounds()
+        return math.ceil((end - begin) / self.batch_size)
+
+
+class Loader(Protocol):
+    """What `make_loader` returns. ``iter()`` runs one epoch, yielding (images, labels): images
+    float32 [N, 3, H, W] ([N, 10, 3, H, W] for ten-crop), labels int64 [N]. DALI GPU loaders
+    yield CUDA tensors, the others CPU tensors."""
+
+    backend: str
+    spec: LoaderSpec
+
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def num_samples(self) -> int: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]: ...  # noqa: F821
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """``auto`` picks DALI on the GPU (nvJPEG decode) when there is one, else DALI on the CPU,
+    else torch (no DALI installed). An explicit choice that cannot run raises ConfigError."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"data.backend: {backend!r} is not valid; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        if not dali_available():
+            return "torch"
+        return "dali-gpu" if cuda_available() else "dali-cpu"
+    if backend.startswith("dali") and not dali_available():
+        raise ConfigError(f"data.backend: {backend} needs nvidia-dali, which is not installed; use torch")
+    if backend == "dali-gpu" and not cuda_available():
+        raise ConfigError("data.backend: dali-gpu needs a CUDA GPU and none is visible; use dali-cpu or auto")
+    return backend
+
+
+def make_loader(data_dir: str | Path, split: str, *, train: bool, batch_size: int, backend: str = "auto",
+                shard_id: int = 0, num_shards: int = 1, seed: int = 0, num_threads: int = 2,
+                normalize: str = "per_pixel", ten_crop: bool = False, color_aug: bool = False,
+                kind: Kind = "auto", pad: int = 4, crop_size: int = 224,
+                resize_range: tuple[int, int] = (256, 480), eval_resize: int = 256,
+                device_id: int | None = None) -> Loader:
+    """A loader over ``<data_dir>/<split>`` (a folder written by `prepare`).
+
+    Args:
+        split: "train", "val" or "test".
+        train: training augmentation, reshuffling every epoch and equal steps on every rank; else
+            the evaluation transform, in file order, each sample once across ranks.
+        backend: "auto", "dali-gpu", "dali-cpu" or "torch" (see `resolve_backend`).
+        shard_id, num_shards: this rank and the world size.
+        seed: augmentation and shuffling seed (each shard derives its own augmentation stream).
+        num_threads: DALI CPU threads, or torch DataLoader workers.
+        normalize: "per_pixel" (the train split's mean image; CIFAR kind only) or "per_channel".
+        kind: "cifar" (no resize, pad + crop), "imagenet" (scale augmentation + crops), or "auto":
+            cifar when all images share one size of at most 64 pixels a side.
+        pad: CIFAR padding in pixels (Sec. 4.2: 4).
+        crop_size, resize_range, eval_resize: ImageNet crop side, training shorter-side range and
+            evaluation shorter side (Sec. 3.4: 224, [256, 480], 256); small values suit tests.
+        ten_crop: evaluation only, ImageNet kind: yield [N, 10, 3, crop, crop].
+        device_id: GPU index for dali-gpu (default: torch's current device).
+
+    ``len(loader)`` is batches per epoch on this rank, ``loader.num_samples`` the size of the
+    whole split (all ranks), ``loader.num_classes`` the number of classes.
+    """
+    spec = loader_spec(data_dir, split, train=train, batch_size=batch_size, shard_id=shard_id,
+                       num_shards=num_shards, seed=seed, num_threads=num_threads, normalize=normalize,
+                       ten_crop=ten_crop, color_aug=color_aug, kind=kind, pad=pad, crop_size=crop_size,
+                       resize_range=resize_range, eval_resize=eval_resize)
+    resolved = resolve_backend(backend)
+    if resolved == "torch":
+        from resnet_pipeline.data.torch_loader import TorchLoader
+
+        return TorchLoader(spec)
+    from resnet_pipeline.data.dali import DaliLoader
+
+    if resolved == "dali-gpu" and device_id is None:
+        import torch
+
+        device_id = torch.cuda.current_device()
+    return DaliLoader(spec, device="gpu" if resolved == "dali-gpu" else "cpu", device_id=device_id)
+
+
+def loader_spec(data_dir: str | Path, split: str, *, train: bool, batch_size: int, shard_id: int = 0,
+                num_shards: int = 1, seed: int = 0, num_threads: int = 2, normalize: str = "per_pixel",
+                ten_crop: bool = False, color_aug: bool = False, kind: Kind = "auto", pad: int = 4,
+                crop_size: int = 224, resize_range: tuple[int, int] = (256, 480),
+                eval_resize: int = 256) -> LoaderSpec:
+    """Check the arguments against the prepared dataset and resolve them into a LoaderSpec."""
+    root = Path(data_dir)
+    manifest = load_manifest(root)
+    if split not in manifest["splits"]:
+        raise DataError(f"{root} has no {split!r} split; it has {', '.join(manifest['splits'])}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size: {batch_size} is not valid; use an integer >= 1")
+    if not 0 <= shard_id < num_shards:
+        raise ConfigError(f"shard_id: {shard_id} is not valid for num_shards={num_shards}; use 0..{num_shards - 1}")
+    if num_threads < 1:
+        raise ConfigError(f"num_threads: {num_threads} is not valid; use an integer >= 1")
+    if normalize not in NORMALIZATIONS:
+        raise ConfigError(f"data.normalize: {normalize!r} is not valid; choose one of {', '.join(NORMALIZATIONS)}")
+    if kind not in KINDS:
+        raise ConfigError(f"kind: {kind!r} is not valid; choose one of {', '.join(KINDS)}")
+    image_size = tuple(manifest["image_size"]) if manifest["image_size"] else None
+    if kind == "auto":
+        small = image_size is not None and max(image_size) <= CIFAR_KIND_MAX_SIDE
+        kind = "cifar" if small else "imagenet"
+    if kind == "cifar" and image_size is None:
+        raise ConfigError(f"kind: cifar needs images of one size, but {root} has several; use kind imagenet")
+    if ten_crop and (train or kind != "imagenet"):
+        raise ConfigError("ten_crop: only for evaluation (train=False) of the imagenet kind")
+    if kind == "imagenet" and not resize_range[0] <= resize_range[1]:
+        raise ConfigError(f"resize_range: {resize_range} is not valid; use (low, high) with low <= high")
+    if kind == "imagenet" and crop_size > min(resize_range[0], eval_resize):
+        raise ConfigError(f"crop_size: {crop_size} is larger than the resized shorter side "
+                          f"(resize_range {resize_range}, eval_resize {eval_resize})")
+    mean_image = None
+    if normalize == "per_pixel":
+        if kind != "cifar" or not manifest.get("mean_image"):
+            raise ConfigError(f"data.normalize: per_pixel needs the train split's mean image, which `prepare` "
+                              f"writes only for small fixed-size images (CIFAR kind); {root} is {kind} kind. "
+                              "Use normalize: per_channel")
+        mean_image = np.load(root / manifest["mean_image"]).astype(np.float32)
+    files, labels = read_file_list(root / manifest["splits"][split]["list"])
+    if num_shards > len(files):
+        raise ConfigError(f"num_shards: {num_shards} is more than the {len(files)} samples of {split}")
+    eigval = np.asarray(manifest["rgb_eigval"], dtype=np.float64)
+    eigvec = np.asarray(manifest["rgb_eigvec"], dtype=np.float64)
+    spec = LoaderSpec(
+        root=root, files=tuple(files), labels=tuple(labels), num_classes=len(manifest["classes"]),
+        train=train, kind=kind, batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed,
+        num_threads=num_threads, mean=tuple(manifest["mean"]), std=tuple(manifest["std"]), mean_image=mean_image,
+        image_size=image_size, pad=pad, crop_size=crop_size, resize_range=tuple(resize_range),
+        eval_resize=eval_resize, ten_crop=ten_crop, color_aug=color_aug,
+        lighting=(eigvec * np.sqrt(eigval)[None, :]).astype(np.float32))
+    if train and len(spec) == 0:
+        raise ConfigError(f"batch_size: {batch_size} is larger than a training shard of {split} "
+                          f"({spec.num_samples // num_shards} samples); no batch would be produced")
+    return spec
+
+
+def read_file_list(path: Path) -> tuple[list[str], list[int]]:
+    """Parse a "<relative path> <label>" list written by `prepare` (a DALI file_list)."""
+    files, labels = [], []
+    for line in path.read_text().splitlines():
+        name, _, label = line.rpartition(" ")
+        files.append(name)
+        labels.append(int(label))
+    return files, labels
+
+
+def shard_seed(seed: int, shard_id: int) -> int:
+    """A distinct 31-bit augmentation seed per (seed, shard)."""
+    return int(np.random.SeedSequence([seed, shard_id]).generate_state(1)[0] & 0x7FFFFFFF)

@@ -1,0 +1,541 @@
+"""`prepare`: acquire a dataset, validate every image, split it, and write it where DALI reads it.
+
+Output (``cfg.out_dir``)::
+
+    <out>/<split>/<class>/<name>    accepted images (JPEG or PNG), splits train, val, test
+    <out>/<split>.txt               "<split>/<class>/<name> <label>" lines: a DALI file_list
+    <out>/manifest.json             counts, classes, source + sha256, statistics, versions
+    <out>/rejected.txt              "<source path>\t<kind>: <reason>" for every file not accepted
+    <out>/mean.npy                  per-pixel mean of the train split, HxWx3 float32 (small
+                                    fixed-size data such as CIFAR's 32x32 only)
+
+The output appears complete or not at all: it is built in a temporary folder beside ``out`` and
+renamed into place; an existing ``out`` is replaced only once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from resnet_pipeline.config import to_dict
+from resnet_pipeline.data import sources
+from resnet_pipeline.data.config import CIFAR10_CLASSES, CIFAR10_SIZE, CIFAR10_URL, DataConfig, DataError
+from resnet_pipeline.data.demo import generate_demo
+from resnet_pipeline.data.validate import KEPT_FORMATS, Inspection, inspect_image, pixel_sum, write_rgb_png
+
+MANIFEST = "manifest.json"
+REJECTED = "rejected.txt"
+MEAN_IMAGE = "mean.npy"
+FORMAT_VERSION = 1
+# Offline downloads must fail fast (seconds), not hang on the OS's minutes-long TCP timeout.
+DOWNLOAD_TIMEOUT_S = 10.0
+# The per-pixel mean image is written for fixed-size data up to this side (CIFAR is 32).
+MEAN_IMAGE_MAX_SIDE = 64
+# Held-out splits win a duplicate: the same image in train and test is a leak, so the train copy
+# goes. Lower is kept first.
+_KEEP_PRIORITY = {"test": 0, "val": 1, "train": 2}
+# Below this many files the validation runs in-process: worker start-up would cost more.
+_MIN_FILES_FOR_POOL = 512
+
+
+@dataclass
+class _Candidate:
+    source_split: str  # the split folder it was found in
+    cls: str
+    path: Path  # absolute, in the source or the scratch folder
+    rel: str  # as reported: relative to the source root
+    inspection: Inspection | None = None
+    split: str = ""  # where it goes: source_split, or val when held out from train
+    dest: str | None = None  # "<split>/<class>/<name>" once accepted
+
+    def __post_init__(self) -> None:
+        self.split = self.split or self.source_split
+
+
+@dataclass
+class _Rejection:
+    rel: str
+    kind: str
+    reason: str
+
+
+def prepare(cfg: DataConfig, *, timeout_s: float = DOWNLOAD_TIMEOUT_S, workers: int | None = None) -> dict:
+    """Prepare ``cfg.dataset`` from ``cfg.source`` into ``cfg.out_dir``; return the manifest.
+
+    Raises DataError (a ConfigError) naming the path and what is expected when the source is
+    missing, unreadable, truncated, fails its checksum, has the wrong layout, or leaves a class
+    or split without images. Then nothing is left behind in ``out``.
+    """
+    out = Path(os.path.abspath(cfg.out_dir))
+    workers = workers or os.cpu_count() or 1
+    with _atomic_dir(out) as tmp:
+        scratch = tmp / "_source"
+        scratch.mkdir()
+        source = _acquire(cfg, out, scratch, timeout_s)
+        candidates, extras = _collect(source, cfg)
+        pixel_sums = _inspect(candidates, workers, CIFAR10_SIZE[::-1] if cfg.dataset == "cifar10" else None)
+        rejected = [_Rejection(c.rel, c.inspection.kind, c.inspection.reason)
+                    for c in candidates if c.inspection.reason]
+        rejected += [_Rejection(rel, "layout", reason) for _, rel, reason in extras]
+        accepted = [c for c in candidates if not c.inspection.reason]
+        accepted, duplicates = _drop_duplicates(accepted)
+        rejected += duplicates
+        classes = _classes(candidates)
+        _require_images(accepted, candidates, classes, source.image_root)
+        val_from = _split_val(accepted, classes, cfg)
+        if source.info.get("sha256") is None:
+            source.info["sha256"] = _tree_digest(candidates, extras)
+        mean_image = _mean_image(candidates, accepted, pixel_sums)  # before files move out of scratch
+        _write_images(accepted, tmp, workers, move=source.owned)
+        manifest = _manifest(cfg, source.info, classes, accepted, rejected, val_from, mean_image, tmp)
+        shutil.rmtree(scratch)
+    return manifest
+
+
+def load_manifest(data_dir: str | Path) -> dict:
+    """Read ``<data_dir>/manifest.json``; DataError if it is absent (run `prepare` first)."""
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path} not found: {data_dir} is not a prepared dataset (run `python cli.py prepare`)")
+    return json.loads(path.read_text())
+
+
+# -- acquiring ---------------------------------------------------------------------------------
+
+@dataclass
+class _Source:
+    info: dict  # kind, location, sha256, format: for the manifest
+    root: Path  # reported paths are relative to this
+    image_root: Path  # holds train/ (and val/, test/)
+    owned: bool  # the files are our scratch copies, so they may be moved instead of copied
+    skipped: list[str]  # archive members not unpacked (links, unsafe paths)
+
+
+def _acquire(cfg: DataConfig, out: Path, scratch: Path, timeout_s: float) -> _Source:
+    if cfg.dataset == "demo":
+        root = generate_demo(scratch / "demo", classes=cfg.demo_classes,
+                             train_per_class=cfg.demo_train_per_class, test_per_class=cfg.demo_test_per_class,
+                             image_size=cfg.demo_image_size, seed=cfg.demo_seed)
+        info = {"kind": "generated", "location": "resnet_pipeline.data.demo", "sha256": None, "format": "image-folder"}
+        return _Source(info, root, root, owned=True, skipped=[])
+    source = str(cfg.source)
+    if sources.is_url(source):
+        md5 = None
+        if Path(source).name == Path(CIFAR10_URL).name:
+            from torchvision.datasets import CIFAR10
+
+            md5 = CIFAR10.tgz_md5  # the official tarball's checksum, as torchvision verifies it
+        path = sources.download(source, Path(cfg.download_dir), md5=md5, timeout_s=timeout_s)
+        info = {"kind": "url", "location": source}
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DataError(f"data.source: {path} does not exist. Expected a folder, a .tar/.tar.gz/.zip "
+                            "archive" + (" or an http(s) URL" if cfg.dataset == "cifar10" else ""))
+        path = path.resolve()
+        if out == path or out.is_relative_to(path) or path.is_relative_to(out):
+            raise DataError(f"data.out: {out} overlaps the source {path}; the output must lie outside it")
+        info = {"kind": "folder" if path.is_dir() else "archive", "location": str(path)}
+    skipped: list[str] = []
+    if path.is_dir():
+        root, owned = path, False
+        info["sha256"] = None  # a digest of the files, filled in once they are hashed
+    else:
+        if not sources.is_archive(path):
+            raise DataError(f"data.source: {path} is not a folder nor a supported archive "
+                            f"({', '.join(sources.ARCHIVE_SUFFIXES)})")
+        info["sha256"] = sources.sha256_file(path)
+        root, owned = scratch / "extracted", True
+        skipped = sources.extract(path, root)
+    batches = sources.find_cifar_batches(root)
+    if batches is not None:
+        if cfg.dataset != "cifar10":
+            raise DataError(f"data.source: {path} holds CIFAR-10 python batches; use dataset: cifar10")
+        info["format"] = "cifar10-python"
+        converted = scratch / "cifar10-images"
+        sources.cifar_batches_to_folders(batches, converted)
+        return _Source(info, converted, converted, owned=True, skipped=skipped)
+    info["format"] = "image-folder"
+    return _Source(info, root, sources.find_image_root(root, str(path)), owned=owned, skipped=skipped)
+
+
+# -- collecting and validating ------------------------------------------------------------------
+
+def _collect(source: _Source, cfg: DataConfig) -> tuple[list[_Candidate], list[tuple[Path | None, str, str]]]:
+    """Every file of the source: candidates to inspect, and (path, rel, reason) extras that are
+    not in the layout. Raises DataError on a wrong layout or an empty class folder."""
+    image_root = source.image_root
+
+    def rel(p: Path) -> str:
+        return p.relative_to(source.root).as_posix()
+
+    candidates: list[_Candidate] = []
+    extras: list[tuple[Path | None, str, str]] = [
+        (None, name, "link, special file or path outside the archive's folder (not unpacked)")
+        for name in source.skipped]
+
+    def add_extras(entry: Path, reason: str) -> None:
+        for f in ([entry] if entry.is_file() else sorted(p for p in entry.rglob("*") if p.is_file())):
+            extras.append((f, rel(f), reason))
+
+    if image_root != source.root:  # one wrapping top folder; anything beside it is not data
+        for entry in sorted(source.root.iterdir()):
+            if entry != image_root:
+                add_extras(entry, f"outside the top folder {image_root.name}/")
+    for entry in sorted(image_root.iterdir()):
+        if entry.name not in sources.SPLITS or not entry.is_dir():
+            add_extras(entry, "outside the train/, val/, test/ folders")
+    class_sets: dict[str, list[str]] = {}
+    for split in sources.SPLITS:
+        split_dir = image_root / split
+        if not split_dir.is_dir():
+            continue
+        class_dirs = []
+        for entry in sorted(split_dir.iterdir()):
+            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in sources.IGNORED_NAMES:
+                class_dirs.append(entry)
+            else:
+                add_extras(entry, f"not inside a class folder of {split}/")
+        if not class_dirs:
+            raise DataError(f"{split_dir} has no class folders: expected {split}/<class>/<images>")
+        class_sets[split] = [d.name for d in class_dirs]
+        for class_dir in class_dirs:
+            files = sorted(p for p in class_dir.rglob("*") if p.is_file())
+            if not files:
+                raise DataError(f"class folder {class_dir} is empty: every class needs at least one image")
+            for f in files:
+                if any(part.startswith(".") for part in f.relative_to(class_dir).parts):
+                    extras.append((f, rel(f), "hidden file"))
+                else:
+                    candidates.append(_Candidate(split, class_dir.name, f, rel(f)))
+    train_classes = class_sets["train"]
+    for split, names in class_sets.items():
+        if names != train_classes:
+            missing = sorted(set(train_classes) - set(names))
+            extra = sorted(set(names) - set(train_classes))
+            raise DataError(f"{image_root / split} has other classes than {image_root / 'train'}: "
+                            f"missing {missing or 'none'}, extra {extra or 'none'}; every split needs the same "
+                            "class folders")
+    if cfg.dataset == "cifar10" and tuple(train_classes) != CIFAR10_CLASSES:
+        raise DataError(f"{image_root / 'train'} has classes {train_classes}, expected CIFAR-10's "
+                        f"{list(CIFAR10_CLASSES)} (use dataset: imagefolder for other data)")
+    return candidates, extras
+
+
+def _inspect(candidates: list[_Candidate], workers: int, expected_size: tuple[int, int] | None
+             ) -> dict[tuple[int, int], np.ndarray]:
+    """Run ``inspect_image`` on every candidate, in worker processes when there are many.
+
+    Returns the pixel sums (float64 HxWx3, by (H, W)) of the small accepted train candidates,
+    summed as the results stream in, so no image is held in memory: the mean image's numerator
+    before the val split and the duplicates are taken out.
+    """
+    paths = [str(c.path) for c in candidates]
+    args = (paths, [expected_size] * len(paths), [MEAN_IMAGE_MAX_SIDE] * len(paths))
+    sums: dict[tuple[int, int], np.ndarray] = {}
+
+    def consume(results) -> None:
+        for c, r in zip(candidates, results):
+            if r.rgb is not None:
+                if c.source_split == "train":
+                    size = (r.size[1], r.size[0])
+                    pixels = np.frombuffer(r.rgb, np.uint8).reshape(*size, 3)
+                    sums[size] = sums[size] + pixels if size in sums else pixels.astype(np.float64)
+                r.rgb = None
+            c.inspection = r
+
+    if workers > 1 and len(paths) >= _MIN_FILES_FOR_POOL:
+        chunk = max(1, min(256, len(paths) // (workers * 8)))
+        # spawn, not fork: the caller may hold DALI or torch threads, which fork does not copy.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            consume(pool.map(inspect_image, *args, chunksize=chunk))
+    else:
+        consume(map(inspect_image, *args))
+    return sums
+
+
+def _drop_duplicates(accepted: list[_Candidate]) -> tuple[list[_Candidate], list[_Rejection]]:
+    """Keep the first copy of identical bytes (held-out splits first, then sorted path order)."""
+    kept: dict[str, _Candidate] = {}
+    rejected = []
+    for c in sorted(accepted, key=lambda c: (_KEEP_PRIORITY[c.split], c.rel)):
+        first = kept.get(c.inspection.sha256)
+        if first is None:
+            kept[c.inspection.sha256] = c
+        elif first.split != c.split:
+            rejected.append(_Rejection(c.rel, "leak", (
+                f"same bytes as {first.rel}: an image in both {c.split} and {first.split} would leak the "
+                f"held-out set, so the {c.split} copy is dropped")))
+        else:
+            rejected.append(_Rejection(c.rel, "duplicate", f"same bytes as {first.rel}"))
+    keep = {id(c) for c in kept.values()}
+    return [c for c in accepted if id(c) in keep], rejected
+
+
+def _classes(candidates: list[_Candidate]) -> list[str]:
+    """Class names in label order: sorted folder names, as torchvision's ImageFolder and DALI's
+    file reader number them (CIFAR-10's official order is already alphabetical)."""
+    return sorted({c.cls for c in candidates})
+
+
+def _require_images(accepted: list[_Candidate], candidates: list[_Candidate], classes: list[str],
+                    image_root: Path) -> None:
+    """Every class of every split must keep at least one image after validation."""
+    have = {(c.split, c.cls) for c in accepted}
+    for split in sorted({c.split for c in candidates}):
+        for cls in classes:
+            if (split, cls) not in have:
+                bad = [c for c in candidates if c.split == split and c.cls == cls]
+                reasons = collections.Counter(c.inspection.reason or "duplicate" for c in bad)
+                raise DataError(f"class folder {image_root / split / cls} has no valid image: all {len(bad)} "
+                                f"files were rejected ({'; '.join(f'{n}x {r}' for r, n in reasons.most_common(3))})")
+
+
+def _split_val(accepted: list[_Candidate], classes: list[str], cfg: DataConfig) -> str | None:
+    """Move a fixed-seed, stratified ``val_fraction`` of each train class to `val` (when the source
+    has no val split). CIFAR-10: 0.1 of 5,000 per class gives the paper's 45k/5k split (Sec. 4.2).
+    Each class draws from its own RNG seeded by (split_seed, label), so one class's files do not
+    shift another's split."""
+    if any(c.split == "val" for c in accepted):
+        return "source"
+    if cfg.val_fraction == 0:
+        return None
+    by_class = collections.defaultdict(list)
+    for c in accepted:
+        if c.split == "train":
+            by_class[c.cls].append(c)
+    for label, cls in enumerate(classes):
+        members = sorted(by_class[cls], key=lambda c: c.rel)
+        n_val = int(round(len(members) * cfg.val_fraction))
+        if len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)  # keep both sides non-empty
+        else:
+            n_val = 0
+        order = np.random.default_rng([cfg.split_seed, label]).permutation(len(members))
+        for i in order[:n_val]:
+            members[i].split = "val"
+    return "train"
+
+
+def _tree_digest(candidates: list[_Candidate], extras: list[tuple[Path | None, str, str]]) -> str:
+    """sha256 of a folder source: over the sorted "<relative path> <sha256 of bytes>" lines of
+    every file in it."""
+    lines = [(c.rel, c.inspection.sha256) for c in candidates]
+    lines += [(rel, sources.sha256_file(path)) for path, rel, _ in extras if path is not None]
+    digest = hashlib.sha256()
+    for rel, sha in sorted(lines):
+        digest.update(f"{rel}\t{sha}\n".encode())
+    return digest.hexdigest()
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+def _out_name(c: _Candidate, taken: set[str]) -> str:
+    """``<split>/<class>/<name>``: the source name (whitespace replaced, so file lists parse),
+    with the extension of what is written; a clash gets the content hash appended."""
+    rel_in_class = c.path.name if c.inspection.convert is None else Path(c.path.name).stem + ".png"
+    stem, ext = os.path.splitext(rel_in_class)
+    if c.inspection.convert is None and ext.lower() not in KEPT_FORMATS[c.inspection.format]:
+        ext = KEPT_FORMATS[c.inspection.format][0]
+    stem = "".join("_" if ch.isspace() else ch for ch in stem) or "image"
+    name = f"{c.split}/{c.cls}/{stem}{ext}"
+    if name in taken:
+        name = f"{c.split}/{c.cls}/{stem}-{c.inspection.sha256[:12]}{ext}"
+    taken.add(name)
+    return name
+
+
+def _write_images(accepted: list[_Candidate], tmp: Path, workers: int, *, move: bool) -> None:
+    """Put accepted files into ``tmp``: moved when they are our scratch copies (an unpacked
+    archive), else copied; converted ones re-encoded. I/O bound, so threads."""
+    taken: set[str] = set()
+    for c in sorted(accepted, key=lambda c: c.rel):
+        c.dest = _out_name(c, taken)
+    for folder in {str(Path(c.dest).parent) for c in accepted}:
+        (tmp / folder).mkdir(parents=True, exist_ok=True)
+
+    def write(c: _Candidate) -> None:
+        if c.inspection.convert is not None:
+            write_rgb_png(c.path, tmp / c.dest)
+        elif move:
+            os.replace(c.path, tmp / c.dest)
+        else:
+            shutil.copyfile(c.path, tmp / c.dest)
+
+    with ThreadPoolExecutor(max(2, workers * 2)) as pool:
+        list(pool.map(write, accepted))
+
+
+def _manifest(cfg: DataConfig, source_info: dict, classes: list[str], accepted: list[_Candidate],
+              rejected: list[_Rejection], val_from: str | None, mean_image: np.ndarray | None, tmp: Path) -> dict:
+    label = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for split in sources.SPLITS:
+        members = sorted((c for c in accepted if c.split == split), key=lambda c: c.dest)
+        if not members:
+            continue
+        # A DALI file_list: paths relative to the list's folder, then the label.
+        (tmp / f"{split}.txt").write_text("".join(f"{c.dest} {label[c.cls]}\n" for c in members))
+        per_class = collections.Counter(c.cls for c in members)
+        splits[split] = {"count": len(members), "per_class": {c: per_class.get(c, 0) for c in classes},
+                         "list": f"{split}.txt"}
+    train = [c for c in accepted if c.split == "train"]
+    image_size = _fixed_size(accepted)
+    stats = _channel_stats(train)
+    if mean_image is not None:
+        np.save(tmp / MEAN_IMAGE, mean_image)
+    rejected = sorted(rejected, key=lambda r: r.rel)
+    (tmp / REJECTED).write_text("".join(f"{r.rel}\t{r.kind}: {r.reason}\n" for r in rejected))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dataset": cfg.dataset,
+        "source": source_info,
+        "classes": classes,
+        "num_classes": len(classes),
+        "splits": splits,
+        "val_from": val_from,
+        "split": {"val_fraction": cfg.val_fraction, "seed": cfg.split_seed, "stratified": True},
+        "image_size": image_size,
+        # Statistics of the train split, 0-255 scale.
+        "mean": stats["mean"],
+        "std": stats["std"],
+        "rgb_eigval": stats["eigval"],
+        "rgb_eigvec": stats["eigvec"],
+        "mean_image": MEAN_IMAGE if mean_image is not None else None,
+        "converted": [{"path": c.rel, "to": c.dest, "reason": c.inspection.convert}
+                      for c in sorted(accepted, key=lambda c: c.rel) if c.inspection.convert],
+        "rejected": {
+            "count": len(rejected),
+            "file": REJECTED,
+            "by_kind": dict(sorted(collections.Counter(r.kind for r in rejected).items())),
+            "files": [{"path": r.rel, "kind": r.kind, "reason": r.reason} for r in rejected],
+        },
+        "config": to_dict(cfg),
+        "versions": _versions(),
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _channel_stats(train: list[_Candidate]) -> dict:
+    """Per-channel mean and std over all train pixels, and the eigen-decomposition of the RGB
+    covariance (the colour augmentation of AlexNet, which the paper's Sec. 3.4 uses)."""
+    n = sum(c.inspection.pixels for c in train)
+    s = np.sum([c.inspection.sums for c in train], axis=0)
+    sq = np.sum([c.inspection.squares for c in train], axis=0)
+    pr = np.sum([c.inspection.products for c in train], axis=0)
+    mean = s / n
+    cov = np.diag(sq / n - mean ** 2)
+    for (i, j), p in zip(((0, 1), (0, 2), (1, 2)), pr):
+        cov[i, j] = cov[j, i] = p / n - mean[i] * mean[j]
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    return {"mean": mean.tolist(), "std": np.sqrt(np.diag(cov)).tolist(),
+            "eigval": np.clip(eigval[order], 0, None).tolist(), "eigvec": eigvec[:, order].tolist()}
+
+
+def _fixed_size(accepted: list[_Candidate]) -> list[int] | None:
+    """[H, W] when every accepted image has that size, else None."""
+    sizes = {(c.inspection.size[1], c.inspection.size[0]) for c in accepted}
+    return list(sizes.pop()) if len(sizes) == 1 else None
+
+
+def _mean_image(candidates: list[_Candidate], accepted: list[_Candidate],
+                pixel_sums: dict[tuple[int, int], np.ndarray]) -> np.ndarray | None:
+    """The per-pixel mean of the final train split (Sec. 4.2 subtracts it), HxWx3 float32, 0-255,
+    for small fixed-size data. ``pixel_sums`` covers every accepted train candidate; the few that
+    moved to val or were dropped as duplicates are decoded again and taken out."""
+    size = _fixed_size(accepted)
+    if size is None or max(size) > MEAN_IMAGE_MAX_SIDE:
+        return None
+    final = {id(c) for c in accepted if c.split == "train"}
+    left_out = [(str(c.path), c.inspection.convert is not None) for c in candidates
+                if c.source_split == "train" and not c.inspection.reason and id(c) not in final]
+    total = pixel_sums[tuple(size)]
+    if left_out:
+        total = total - pixel_sum(left_out)
+    return (total / len(final)).astype(np.float32)
+
+
+def _versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for dist in ("resnet-pipeline", "torch", "torchvision", "pillow", "numpy", "nvidia-dali-cuda130"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
+
+
+@contextmanager
+def _atomic_dir(dest: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``dest``; on success it replaces ``dest``, on failure
+    it is removed together with any parent folder this call created."""
+    created = []
+    parent = dest.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and not dest.is_dir():
+        raise DataError(f"data.out: {dest} exists and is not a folder")
+    _remove_stale(dest)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    if dest.exists():
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale(dest: Path) -> None:
+    """Remove temporary folders that a killed earlier run left beside ``dest``."""
+    for entry in dest.parent.glob(f".{dest.name}.*-*"):
+        kind, _, pid = entry.name.rpartition("-")
+        if not pid.isdigit() or not kind.endswith((".tmp", ".old")):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process
+
+
+def summary(manifest: dict, out: Path) -> str:
+    """A few lines on what `prepare` wrote (for the CLI)."""
+    counts = ", ".join(f"{split} {info['count']:,}" for split, info in manifest["splits"].items())
+    rejected = manifest["rejected"]
+    lines = [f"{manifest['dataset']}: {manifest['num_classes']} classes, {counts} -> {out}",
+             f"rejected {rejected['count']} file(s)" + (f" {rejected['by_kind']} (see {out / REJECTED})"
+                                                        if rejected["count"] else ""),
+             f"converted to RGB PNG: {len(manifest['converted'])}",
+             "train mean " + ", ".join(f"{m:.1f}" for m in manifest["mean"])
+             + " / std " + ", ".join(f"{s:.1f}" for s in manifest["std"]) + " (0-255)"]
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""The torch loader: torchvision decoding + a DataLoader, with the transforms described in
+`loader.py` (for comparison with DALI, and for machines without DALI).
+
+Configured to be a fair baseline: ``num_threads`` worker processes (one per core by default),
+persistent workers, libjpeg-turbo decoding on uint8 tensors (torchvision.io, no PIL round trip),
+and pinned memory when a GPU is present.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as TF
+
+from resnet_pipeline.data.loader import FIVE_CROPS, LIGHTING_STD, LoaderSpec, shard_seed
+
+
+def _anchor(free: int, fraction: float) -> int:
+    """Crop offset ``fraction * free`` rounded half away from zero, as DALI's crop does
+    (torchvision's centre crop rounds half to even, a pixel off for odd margins)."""
+    return int(math.floor(fraction * free + 0.5))
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """The prepared split's files, decoded and transformed one sample at a time."""
+
+    def __init__(self, spec: LoaderSpec):
+        self.spec = spec
+        if spec.mean_image is not None:
+            mean = torch.from_numpy(spec.mean_image).permute(2, 0, 1).contiguous()  # HWC -> CHW
+        else:
+            mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
+        self.mean = mean.float()
+        self.channel_mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
+        self.inv_std = (1.0 / torch.tensor(spec.std, dtype=torch.float32)).view(3, 1, 1)
+        self.lighting = torch.from_numpy(spec.lighting / np.asarray(spec.std)[:, None]).float()
+
+    def __len__(self) -> int:
+        return self.spec.num_samples
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        spec = self.spec
+        data = torchvision.io.read_file(str(spec.root / spec.files[index]))
+        image = decode_image(data, mode=ImageReadMode.RGB)  # uint8 CHW
+        x = self._cifar(image) if spec.kind == "cifar" else self._imagenet(image)
+        if spec.train and spec.color_aug:
+            alpha = torch.randn(3) * LIGHTING_STD
+            x = x + (self.lighting @ alpha).view(3, 1, 1)
+        return x, spec.labels[index]
+
+    def _cifar(self, image: torch.Tensor) -> torch.Tensor:
+        x = (image.float() - self.mean) * self.inv_std
+        if self.spec.train:
+            pad = self.spec.pad
+            _, height, width = x.shape
+            x = F.pad(x, (pad, pad, pad, pad))  # zeros: the mean colour after normalising
+            dy, dx = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+            x = x[:, dy:dy + height, dx:dx + width]
+            if torch.rand(()) < 0.5:
+                x = x.flip(-1)
+        return x.contiguous()
+
+    def _imagenet(self, image: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        c = spec.crop_size
+        if spec.train:
+            low, high = spec.resize_range
+            image = TF.resize(image, [int(torch.randint(low, high + 1, ()))], antialias=True)
+            _, height, width = image.shape
+            top = int(torch.randint(0, height - c + 1, ()))
+            left = int(torch.randint(0, width - c + 1, ()))
+            x = image[:, top:top + c, left:left + c]
+            if torch.rand(()) < 0.5:
+                x = x.flip(-1)
+            return self._normalize(x)
+        image = TF.resize(image, [spec.eval_resize], antialias=True)
+        _, height, width = image.shape
+        positions = FIVE_CROPS if spec.ten_crop else ((0.5, 0.5),)
+        crops = [image[:, _anchor(height - c, y):_anchor(height - c, y) + c,
+                       _anchor(width - c, x):_anchor(width - c, x) + c] for x, y in positions]
+        if not spec.ten_crop:
+            return self._normalize(crops[0])
+        crops += [crop.flip(-1) for crop in crops]
+        return torch.stack([self._normalize(crop) for crop in crops])  # [10, 3, c, c]
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.float() - self.channel_mean) * self.inv_std).contiguous()
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """This rank's sample indices: its contiguous shard in file order (eval), or its contiguous
+    N // S slice of a fresh permutation of the whole split every epoch (train)."""
+
+    def __init__(self, spec: LoaderSpec):
+        self.spec = spec
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[int]:
+        spec = self.spec
+        if not spec.train:
+            return iter(range(*spec.shard_bounds()))
+        generator = torch.Generator().manual_seed(shard_seed(spec.seed, 10_000 + self.epoch))
+        order = torch.randperm(spec.num_samples, generator=generator)
+        per_rank = spec.num_samples // spec.num_shards
+        return iter(order[spec.shard_id * per_rank:(spec.shard_id + 1) * per_rank].tolist())
+
+    def __len__(self) -> int:
+        if not self.spec.train:
+            begin, end = self.spec.shard_bounds()
+            return end - begin
+        return self.spec.num_samples // self.spec.num_shards
+
+
+class TorchLoader:
+    """Iterable over epochs of (images float32 [N,3,H,W], labels int64 [N]); see `make_loader`."""
+
+    def __init__(self, spec: LoaderSpec):
+        self.spec = spec
+        self.backend = "torch"
+        self._sampler = ShardSampler(spec)
+        workers = spec.num_threads
+        self._loader = torch.utils.data.DataLoader(
+            ShardDataset(spec), batch_size=spec.batch_size, sampler=self._sampler, drop_last=spec.train,
+            num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+            prefetch_factor=4 if workers > 0 else None,
+            # Workers' augmentation streams derive from this generator: reproducible per (seed, shard).
+            generator=torch.Generator().manual_seed(shard_seed(spec.seed, spec.shard_id)))
+        self._epoch = 0
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def num_samples(self) -> int:
+        return self.spec.num_samples
+
+    def __len__(self) -> int:
+        return len(self.spec)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._sampler.epoch = self._epoch
+        self._epoch += 1
+        return iter(self._loader)
