@@ -69,6 +69,43 @@ def prepare(params_file: str | None, dataset: str | None, source: str | None, ou
     click.echo(summary(run_prepare(cfg), cfg.out_dir))
 
 
+@main.command()
+@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
+              help="Params file (default: params.yaml): its `train`, `model` and `data` sections.")
+@click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
+@click.option("--depth", type=int, default=None, help="Override model.depth (CIFAR 6n+2, or 18/34/50/101/152).")
+@click.option("--shortcut", type=click.Choice(["plain", "A", "B", "C"]), default=None, help="Override model.shortcut.")
+@click.option("--iterations", type=int, default=None, help="Override train.iterations.")
+@click.option("--batch-size", type=int, default=None, help="Override train.batch_size (global).")
+@click.option("--workers", type=int, default=None, help="Override train.workers (data-parallel processes).")
+@click.option("--lr", type=float, default=None, help="Override train.lr.")
+@click.option("--seed", type=int, default=None, help="Override train.seed.")
+@click.option("--run-name", default=None, help="Run name; the same name again resumes an unfinished run.")
+@click.option("--experiment", default=None, help="Override train.experiment (the MLflow experiment).")
+def train(params_file: str | None, data_dir: str | None, depth: int | None, shortcut: str | None,
+          iterations: int | None, batch_size: int | None, workers: int | None, lr: float | None, seed: int | None,
+          run_name: str | None, experiment: str | None) -> None:
+    """Train one ResNet with Ray Train (the paper's recipe from params.yaml), tracked in MLflow."""
+    from resnet_pipeline.config import load_params, load_section
+    from resnet_pipeline.data import load_data_config
+    from resnet_pipeline.models import ModelConfig
+    from resnet_pipeline.training.config import TrainConfig
+    from resnet_pipeline.training.driver import train as run_train
+
+    params = load_params(params_file)
+    data_cfg = load_data_config(params_file)
+    model_cfg = load_section(ModelConfig, "model", params, depth=depth, shortcut=shortcut)
+    train_cfg = load_section(TrainConfig, "train", params, iterations=iterations, batch_size=batch_size,
+                             workers=workers, lr=lr, seed=seed, run_name=run_name, experiment=experiment)
+    summary = run_train(train_cfg, model_cfg, data_dir or data_cfg.out_dir, backend=data_cfg.backend,
+                        normalize=data_cfg.normalize, num_threads=data_cfg.num_threads,
+                        snapshot={"train": train_cfg, "model": model_cfg, "data": data_cfg})
+    m = summary["metrics"]
+    click.echo(f"run {summary['run_name']} ({summary['run_id']}): "
+               + ", ".join(f"{k} {m[k]:.4f}" for k in ("final_train_error", "final_best_val_error", "final_test_error")
+                           if k in m))
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks (results belong in docs/benchmarks.md)."""
@@ -81,17 +118,18 @@ def bench() -> None:
 @click.option("--backend", "backends", multiple=True, type=click.Choice(["dali-gpu", "dali-cpu", "torch"]),
               help="Backend to time; repeat for several (default: every one this machine has).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--seconds", type=float, default=10.0, show_default=True, help="Timed seconds per backend.")
+@click.option("--seconds", type=float, default=5.0, show_default=True, help="Timed seconds per backend and round.")
+@click.option("--rounds", type=int, default=3, show_default=True, help="Rounds; the median is reported.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[str, ...], batch_size: int,
-               seconds: float, as_json: bool) -> None:
+               seconds: float, rounds: int, as_json: bool) -> None:
     """Images/s of each data loader backend with the training augmentation, side by side."""
     from resnet_pipeline.data import load_data_config
     from resnet_pipeline.data.bench import bench_data as run_bench
 
     cfg = load_data_config(params_file)
     report = run_bench(data_dir or cfg.out_dir, backends=list(backends) or None, batch_size=batch_size,
-                       num_threads=cfg.num_threads, normalize=cfg.normalize, seconds=seconds)
+                       num_threads=cfg.num_threads, normalize=cfg.normalize, seconds=seconds, rounds=rounds)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -99,14 +137,16 @@ def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[st
     from rich.table import Table
 
     machine = report["machine"]
-    table = Table(title=f"Data loaders, training augmentation, {report['data_dir']} ({machine['cpu']}, "
-                        f"{machine['cores']} cores, GPU: {machine['gpu'] or 'none'})")
-    for col in ("backend", "images/s", "vs torch", "threads/workers", "batch"):
+    table = Table(title=f"Training augmentation on {report['data_dir']}, batch {batch_size}, "
+                        f"{cfg.num_threads} threads/workers\n{machine['cpu']}, {machine['cores']} cores, "
+                        f"GPU: {machine['gpu'] or 'none'}")
+    for col in ("backend", "images/s", "vs torch", "each round"):
         table.add_column(col, justify="left" if col == "backend" else "right")
     torch_rate = {r["backend"]: r["images_per_s"] for r in report["results"]}.get("torch")
     for r in report["results"]:
         ratio = f"{r['images_per_s'] / torch_rate:.1f}x" if torch_rate else "-"
-        table.add_row(r["backend"], f"{r['images_per_s']:,.0f}", ratio, str(r["num_threads"]), str(r["batch_size"]))
+        table.add_row(r["backend"], f"{r['images_per_s']:,.0f}", ratio,
+                      " ".join(f"{x:,.0f}" for x in r["rounds_images_per_s"]))
     Console().print(table)
 
 

@@ -1,0 +1,96 @@
+"""The `train` section of params.yaml: the paper's CIFAR-10 recipe (Section 4.2) by default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from resnet_pipeline.config import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    # Schedule (Section 4.2): lr 0.1, /10 at 32k and 48k iterations, stop at 64k; batch 128.
+    iterations: int = 64_000
+    batch_size: int = 128  # global: split evenly across workers
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    milestones: list[int] = field(default_factory=lambda: [32_000, 48_000])
+    lr_decay: float = 0.1
+    # Linear scaling (arXiv 1706.02677): lr x batch_size / base_batch_size.
+    lr_scaling: Literal["none", "linear"] = "none"
+    base_batch_size: int = 128
+    # Warm-up (Section 4.2, ResNet-110): lr 0.01 until training error < 80%, then back to lr.
+    # auto: on for depth >= 110, as the paper; the cap keeps a net that never gets there from
+    # staying at the small lr (the paper: "about 400 iterations").
+    warmup: Literal["auto", "on", "off"] = "auto"
+    warmup_lr: float = 0.01
+    warmup_until_error: float = 0.8
+    warmup_max_iterations: int = 400
+
+    # Distribution and speed.
+    workers: int = 2
+    use_gpu: Literal["auto", "on", "off"] = "auto"
+    sync_bn: bool = False  # the paper's multi-GPU training uses per-GPU batch statistics
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where supported
+    channels_last: bool = True
+    compile: bool = False
+    threads_per_worker: int = 0  # torch threads per worker; 0: the cores / workers
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resume on CPU)
+
+    # Bookkeeping, in iterations.
+    log_every: int = 100
+    eval_every: int = 2_000
+    checkpoint_every: int = 2_000
+    keep_checkpoints: int = 2  # the last N, plus the best on validation error
+    nonfinite: Literal["fail", "skip"] = "fail"
+    max_failures: int = 2  # Ray Train restarts of the worker group from the last checkpoint
+    # Where checkpoints and Ray results go; relative paths are under the project root.
+    # On a multi-node cluster this must be a filesystem every node shares.
+    storage_path: str = "results"
+    experiment: str = "resnet-cifar10"
+    run_name: str | None = None
+    # Chaos testing: the rank-0 worker raises once at this iteration (see docs/reliability.md).
+    inject_failure_at: int | None = None
+
+    def validate(self) -> None:
+        positive = ("iterations", "batch_size", "base_batch_size", "workers", "log_every", "eval_every",
+                    "checkpoint_every", "keep_checkpoints")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"train.{key}: must be a positive integer, got {getattr(self, key)}")
+        for key in ("lr", "warmup_lr"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"train.{key}: must be a positive number, got {getattr(self, key)}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"train.momentum: must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay: must be >= 0, got {self.weight_decay}")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"train.lr_decay: must be in (0, 1], got {self.lr_decay}")
+        if list(self.milestones) != sorted(self.milestones) or any(m <= 0 for m in self.milestones):
+            raise ConfigError(f"train.milestones: must be increasing positive iterations, got {self.milestones}")
+        if self.batch_size % self.workers:
+            raise ConfigError(
+                f"train.batch_size {self.batch_size} is not divisible by train.workers {self.workers}: the global "
+                f"batch is split evenly across workers; use e.g. batch_size "
+                f"{self.batch_size - self.batch_size % self.workers or self.workers} or workers dividing it")
+        if self.threads_per_worker < 0:
+            raise ConfigError(f"train.threads_per_worker: must be >= 0 (0 means cores / workers), "
+                              f"got {self.threads_per_worker}")
+        if self.max_failures < -1:
+            raise ConfigError(f"train.max_failures: must be >= 0, or -1 for unlimited, got {self.max_failures}")
+
+    @property
+    def per_worker_batch(self) -> int:
+        return self.batch_size // self.workers
+
+    @property
+    def peak_lr(self) -> float:
+        scale = self.batch_size / self.base_batch_size if self.lr_scaling == "linear" else 1.0
+        return self.lr * scale
+
+    def warmup_enabled(self, depth: int) -> bool:
+        return self.warmup == "on" or (self.warmup == "auto" and depth >= 110)

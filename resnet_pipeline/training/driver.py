@@ -1,0 +1,150 @@
+"""`python cli.py train`: validate, create or resume the MLflow run, launch the workers, record the status.
+
+Everything is checked before Ray starts. The MLflow run's status is set here and only here:
+FINISHED on success, FAILED on an exception, KILLED on Ctrl-C or SIGTERM; never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import signal
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from resnet_pipeline.config import PROJECT_ROOT, ConfigError
+from resnet_pipeline.models import ModelConfig
+from resnet_pipeline.training.config import TrainConfig
+from resnet_pipeline.training.loop import DataSource
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that cleanup runs and the run is marked KILLED."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum, frame):
+        raise Terminated(f"received signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def default_run_name(model_cfg: ModelConfig, seed: int) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{model_cfg.resolved_family()}{model_cfg.depth}-{model_cfg.resolved_shortcut()}-seed{seed}-{stamp}"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment_tags(workers: int) -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    tags = {"git_commit": git_commit(), "world_size": str(workers), "python": platform.python_version(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"}
+    for pkg in ("torch", "torchvision", "ray", "mlflow", "nvidia-dali-cuda130", "dvc"):
+        try:
+            tags[f"version.{pkg}"] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return tags
+
+
+def check_data_dir(data_dir: str | Path) -> Path:
+    from resnet_pipeline.data import load_manifest
+
+    path = Path(data_dir).resolve()
+    manifest = load_manifest(path)  # raises DataError naming the folder when it is not a prepared dataset
+    for split in ("train", "val"):
+        if split not in manifest["splits"]:
+            raise ConfigError(f"--data {path}: the prepared dataset has no '{split}' split "
+                              f"(found {', '.join(manifest['splits'])}); re-run `python cli.py prepare`")
+    return path
+
+
+def resolve_storage(storage_path: str) -> Path:
+    p = Path(storage_path)
+    return p if p.is_absolute() else (Path.cwd() / p).resolve()
+
+
+def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, *, backend: str = "auto",
+          normalize: str = "per_pixel", num_threads: int = 2, launcher: str = "auto",
+          tracking_uri: str | None = None, snapshot: dict[str, Any] | None = None,
+          parent_run_id: str | None = None) -> dict[str, Any]:
+    """Train one model. Returns a summary dict (run id, name, metrics, checkpoint folder)."""
+    from resnet_pipeline import tracking
+
+    train_cfg.validate()
+    model_cfg.validate()
+    data_path = check_data_dir(data_dir)
+    if launcher == "auto":
+        try:
+            import ray  # noqa: F401
+            launcher = "ray"
+        except ImportError:
+            launcher = "local"
+    if launcher == "local" and train_cfg.workers != 1:
+        raise ConfigError(f"train.workers={train_cfg.workers} needs Ray (not installed); use --workers 1")
+
+    run_name = train_cfg.run_name or default_run_name(model_cfg, train_cfg.seed)
+    storage = resolve_storage(train_cfg.storage_path)
+    run_dir = storage / run_name
+    src = DataSource(str(data_path), backend, normalize, max(1, num_threads // train_cfg.workers))
+    snapshot = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                for k, v in (snapshot or {"model": model_cfg}).items()}
+    snapshot.update(train={**dataclasses.asdict(train_cfg), "run_name": run_name}, model=dataclasses.asdict(model_cfg))
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tags = {**environment_tags(train_cfg.workers), "depth": str(model_cfg.depth),
+            "shortcut": model_cfg.resolved_shortcut(), "family": model_cfg.resolved_family(),
+            "seed": str(train_cfg.seed), "run_dir": str(run_dir)}
+    run_id, previous = tracking.start_run(uri, train_cfg.experiment, run_name, snapshot, tags, parent_run_id)
+    summary = {"run_id": run_id, "run_name": run_name, "run_dir": str(run_dir), "tracking_uri": uri}
+    if previous == tracking.FINISHED:
+        print(f"run '{run_name}' already finished (MLflow run {run_id}); nothing to do")
+        metrics = tracking.get_run(uri, run_id).data.metrics
+        return {**summary, "metrics": metrics, "resumed": False}
+    print(f"{'resuming' if previous else 'starting'} run '{run_name}' (MLflow run {run_id}, {uri})")
+    print("resolved config: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(train_cfg).items()))
+    print("model: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(model_cfg).items()))
+
+    from resnet_pipeline.training.worker import run_worker, worker_config
+
+    config = worker_config(train_cfg, model_cfg, src, str(run_dir), uri, run_id, snapshot)
+    status = tracking.FAILED
+    try:
+        with sigterm_as_interrupt(), tracking.system_metrics(uri, run_id):
+            if launcher == "ray":
+                from resnet_pipeline.training.ray_launch import fit_with_ray
+
+                fit_with_ray(config, train_cfg.workers, train_cfg.use_gpu, run_name, storage,
+                             train_cfg.max_failures)
+            else:
+                run_worker(config)
+        status = tracking.FINISHED
+    except KeyboardInterrupt:
+        status = tracking.KILLED
+        raise
+    finally:
+        tracking.end_run(uri, run_id, status)
+    metrics = tracking.get_run(uri, run_id).data.metrics
+    return {**summary, "metrics": metrics, "resumed": previous is not None}

@@ -1,0 +1,100 @@
+"""Ray Train wiring: a TorchTrainer whose per-worker function is `run_worker`.
+
+Ray is imported only here. Connects to $RAY_ADDRESS when set, else starts a local instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from resnet_pipeline.config import ConfigError
+
+# The Ray Train controller and (in a sweep) the Tune trial each hold a logical CPU on top of the
+# workers' own; on a 2-core machine 2 workers x 1 CPU would otherwise never be scheduled.
+RAY_OVERHEAD_CPUS = 2
+
+
+def init_ray(workers: int, cpus_per_worker: float = 1, extra_cpus: int = RAY_OVERHEAD_CPUS) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    quiet = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=True)
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **quiet)
+        return
+    # Logical CPUs are accounting only: threads per worker are set explicitly (train.threads_per_worker).
+    num_cpus = max(os.cpu_count() or 1, int(workers * cpus_per_worker) + extra_cpus)
+    # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls; it
+    # listens on 127.0.0.1 only.
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+
+
+def check_capacity(workers: int, use_gpu: bool, cpus_per_worker: float = 1) -> None:
+    """Fail at once, not wait forever, when the cluster cannot place the worker group."""
+    import ray
+
+    total = ray.cluster_resources()
+    need_cpu, have_cpu = workers * cpus_per_worker, total.get("CPU", 0)
+    if need_cpu > have_cpu:
+        raise ConfigError(f"train.workers={workers} needs {need_cpu:g} CPUs but the Ray cluster has {have_cpu:g}; "
+                          f"lower train.workers or add nodes")
+    if use_gpu and workers > total.get("GPU", 0):
+        raise ConfigError(f"train.workers={workers} with GPUs needs {workers} GPUs but the Ray cluster has "
+                          f"{total.get('GPU', 0):g}; lower train.workers or set train.use_gpu: off")
+
+
+def _ray_worker_fn(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from resnet_pipeline.training.worker import run_worker
+
+    # Ray Train logs every report at INFO from a logger named after its file; keep the console to
+    # our one line per window.
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass
+    ctx = ray.train.get_context()
+    run_worker(config, rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
+               device=ray.train.torch.get_device(), ray_report=True)
+
+
+def use_gpu_resolved(use_gpu: str) -> bool:
+    if use_gpu == "off":
+        return False
+    if use_gpu == "on":
+        return True
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def fit_with_ray(config: dict[str, Any], workers: int, use_gpu: str, run_name: str, storage_path: Path,
+                 max_failures: int, extra_callbacks: list | None = None) -> dict[str, Any]:
+    """Run the worker group to completion; returns the last reported metrics of rank 0."""
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    init_ray(workers)
+    gpu = use_gpu_resolved(use_gpu)
+    check_capacity(workers, gpu)
+    trainer = TorchTrainer(
+        _ray_worker_fn,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name=run_name, storage_path=str(storage_path),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             callbacks=extra_callbacks or None, logging_config=LoggingConfig("WARNING")),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return dict(result.metrics or {})

@@ -1,0 +1,98 @@
+"""What each training process runs: `fit` plus reporting (progress, MLflow from rank 0, Ray)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from resnet_pipeline.models import ModelConfig
+from resnet_pipeline.training.config import TrainConfig
+from resnet_pipeline.training.loop import DataSource, FitResult, fit, resolve_device
+
+
+class Reporter:
+    """Called by `fit` on every rank; rank 0 prints a progress line and logs to MLflow."""
+
+    def __init__(self, rank: int, total: int, tracking_uri: str | None, run_id: str | None,
+                 ray_report: bool = False) -> None:
+        self.rank, self.total = rank, total
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+        self.ray_report = ray_report
+        self.started = time.perf_counter()
+        self.first_step: int | None = None
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        if self.rank == 0:
+            if self.run_id:
+                from resnet_pipeline import tracking
+
+                tracking.log_metrics(self.tracking_uri, self.run_id, metrics, step)
+            self.print(metrics, step)
+        if self.ray_report:
+            import ray.train
+
+            ray.train.report({**metrics, "iteration": step})
+
+    def print(self, m: dict[str, float], step: int) -> None:
+        if self.first_step is None:
+            self.first_step, self.started = step, time.perf_counter()
+        if "train_loss" in m:
+            done = step - self.first_step
+            eta = (time.perf_counter() - self.started) / done * (self.total - step) if done > 0 else float("nan")
+            line = (f"it {step:>6}/{self.total}  loss {m['train_loss']:.3f}  train err {m['train_error']:6.2%}  "
+                    f"lr {m['lr']:.4g}  {m['images_per_s']:7.0f} img/s  ETA {_fmt(eta)}")
+        elif "val_error" in m:
+            line = f"it {step:>6}/{self.total}  val err {m['val_error']:6.2%}  top-5 {m['val_top5_error']:6.2%}"
+        else:
+            line = f"it {step:>6}/{self.total}  test err {m['test_error']:6.2%}  top-5 {m['test_top5_error']:6.2%}"
+        # sys.stdout, not print(): Ray Train patches print() on workers to log it twice.
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def _fmt(seconds: float) -> str:
+    if seconds != seconds:  # NaN
+        return "--:--"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def run_worker(config: dict[str, Any], rank: int = 0, world_size: int = 1, device=None,
+               ray_report: bool = False) -> FitResult:
+    """Train from a plain dict (what Ray ships to each worker) and, on rank 0, log the final model."""
+    train_cfg = TrainConfig(**config["train"])
+    model_cfg = ModelConfig(**config["model"])
+    src = DataSource(**config["data"])
+    device = device or resolve_device(train_cfg.use_gpu)
+    uri, run_id = config.get("tracking_uri"), config.get("run_id")
+    reporter = Reporter(rank, train_cfg.iterations, uri, run_id, ray_report)
+    result = fit(train_cfg, model_cfg, src, config["run_dir"], rank=rank, world_size=world_size, device=device,
+                 report=reporter, config_snapshot=config.get("snapshot"))
+    if rank == 0 and run_id:
+        from resnet_pipeline import tracking
+
+        model = result.model.float().cpu()
+        size = model_input_size(src)
+        example = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+        tracking.log_model(uri, run_id, model, example)
+        tracking.log_metrics(uri, run_id, {f"final_{k}": v for k, v in result.metrics.items()}, result.iteration)
+    return result
+
+
+def model_input_size(src: DataSource) -> int:
+    from resnet_pipeline.data.loader import loader_spec
+
+    spec = loader_spec(src.data_dir, "val", train=False, batch_size=1)
+    return spec.image_size[0] if spec.image_size else spec.crop_size
+
+
+def worker_config(train_cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str,
+                  tracking_uri: str | None, run_id: str | None, snapshot: dict[str, Any]) -> dict[str, Any]:
+    return {"train": dataclasses.asdict(train_cfg), "model": dataclasses.asdict(model_cfg),
+            "data": dataclasses.asdict(src), "run_dir": run_dir, "tracking_uri": tracking_uri, "run_id": run_id,
+            "snapshot": snapshot}

@@ -1,0 +1,85 @@
+"""Shared test helpers: small generated image folders, folder digests, a server that never answers."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_images(folder: Path, count: int, *, size: tuple[int, int] = (32, 32), fmt: str = "JPEG",
+                 seed: int = 0, prefix: str = "img") -> list[Path]:
+    """``count`` random RGB images (width, height = ``size``) as ``folder/<prefix>_NNN.<ext>``.
+
+    Smooth colour blobs plus noise rather than pure noise, so JPEG keeps them recognisable.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ext = {"JPEG": ".jpg", "PNG": ".png"}[fmt]
+    width, height = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    paths = []
+    for i in range(count):
+        centre = rng.uniform(0, [width, height])
+        blob = np.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2 * (min(size) / 4) ** 2))
+        colour, background = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        pixels = background + blob[..., None] * (colour - background) + rng.normal(0, 10, (height, width, 3))
+        path = folder / f"{prefix}_{i:03d}{ext}"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, format=fmt, **(
+            {"quality": 95} if fmt == "JPEG" else {}))
+        paths.append(path)
+    return paths
+
+
+def make_image_folder(root: Path, classes: dict[str, int], *, splits: tuple[str, ...] = ("train", "test"),
+                      size: tuple[int, int] = (32, 32), fmt: str = "JPEG", test_fraction: float = 0.25) -> Path:
+    """An image-folder dataset: ``root/<split>/<class>/*`` with ``classes[name]`` train images per
+    class and ``test_fraction`` as many in every other split (at least one)."""
+    for s, split in enumerate(splits):
+        for c, (name, count) in enumerate(sorted(classes.items())):
+            n = count if split == "train" else max(1, int(count * test_fraction))
+            write_images(root / split / name, n, size=size, fmt=fmt, seed=1000 * s + c, prefix=f"{split}{c}")
+    return root
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over every file's relative path, bytes and mode under ``root``."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+        digest.update(str(path.stat().st_mode).encode())
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """``http://127.0.0.1:<port>``: accepts TCP connections (the kernel's backlog) but never answers,
+    like a firewalled proxy; a client without a timeout would hang on it forever."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray instance shared by every test that needs it (starting Ray costs seconds)."""
+    import ray
+
+    from resnet_pipeline.training.ray_launch import init_ray
+
+    init_ray(workers=2)
+    try:
+        yield
+    finally:
+        ray.shutdown()

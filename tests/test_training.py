@@ -1,0 +1,237 @@
+"""Training: schedule, checkpoints, the loop without Ray, and 2-worker Ray Train runs tracked in MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnet_pipeline.config import ConfigError
+from resnet_pipeline.data import DataConfig, prepare
+from resnet_pipeline.models import ModelConfig
+from resnet_pipeline.training import CheckpointManager, PaperSchedule, TrainConfig, load_checkpoint
+from resnet_pipeline.training.loop import DataSource, NonFiniteLossError, fit
+
+# ResNet-8 (n=1) keeps every run to seconds; the code paths are those of ResNet-20..1202.
+TINY = dict(batch_size=32, milestones=[1000], log_every=10, eval_every=20, checkpoint_every=10,
+            workers=1, precision="fp32", deterministic=True, threads_per_worker=1)
+
+
+def _write_colour_classes(root: Path, per_class: dict[str, int]) -> None:
+    """Four classes told apart by their dominant colour, under noise and a random bright square:
+    easy enough that a ResNet-8 learns them in a few epochs, which is what these tests need."""
+    import numpy as np
+    from PIL import Image
+
+    colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]], dtype=np.float64)
+    rng = np.random.default_rng(0)
+    for split, n in per_class.items():
+        for c, colour in enumerate(colours):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = colour + rng.normal(0, 45, (32, 32, 3))
+                x, y = rng.integers(0, 24, 2)
+                img[y:y + 8, x:x + 8] = rng.uniform(0, 255, 3)
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("source")
+    _write_colour_classes(src, {"train": 64, "test": 16})
+    out = tmp_path_factory.mktemp("data") / "colours"
+    prepare(DataConfig(dataset="imagefolder", source=str(src), out=str(out), val_fraction=0.25))
+    return out
+
+
+def _src(data: Path) -> DataSource:
+    return DataSource(str(data), backend="dali-cpu", num_threads=1)
+
+
+# --- schedule ---------------------------------------------------------------------------------
+
+def _schedule(**kw) -> PaperSchedule:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return PaperSchedule(opt, kw.pop("peak", 0.1), kw.pop("milestones", [32_000, 48_000]), **kw)
+
+
+def test_schedule_milestones() -> None:
+    s = _schedule()
+    assert [s.lr_at(i) for i in (0, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert s.step(32_000) == pytest.approx(0.01) and s.optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_warmup_ends_on_training_error_or_cap() -> None:
+    s = _schedule(warmup=True, warmup_lr=0.01, warmup_until_error=0.8, warmup_max_iterations=400)
+    assert s.lr_at(0) == 0.01 and s.lr_at(399) == 0.01 and s.lr_at(400) == 0.1  # the cap
+    s.observe_train_error(0.85)
+    assert s.lr_at(100) == 0.01
+    s.observe_train_error(0.79)  # Section 4.2: back to 0.1 once training error < 80%
+    assert s.lr_at(101) == 0.1
+    restored = _schedule(warmup=True)
+    restored.load_state_dict(s.state_dict())
+    assert restored.lr_at(101) == 0.1
+
+
+def test_warmup_auto_follows_the_paper_and_lr_scaling() -> None:
+    cfg = TrainConfig()
+    assert not cfg.warmup_enabled(56) and cfg.warmup_enabled(110)
+    assert TrainConfig(warmup="on").warmup_enabled(20) and not TrainConfig(warmup="off").warmup_enabled(110)
+    assert TrainConfig(batch_size=512, lr_scaling="linear").peak_lr == pytest.approx(0.4)
+    assert TrainConfig(batch_size=512).peak_lr == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(batch_size=127, workers=2), r"batch_size 127 is not divisible by train.workers 2"),
+    (dict(lr=0.0), r"train.lr: must be a positive"),
+    (dict(lr=-0.1), r"train.lr: must be a positive"),
+    (dict(milestones=[48_000, 32_000]), r"train.milestones"),
+    (dict(iterations=0), r"train.iterations"),
+])
+def test_invalid_train_config(changes: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        dataclasses.replace(TrainConfig(), **changes).validate()
+
+
+def test_typo_in_params_is_reported(tmp_path: Path) -> None:
+    from resnet_pipeline.config import load_section
+
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in params section 'train': lerning_rate"):
+        load_section(TrainConfig, "train", {"train": {"lerning_rate": 0.1}})
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("disk full (simulated)")
+
+
+def test_checkpoint_round_trip_keep_last_and_best(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep_last=2)
+    for it, err in [(10, 0.5), (20, 0.3), (30, 0.4)]:
+        mgr.save({"iteration": it, "w": torch.full((3,), float(it))}, it, val_error=err)
+    assert mgr.iterations() == [20, 30]  # the last two
+    assert load_checkpoint(mgr.best_path)["iteration"] == 20 and mgr.best_error() == 0.3
+    assert torch.equal(mgr.load_latest()["w"], torch.full((3,), 30.0))
+
+
+def test_failed_write_leaves_previous_checkpoint_usable(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep_last=2)
+    mgr.save({"iteration": 10}, 10)
+    with pytest.raises(RuntimeError, match="disk full"):
+        mgr.save({"iteration": 20, "bad": _Unpicklable()}, 20)
+    assert mgr.iterations() == [10] and mgr.load_latest()["iteration"] == 10
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary file left behind"
+
+
+def test_checkpoint_to_an_unwritable_place_names_it(tmp_path: Path) -> None:
+    from resnet_pipeline.training import CheckpointError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CheckpointError, match=str(blocker)):
+        CheckpointManager(blocker / "checkpoints").save({"iteration": 1}, 1)
+
+
+# --- the loop without Ray ---------------------------------------------------------------------
+
+def test_fit_resumes_bit_exactly(tiny_data: Path, tmp_path: Path) -> None:
+    """Stopping after 20 iterations and resuming to 40 gives the weights of a straight 40-iteration run."""
+    model_cfg = ModelConfig(depth=8)
+    straight = fit(TrainConfig(iterations=40, **TINY), model_cfg, _src(tiny_data), tmp_path / "a")
+    fit(TrainConfig(iterations=20, **TINY), model_cfg, _src(tiny_data), tmp_path / "b")
+    resumed = fit(TrainConfig(iterations=40, **TINY), model_cfg, _src(tiny_data), tmp_path / "b")
+    assert resumed.iteration == 40
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    state = load_checkpoint(CheckpointManager(tmp_path / "b" / "checkpoints").latest())
+    assert state["iteration"] == 40 and state["config"]["train"]["iterations"] == 40
+    assert {"model", "optimizer", "schedule", "scaler", "rng", "epoch", "batch_in_epoch"} <= set(state)
+
+
+def test_nonfinite_loss_stops_with_the_iteration(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(iterations=30, lr=1e12, **TINY)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss .* at iteration \d+"):
+        fit(cfg, ModelConfig(depth=8), _src(tiny_data), tmp_path)
+
+
+def test_nonfinite_steps_can_be_skipped(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(iterations=20, lr=1e12, nonfinite="skip", **TINY)
+    result = fit(cfg, ModelConfig(depth=8), _src(tiny_data), tmp_path)
+    assert result.metrics["nonfinite_skipped"] > 0
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+# --- Ray Train, 2 workers, MLflow -------------------------------------------------------------
+
+RAY_TINY = {**TINY, "workers": 2, "iterations": 80, "eval_every": 40, "checkpoint_every": 20, "log_every": 20}
+
+
+@pytest.fixture(scope="module")
+def ray_runs(tiny_data: Path, tmp_path_factory, ray_session) -> dict:
+    """One uninterrupted 2-worker run and one whose rank-0 worker raises at iteration 30."""
+    from resnet_pipeline.training.driver import train
+
+    root = tmp_path_factory.mktemp("ray_train")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    runs = {}
+    for name, inject in (("clean", None), ("faulty", 30)):
+        cfg = TrainConfig(**RAY_TINY, storage_path=str(root / "results"), run_name=name, experiment="test-train",
+                          inject_failure_at=inject, max_failures=1)
+        runs[name] = train(cfg, ModelConfig(depth=8), tiny_data, backend="dali-cpu", num_threads=2,
+                           tracking_uri=uri)
+    return runs
+
+
+def _final_weights(summary: dict) -> dict[str, torch.Tensor]:
+    return CheckpointManager(Path(summary["run_dir"]) / "checkpoints").load_latest()["model"]
+
+
+def test_two_worker_run_learns(ray_runs: dict) -> None:
+    m = ray_runs["clean"]["metrics"]
+    # 4 classes: chance is 75% error.
+    assert m["final_best_val_error"] < 0.5 and m["final_test_error"] < 0.5, m
+    assert m["final_train_error"] < 0.5
+
+
+def test_worker_failure_restarts_from_checkpoint_bit_exactly(ray_runs: dict) -> None:
+    assert (Path(ray_runs["faulty"]["run_dir"]) / ".failure_injected").exists()  # it did fail once
+    clean, faulty = _final_weights(ray_runs["clean"]), _final_weights(ray_runs["faulty"])
+    for name, w in clean.items():
+        assert torch.equal(w, faulty[name]), name
+
+
+def test_mlflow_run_content(ray_runs: dict) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    s = ray_runs["clean"]
+    client = MlflowClient(s["tracking_uri"])
+    run = client.get_run(s["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "clean"
+    p = run.data.params
+    assert p["train.lr"] == "0.1" and p["train.batch_size"] == "32" and p["model.depth"] == "8"
+    assert p["train.workers"] == "2"
+    tags = run.data.tags
+    assert tags["world_size"] == "2" and tags["shortcut"] == "A" and "git_commit" in tags
+    assert tags["version.torch"] == torch.__version__.split("+")[0] or tags["version.torch"].startswith("2.")
+    history = client.get_metric_history(s["run_id"], "train_error")
+    assert [h.step for h in history] == [20, 40, 60, 80]
+    assert [h.step for h in client.get_metric_history(s["run_id"], "val_error")] == [40, 80]
+    for key in ("lr", "images_per_s", "test_error", "test_top5_error", "val_top5_error"):
+        assert key in run.data.metrics, key
+    assert any(k.startswith("system/") for k in run.data.metrics), "no system metrics"
+    # The faulty run's curve continues where it stopped: one point per step, no duplicates.
+    faulty = [h.step for h in client.get_metric_history(ray_runs["faulty"]["run_id"], "train_error")]
+    assert sorted(set(faulty)) == [20, 40, 60, 80]
+    # The logged model loads back and predicts.
+    mlflow.set_tracking_uri(s["tracking_uri"])
+    model = mlflow.pytorch.load_model(f"runs:/{s['run_id']}/model")
+    out = model(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 4)
