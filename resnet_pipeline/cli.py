@@ -106,6 +106,102 @@ def train(params_file: str | None, data_dir: str | None, depth: int | None, shor
                            if k in m))
 
 
+@main.command()
+@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
+              help="Params file (default: params.yaml): its `sweep`, `train`, `model` and `data` sections.")
+@click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
+@click.option("--depths", default=None, help="Comma-separated depths, e.g. 20,32,44,56,110 or 18,34,50,101,152.")
+@click.option("--shortcuts", default=None, help="Comma-separated shortcuts from plain,A,B,C.")
+@click.option("--seeds", type=int, default=None, help="Seeds per (depth, shortcut).")
+@click.option("--iterations", type=int, default=None, help="Override train.iterations for every trial.")
+@click.option("--name", default=None, help="Sweep name; the same name again resumes the sweep.")
+@click.option("--max-concurrent", type=int, default=None, help="Trials at once (default: from the cluster).")
+@click.option("--asha/--no-asha", default=None, help="ASHA early stopping on validation error.")
+@click.option("--dry-run", is_flag=True, help="List the trials and estimate their compute; train nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (or dry run) as JSON.")
+def sweep(params_file: str | None, data_dir: str | None, depths: str | None, shortcuts: str | None,
+          seeds: int | None, iterations: int | None, name: str | None, max_concurrent: int | None,
+          asha: bool | None, dry_run: bool, as_json: bool) -> None:
+    """Ray Tune over depth x shortcut x seed, one MLflow child run per trial under a parent run."""
+    from resnet_pipeline.config import load_params, load_section
+    from resnet_pipeline.data import load_data_config
+    from resnet_pipeline.models import ModelConfig
+    from resnet_pipeline.sweep import SweepConfig, dry_run as run_dry, run_sweep
+    from resnet_pipeline.training.config import TrainConfig
+
+    params = load_params(params_file)
+    data_cfg = load_data_config(params_file)
+    sweep_cfg = load_section(SweepConfig, "sweep", params, depths=_int_list(depths, "--depths"),
+                             shortcuts=_str_list(shortcuts), seeds=seeds, name=name, max_concurrent=max_concurrent,
+                             asha=asha)
+    model_cfg = load_section(ModelConfig, "model", params)
+    train_cfg = load_section(TrainConfig, "train", params, iterations=iterations)
+    data = data_dir or data_cfg.out_dir
+    if dry_run:
+        report = run_dry(sweep_cfg, train_cfg, model_cfg, data)
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+            return
+        _print_rows(f"Sweep '{sweep_cfg.name}': {len(report['trials'])} trials (dry run; measured "
+                    f"{report['calibration_mult_adds_per_s'] / 1e9:.1f} G mult-adds/s training on this machine)",
+                    report["trials"], ("depth", "shortcut", "seed", "params", "mult_adds", "train_mult_adds",
+                                       "estimated_s"))
+        click.echo(f"estimated total: {report['estimated_total_s_one_process'] / 3600:.2f} h in one process")
+        return
+    summary = run_sweep(sweep_cfg, train_cfg, model_cfg, data, backend=data_cfg.backend,
+                        normalize=data_cfg.normalize, num_threads=data_cfg.num_threads,
+                        snapshot={"data": data_cfg})
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    _print_rows(f"Sweep '{sweep_cfg.name}' (MLflow parent run {summary['parent_run_id']})", summary["trials"],
+                ("depth", "shortcut", "seed", "status", "train_error", "val_error", "test_error", "params",
+                 "wall_time_s", "images_per_s"))
+    _print_rows("Mean +- std over seeds", summary["aggregate"],
+                ("depth", "shortcut", "seeds", "train_error_mean", "train_error_std", "val_error_mean",
+                 "val_error_std", "test_error_mean", "test_error_std"))
+    click.echo(f"summary: {summary['out']}/summary.json, summary.csv")
+    if summary["errors"]:
+        raise click.ClickException(f"{len(summary['errors'])} trial(s) failed; re-run the same command to resume")
+
+
+def _int_list(value: str | None, flag: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 20,32,44", param_hint=flag)
+
+
+def _str_list(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _print_rows(title: str, rows: list[dict], columns: tuple[str, ...]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="left" if c in ("shortcut", "status") else "right")
+    for r in rows:
+        table.add_row(*(_fmt_cell(c, r.get(c)) for c in columns))
+    Console().print(table)
+
+
+def _fmt_cell(column: str, v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and "error" in column:
+        return f"{v:.2%}"
+    if isinstance(v, float):
+        return f"{v:,.1f}"
+    if isinstance(v, int) and column in ("params", "mult_adds", "train_mult_adds"):
+        return f"{v:,}"
+    return str(v)
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks (results belong in docs/benchmarks.md)."""
@@ -140,13 +236,13 @@ def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[st
     table = Table(title=f"Training augmentation on {report['data_dir']}, batch {batch_size}, "
                         f"{cfg.num_threads} threads/workers\n{machine['cpu']}, {machine['cores']} cores, "
                         f"GPU: {machine['gpu'] or 'none'}")
-    for col in ("backend", "images/s", "vs torch", "each round"):
+    for col in ("backend", "images/s", "vs torch", "each round", "images/CPU-s"):
         table.add_column(col, justify="left" if col == "backend" else "right")
     torch_rate = {r["backend"]: r["images_per_s"] for r in report["results"]}.get("torch")
     for r in report["results"]:
         ratio = f"{r['images_per_s'] / torch_rate:.1f}x" if torch_rate else "-"
         table.add_row(r["backend"], f"{r['images_per_s']:,.0f}", ratio,
-                      " ".join(f"{x:,.0f}" for x in r["rounds_images_per_s"]))
+                      " ".join(f"{x:,.0f}" for x in r["rounds_images_per_s"]), f"{r['images_per_cpu_s']:,.0f}")
     Console().print(table)
 
 

@@ -93,6 +93,23 @@ def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any
     return run.info.run_id, None
 
 
+def child_runs(uri: str, parent_run_id: str) -> list:
+    """Runs whose parent is ``parent_run_id`` (the trials of a sweep)."""
+    client = _client(uri)
+    parent = _retry(lambda: client.get_run(parent_run_id))
+    return _retry(lambda: client.search_runs([parent.info.experiment_id],
+                                             filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                             max_results=10_000))
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in _retry(lambda: _client(uri).get_metric_history(run_id, key))]
+
+
+def log_artifacts(uri: str, run_id: str, folder: str | Path, artifact_path: str | None = None) -> None:
+    _retry(lambda: _client(uri).log_artifacts(run_id, str(folder), artifact_path))
+
+
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
     from mlflow.entities import Metric
 
@@ -105,6 +122,10 @@ def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     from mlflow.entities import RunTag
 
     _retry(lambda: _client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+
+
+def set_running(uri: str, run_id: str) -> None:
+    _retry(lambda: _client(uri).update_run(run_id, status=RUNNING))
 
 
 def end_run(uri: str, run_id: str, status: str) -> None:
@@ -129,6 +150,12 @@ def system_metrics(uri: str, run_id: str) -> Iterator[None]:
         monitor.finish()
 
 
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"torch=={version('torch')}", f"torchvision=={version('torchvision')}"]
+
+
 def log_model(uri: str, run_id: str, model: Any, input_example: Any) -> str:
     """Log the trained model (torch.export 'pt2' format: loading it runs no pickled code) with its
     signature inferred from ``input_example`` (batch > 1, as torch.export needs). Returns the URI."""
@@ -147,8 +174,9 @@ def log_model(uri: str, run_id: str, model: Any, input_example: Any) -> str:
     ctx = contextlib.nullcontext() if active and active.info.run_id == run_id else mlflow.start_run(run_id=run_id)
     with ctx, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No complete tensor found")  # torch.export, CPU weights
+        # Explicit requirements: MLflow's inference would re-import the model in a subprocess (seconds).
         info = mlflow.pytorch.log_model(model, name="model", input_example=input_example, signature=signature,
-                                        serialization_format="pt2")
+                                        serialization_format="pt2", pip_requirements=_requirements())
     # Closing our own start_run context marks the run FINISHED; the driver owns the status.
-    _retry(lambda: _client(uri).update_run(run_id, status=RUNNING))
+    set_running(uri, run_id)
     return info.model_uri

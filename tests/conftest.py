@@ -71,6 +71,33 @@ def silent_server() -> Iterator[str]:
         server.close()
 
 
+def _write_colour_classes(root: Path, per_class: dict[str, int]) -> None:
+    """Four classes told apart by their dominant colour, under noise and a random bright square:
+    easy enough that a ResNet-8 learns them in a few epochs, which is what these tests need."""
+    colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]], dtype=np.float64)
+    rng = np.random.default_rng(0)
+    for split, n in per_class.items():
+        for c, colour in enumerate(colours):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = colour + rng.normal(0, 45, (32, 32, 3))
+                x, y = rng.integers(0, 24, 2)
+                img[y:y + 8, x:x + 8] = rng.uniform(0, 255, 3)
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("source")
+    _write_colour_classes(src, {"train": 64, "test": 16})
+    from resnet_pipeline.data import DataConfig, prepare
+
+    out = tmp_path_factory.mktemp("data") / "colours"
+    prepare(DataConfig(dataset="imagefolder", source=str(src), out=str(out), val_fraction=0.25))
+    return out
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One local Ray instance shared by every test that needs it (starting Ray costs seconds)."""

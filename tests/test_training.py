@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from resnet_pipeline.config import ConfigError
-from resnet_pipeline.data import DataConfig, prepare
 from resnet_pipeline.models import ModelConfig
 from resnet_pipeline.training import CheckpointManager, PaperSchedule, TrainConfig, load_checkpoint
 from resnet_pipeline.training.loop import DataSource, NonFiniteLossError, fit
@@ -18,34 +17,6 @@ from resnet_pipeline.training.loop import DataSource, NonFiniteLossError, fit
 # ResNet-8 (n=1) keeps every run to seconds; the code paths are those of ResNet-20..1202.
 TINY = dict(batch_size=32, milestones=[1000], log_every=10, eval_every=20, checkpoint_every=10,
             workers=1, precision="fp32", deterministic=True, threads_per_worker=1)
-
-
-def _write_colour_classes(root: Path, per_class: dict[str, int]) -> None:
-    """Four classes told apart by their dominant colour, under noise and a random bright square:
-    easy enough that a ResNet-8 learns them in a few epochs, which is what these tests need."""
-    import numpy as np
-    from PIL import Image
-
-    colours = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]], dtype=np.float64)
-    rng = np.random.default_rng(0)
-    for split, n in per_class.items():
-        for c, colour in enumerate(colours):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                img = colour + rng.normal(0, 45, (32, 32, 3))
-                x, y = rng.integers(0, 24, 2)
-                img[y:y + 8, x:x + 8] = rng.uniform(0, 255, 3)
-                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    src = tmp_path_factory.mktemp("source")
-    _write_colour_classes(src, {"train": 64, "test": 16})
-    out = tmp_path_factory.mktemp("data") / "colours"
-    prepare(DataConfig(dataset="imagefolder", source=str(src), out=str(out), val_fraction=0.25))
-    return out
 
 
 def _src(data: Path) -> DataSource:

@@ -89,7 +89,7 @@ def resolve_storage(storage_path: str) -> Path:
 def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, *, backend: str = "auto",
           normalize: str = "per_pixel", num_threads: int = 2, launcher: str = "auto",
           tracking_uri: str | None = None, snapshot: dict[str, Any] | None = None,
-          parent_run_id: str | None = None) -> dict[str, Any]:
+          parent_run_id: str | None = None, callbacks: list | None = None) -> dict[str, Any]:
     """Train one model. Returns a summary dict (run id, name, metrics, checkpoint folder)."""
     from resnet_pipeline import tracking
 
@@ -137,7 +137,7 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
                 from resnet_pipeline.training.ray_launch import fit_with_ray
 
                 fit_with_ray(config, train_cfg.workers, train_cfg.use_gpu, run_name, storage,
-                             train_cfg.max_failures)
+                             train_cfg.max_failures, callbacks)
             else:
                 run_worker(config)
         status = tracking.FINISHED

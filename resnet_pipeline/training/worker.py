@@ -24,8 +24,10 @@ class Reporter:
         self.ray_report = ray_report
         self.started = time.perf_counter()
         self.first_step: int | None = None
+        self.latest: dict[str, float] = {}  # every metric's last value, so each Ray report carries all
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
+        self.latest.update(metrics)
         if self.rank == 0:
             if self.run_id:
                 from resnet_pipeline import tracking
@@ -35,7 +37,7 @@ class Reporter:
         if self.ray_report:
             import ray.train
 
-            ray.train.report({**metrics, "iteration": step})
+            ray.train.report({**self.latest, "iteration": step})
 
     def print(self, m: dict[str, float], step: int) -> None:
         if self.first_step is None:

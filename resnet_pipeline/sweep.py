@@ -1,0 +1,309 @@
+"""Ray Tune over depth x shortcut x seed: one MLflow parent run, one child run per trial.
+
+Each trial is a training run (`training.driver.train`): a Tune driver function that runs a
+TorchTrainer with `TuneReportCallback`, so a trial can itself use several workers. Everything is
+validated before Ray starts. Trials are named `<sweep>-<family><depth>-<shortcut>-seed<seed>`, so
+re-running the same sweep finds its finished trials in MLflow (skipped) and its unfinished ones'
+checkpoints (resumed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import itertools
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resnet_pipeline.config import ConfigError
+from resnet_pipeline.models import SHORTCUTS, ModelConfig, infer_family
+from resnet_pipeline.training.config import TrainConfig
+
+
+@dataclass
+class SweepConfig:
+    """The `sweep` section of params.yaml."""
+
+    depths: list[int] = field(default_factory=lambda: [20, 32, 44, 56, 110])
+    shortcuts: list[str] = field(default_factory=lambda: ["plain", "A"])
+    seeds: int = 1  # trials use seeds train.seed .. train.seed + seeds - 1
+    name: str = "cifar10-table6"
+    max_concurrent: int = 0  # 0: as many as the cluster's CPUs (or GPUs) allow
+    asha: bool = False  # ASHA early stopping on validation error
+    out: str = "metrics/sweep"  # summary.json and summary.csv (a DVC metrics output)
+
+    def validate(self) -> None:
+        try:
+            infer_family(self.depths)
+        except ValueError as exc:
+            raise ConfigError(f"sweep.depths: {exc}") from None
+        if not self.shortcuts:
+            raise ConfigError(f"sweep.shortcuts: empty; choose from {', '.join(SHORTCUTS)}")
+        bad = [s for s in self.shortcuts if s not in SHORTCUTS]
+        if bad:
+            raise ConfigError(f"sweep.shortcuts: unknown {', '.join(map(repr, bad))}; valid are {', '.join(SHORTCUTS)}")
+        if self.seeds < 1:
+            raise ConfigError(f"sweep.seeds: must be >= 1, got {self.seeds}")
+        if self.max_concurrent < 0:
+            raise ConfigError(f"sweep.max_concurrent: must be >= 0 (0: automatic), got {self.max_concurrent}")
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"sweep.name: must be a non-empty name without '/', got {self.name!r}")
+
+    @property
+    def family(self) -> str:
+        return infer_family(self.depths)
+
+
+@dataclass(frozen=True)
+class Trial:
+    depth: int
+    shortcut: str
+    seed: int
+    family: str
+
+    def run_name(self, sweep: str) -> str:
+        return f"{sweep}-{self.family}{self.depth}-{self.shortcut}-seed{self.seed}"
+
+
+def plan(sweep: SweepConfig, train: TrainConfig) -> list[Trial]:
+    sweep.validate()
+    return [Trial(d, s, train.seed + i, sweep.family)
+            for d, s, i in itertools.product(sweep.depths, sweep.shortcuts, range(sweep.seeds))]
+
+
+def _model_cfg(base: ModelConfig, trial: Trial) -> ModelConfig:
+    return dataclasses.replace(base, depth=trial.depth, shortcut=trial.shortcut, family=trial.family)
+
+
+def complexity(model_cfg: ModelConfig, num_classes: int, input_size: int) -> tuple[int, int]:
+    """(parameters, multiply-adds per image) of a model, built on the meta device."""
+    import torch
+
+    from resnet_pipeline.models import build_model, count_params, resnet_mult_adds
+
+    with torch.device("meta"):
+        model = build_model(model_cfg, num_classes, input_size)
+    return count_params(model), resnet_mult_adds(model, input_size)
+
+
+def calibrate(input_size: int, batch: int, steps: int = 5) -> float:
+    """Measured training multiply-adds per second on this machine (forward + backward ~ 3x forward),
+    from a few steps of ResNet-20 at the per-worker batch. Used only for --dry-run estimates."""
+    import torch
+
+    from resnet_pipeline.models import resnet_cifar, resnet_mult_adds
+
+    model = resnet_cifar(20).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, input_size, input_size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    for i in range(steps + 1):
+        if i == 1:
+            start = time.perf_counter()  # the first step warms up the kernels
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return 3 * resnet_mult_adds(model, input_size) * batch * steps / (time.perf_counter() - start)
+
+
+def estimate(trials: list[Trial], model_cfg: ModelConfig, train: TrainConfig, num_classes: int,
+             input_size: int, rate: float | None) -> list[dict[str, Any]]:
+    rows = []
+    for t in trials:
+        params, macs = complexity(_model_cfg(model_cfg, t), num_classes, input_size)
+        compute = macs * 3 * train.iterations * train.batch_size  # multiply-adds, forward + backward
+        rows.append({"depth": t.depth, "shortcut": t.shortcut, "seed": t.seed, "params": params, "mult_adds": macs,
+                     "train_mult_adds": compute, "estimated_s": compute / rate if rate else None})
+    return rows
+
+
+def _data_shape(data_dir: Path) -> tuple[int, int]:
+    from resnet_pipeline.data import load_manifest
+    from resnet_pipeline.data.loader import loader_spec
+
+    manifest = load_manifest(data_dir)
+    spec = loader_spec(data_dir, "val", train=False, batch_size=1)
+    return len(manifest["classes"]), spec.image_size[0] if spec.image_size else spec.crop_size
+
+
+def dry_run(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path,
+            measure: bool = True) -> dict[str, Any]:
+    from resnet_pipeline.training.driver import check_data_dir
+
+    trials = plan(sweep, train)
+    train.validate()
+    data_path = check_data_dir(data_dir)
+    num_classes, input_size = _data_shape(data_path)
+    rate = calibrate(input_size, train.per_worker_batch) if measure else None
+    rows = estimate(trials, model_cfg, train, num_classes, input_size, rate)
+    total = sum(r["estimated_s"] for r in rows) if rate else None
+    return {"sweep": sweep.name, "trials": rows, "calibration_mult_adds_per_s": rate,
+            "estimated_total_s_one_process": total}
+
+
+# --- running -----------------------------------------------------------------------------------
+
+def _trial_fn(config: dict[str, Any]) -> None:
+    """A Tune trial: one training run (a TorchTrainer reporting to Tune through TuneReportCallback)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from resnet_pipeline.training.driver import train
+
+    base, t = config["base"], config["trial"]
+    train_cfg = TrainConfig(**{**base["train"], "seed": t["seed"], "run_name": t["run_name"]})
+    model_cfg = ModelConfig(**{**base["model"], "depth": t["depth"], "shortcut": t["shortcut"],
+                               "family": t["family"]})
+    train(train_cfg, model_cfg, base["data_dir"], backend=base["backend"], normalize=base["normalize"],
+          num_threads=base["num_threads"], tracking_uri=base["tracking_uri"], parent_run_id=base["parent_run_id"],
+          snapshot={**base["snapshot"], "sweep_trial": t}, callbacks=[TuneReportCallback()])
+
+
+def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConfig, train: TrainConfig,
+              storage: Path) -> list[str]:
+    """Run the trials; returns the errors (empty when every trial finished)."""
+    import ray
+    from ray import tune
+
+    from resnet_pipeline.training.ray_launch import init_ray
+
+    # The trial's driver function holds one CPU beside its workers' (see RAY_OVERHEAD_CPUS).
+    init_ray(train.workers)
+    cpus = ray.cluster_resources().get("CPU", 1)
+    per_trial = train.workers + 1
+    if per_trial > cpus:
+        raise ConfigError(f"train.workers={train.workers} needs {per_trial} CPUs per trial (workers + the trial's "
+                          f"driver) but the Ray cluster has {cpus:g}; lower train.workers or add nodes")
+    concurrent = sweep.max_concurrent or max(1, int(cpus // per_trial))
+    scheduler = None
+    if sweep.asha:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="iteration", metric="val_error", mode="min", max_t=train.iterations,
+                                  grace_period=min(train.eval_every, train.iterations), reduction_factor=2)
+    tuner = tune.Tuner(
+        tune.with_resources(_trial_fn, {"CPU": 1}),
+        param_space={"base": base, "trial": tune.grid_search(todo)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, scheduler=scheduler),
+        run_config=tune.RunConfig(name=f"{sweep.name}-tune-{dt.datetime.now():%Y%m%d-%H%M%S}",
+                                  storage_path=str(storage), verbose=0),
+    )
+    results = tuner.fit()
+    return [str(r.error) for r in results if r.error]
+
+
+def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, *,
+              backend: str = "auto", normalize: str = "per_pixel", num_threads: int = 2,
+              tracking_uri: str | None = None, snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
+    from resnet_pipeline import tracking
+    from resnet_pipeline.training.driver import check_data_dir, environment_tags, resolve_storage
+
+    trials = plan(sweep, train)
+    train.validate()
+    for t in trials:
+        _model_cfg(model_cfg, t).validate()
+    data_path = check_data_dir(data_dir)
+    num_classes, input_size = _data_shape(data_path)
+    storage = resolve_storage(train.storage_path)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    snap = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in (snapshot or {}).items()}
+    snap.update(sweep=dataclasses.asdict(sweep), train=dataclasses.asdict(train), model=dataclasses.asdict(model_cfg))
+    parent_id, previous = tracking.start_run(uri, train.experiment, sweep.name, snap,
+                                             {**environment_tags(train.workers), "sweep": sweep.name,
+                                              "trials": str(len(trials))})
+    if previous == tracking.FINISHED:
+        tracking.set_running(uri, parent_id)  # e.g. re-run with more seeds: the sweep is open again
+    status = tracking.FAILED
+    try:
+        done = {r.info.run_name for r in tracking.child_runs(uri, parent_id) if r.info.status == tracking.FINISHED}
+        todo = [{**dataclasses.asdict(t), "run_name": t.run_name(sweep.name)} for t in trials
+                if t.run_name(sweep.name) not in done]
+        print(f"sweep '{sweep.name}' (MLflow run {parent_id}): {len(trials)} trials, "
+              f"{len(trials) - len(todo)} already finished, {len(todo)} to run")
+        errors: list[str] = []
+        if todo:
+            base = {"train": dataclasses.asdict(train), "model": dataclasses.asdict(model_cfg),
+                    "data_dir": str(data_path), "backend": backend, "normalize": normalize,
+                    "num_threads": num_threads, "tracking_uri": uri, "parent_run_id": parent_id, "snapshot": snap}
+            errors = _run_tune(todo, base, sweep, train, storage)
+        summary = summarize(uri, parent_id, sweep, trials, model_cfg, num_classes, input_size)
+        out = write_summary(summary, Path(sweep.out))
+        tracking.log_artifacts(uri, parent_id, out, "summary")
+        for e in errors:
+            print(f"trial failed: {e}")
+        missing = [r for r in summary["trials"] if r["status"] != tracking.FINISHED]
+        status = tracking.FINISHED if not errors and not missing else tracking.FAILED
+        return {**summary, "parent_run_id": parent_id, "tracking_uri": uri, "errors": errors, "out": str(out)}
+    except KeyboardInterrupt:
+        status = tracking.KILLED
+        raise
+    finally:
+        tracking.end_run(uri, parent_id, status)
+
+
+# --- summary -----------------------------------------------------------------------------------
+
+SUMMARY_COLUMNS = ("depth", "shortcut", "seed", "status", "train_error", "val_error", "test_error", "params",
+                   "mult_adds", "wall_time_s", "images_per_s", "run_id")
+
+
+def summarize(uri: str, parent_id: str, sweep: SweepConfig, trials: list[Trial], model_cfg: ModelConfig,
+              num_classes: int, input_size: int) -> dict[str, Any]:
+    """The sweep's table, read back from the child runs in MLflow (the source of truth)."""
+    from resnet_pipeline import tracking
+
+    runs = {r.info.run_name: r for r in tracking.child_runs(uri, parent_id)}
+    rows = []
+    for t in trials:
+        params, macs = complexity(_model_cfg(model_cfg, t), num_classes, input_size)
+        row: dict[str, Any] = {"depth": t.depth, "shortcut": t.shortcut, "seed": t.seed, "params": params,
+                               "mult_adds": macs, "status": "MISSING", "run_id": None}
+        run = runs.get(t.run_name(sweep.name))
+        if run is not None:
+            m = run.data.metrics
+            speeds = [v for _, v in tracking.metric_history(uri, run.info.run_id, "images_per_s")]
+            row.update(status=run.info.status, run_id=run.info.run_id,
+                       train_error=m.get("final_train_error"), val_error=m.get("final_best_val_error"),
+                       test_error=m.get("final_test_error"),
+                       wall_time_s=((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000,
+                       images_per_s=statistics.median(speeds) if speeds else None)
+        rows.append(row)
+    return {"sweep": sweep.name, "family": sweep.family, "trials": rows, "aggregate": aggregate(rows)}
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds per (depth, shortcut)."""
+    out = []
+    keys = sorted({(r["depth"], r["shortcut"]) for r in rows}, key=lambda k: (k[1], k[0]))
+    for depth, shortcut in keys:
+        group = [r for r in rows if r["depth"] == depth and r["shortcut"] == shortcut and r["status"] == "FINISHED"]
+        entry: dict[str, Any] = {"depth": depth, "shortcut": shortcut, "seeds": len(group)}
+        for metric in ("train_error", "val_error", "test_error"):
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = _mean_std([r.get(metric) for r in group])
+        out.append(entry)
+    return out
+
+
+def write_summary(summary: dict[str, Any], out: Path) -> Path:
+    """summary.json (everything) and summary.csv (one row per trial), written atomically."""
+    from resnet_pipeline.training.checkpoint import atomic_write_bytes
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    lines = [",".join(SUMMARY_COLUMNS)]
+    for r in summary["trials"]:
+        lines.append(",".join("" if r.get(c) is None else str(r.get(c)) for c in SUMMARY_COLUMNS))
+    atomic_write_bytes(out / "summary.csv", ("\n".join(lines) + "\n").encode())
+    return out

@@ -1,0 +1,113 @@
+"""Sweep: a real Ray Tune grid of 2 depths x 2 shortcuts on tiny data, MLflow parent/child structure, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from resnet_pipeline.config import ConfigError
+from resnet_pipeline.models import ModelConfig
+from resnet_pipeline.sweep import SweepConfig, dry_run, plan, run_sweep
+from resnet_pipeline.training import TrainConfig
+
+TRAIN = dict(iterations=20, batch_size=32, milestones=[1000], log_every=10, eval_every=20, checkpoint_every=10,
+             workers=2, precision="fp32", threads_per_worker=1, experiment="test-sweep")
+
+
+@pytest.fixture(scope="module")
+def sweep_setup(tiny_data: Path, tmp_path_factory, ray_session) -> dict:
+    root = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    sweep = SweepConfig(depths=[8, 14], shortcuts=["plain", "A"], name="tiny", out=str(root / "metrics"))
+    train = TrainConfig(**TRAIN, storage_path=str(root / "results"))
+    summary = run_sweep(sweep, train, ModelConfig(), tiny_data, backend="dali-cpu", num_threads=2, tracking_uri=uri)
+    return {"sweep": sweep, "train": train, "uri": uri, "summary": summary, "data": tiny_data}
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def test_sweep_structure(sweep_setup: dict) -> None:
+    s = sweep_setup["summary"]
+    client = _client(sweep_setup["uri"])
+    exp = client.get_experiment_by_name("test-sweep")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == s["parent_run_id"]]
+    assert len(parents) == 1 and parents[0].info.run_id == s["parent_run_id"]
+    assert parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    assert sorted(r.info.run_name for r in children) == [
+        "tiny-cifar14-A-seed0", "tiny-cifar14-plain-seed0", "tiny-cifar8-A-seed0", "tiny-cifar8-plain-seed0"]
+    artifacts = {a.path for a in client.list_artifacts(s["parent_run_id"], "summary")}
+    assert artifacts == {"summary/summary.json", "summary/summary.csv"}
+
+
+def test_summary_matches_child_runs(sweep_setup: dict) -> None:
+    s = sweep_setup["summary"]
+    client = _client(sweep_setup["uri"])
+    on_disk = json.loads((Path(s["out"]) / "summary.json").read_text())
+    assert on_disk["trials"] == s["trials"]
+    for row in s["trials"]:
+        m = client.get_run(row["run_id"]).data.metrics
+        assert row["train_error"] == m["final_train_error"]
+        assert row["val_error"] == m["final_best_val_error"]
+        assert row["test_error"] == m["final_test_error"]
+        assert row["params"] > 0 and row["mult_adds"] > 0 and row["images_per_s"] > 0
+    plain8 = next(r for r in s["trials"] if r["depth"] == 8 and r["shortcut"] == "plain")
+    a8 = next(r for r in s["trials"] if r["depth"] == 8 and r["shortcut"] == "A")
+    assert plain8["params"] == a8["params"]  # option A adds no parameters
+    agg = {(a["depth"], a["shortcut"]): a for a in s["aggregate"]}
+    assert agg[8, "A"]["seeds"] == 1 and agg[8, "A"]["test_error_mean"] == a8["test_error"]
+    csv_lines = (Path(s["out"]) / "summary.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("depth,shortcut,seed,status") and len(csv_lines) == 5
+
+
+def test_rerun_skips_finished_trials_and_resumes_the_rest(sweep_setup: dict, capsys) -> None:
+    client = _client(sweep_setup["uri"])
+    s = sweep_setup["summary"]
+    interrupted = next(r for r in s["trials"] if r["depth"] == 14 and r["shortcut"] == "A")
+    client.set_terminated(interrupted["run_id"], status="KILLED")  # as if Ctrl-C had stopped this trial
+    again = run_sweep(sweep_setup["sweep"], sweep_setup["train"], ModelConfig(), sweep_setup["data"],
+                      backend="dali-cpu", num_threads=2, tracking_uri=sweep_setup["uri"])
+    assert "3 already finished, 1 to run" in capsys.readouterr().out
+    assert again["parent_run_id"] == s["parent_run_id"]
+    children = client.search_runs([client.get_run(s["parent_run_id"]).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{s['parent_run_id']}'")
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}  # no duplicate run
+    resumed = next(r for r in again["trials"] if r["run_id"] == interrupted["run_id"])
+    assert resumed["status"] == "FINISHED"
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(depths=[21]), r"sweep.depths: invalid depth\(s\) 21"),
+    (dict(depths=[20, 18]), r"mix"),
+    (dict(depths=[]), r"no depths"),
+    (dict(shortcuts=["A", "D"]), r"unknown 'D'"),
+    (dict(seeds=0), r"sweep.seeds"),
+])
+def test_bad_sweep_fails_before_ray(changes: dict, match: str, tmp_path: Path) -> None:
+    import ray
+
+    was_running = ray.is_initialized()
+    with pytest.raises(ConfigError, match=match):
+        run_sweep(SweepConfig(**{**dict(depths=[20], shortcuts=["A"]), **changes}), TrainConfig(),
+                  ModelConfig(), tmp_path / "no-data", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert ray.is_initialized() == was_running
+    assert not (tmp_path / "mlflow.db").exists()  # no run was created
+
+
+def test_imagenet_depths_plan_on_cifar_sized_data(tiny_data: Path) -> None:
+    sweep = SweepConfig(depths=[18, 34, 50, 101, 152], shortcuts=["B"])
+    trials = plan(sweep, TrainConfig())
+    assert [t.family for t in trials] == ["imagenet"] * 5
+    report = dry_run(sweep, TrainConfig(batch_size=32, workers=2), ModelConfig(), tiny_data, measure=False)
+    # On 32x32 data the ImageNet nets get the CIFAR stem: ResNet-50's mult-adds at 32x32 with it are
+    # (224/32)^2 / 16 ... i.e. about 4x fewer than at 224 with the 4x-downsampling stem, not 49x.
+    r50 = next(r for r in report["trials"] if r["depth"] == 50)
+    assert 0.5e9 < r50["mult_adds"] < 2e9 and r50["train_mult_adds"] == r50["mult_adds"] * 3 * 64_000 * 32
