@@ -172,10 +172,11 @@ def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConf
 
     from resnet_pipeline.training.ray_launch import init_ray
 
-    # The trial's driver function holds one CPU beside its workers' (see RAY_OVERHEAD_CPUS).
-    init_ray(train.workers)
+    from resnet_pipeline.training.ray_launch import TRIAL_CPUS
+
+    init_ray(train.workers, sweep.max_concurrent or 1)
     cpus = ray.cluster_resources().get("CPU", 1)
-    per_trial = train.workers + 1
+    per_trial = train.workers + TRIAL_CPUS  # the trial's driver function holds a CPU beside its workers
     if per_trial > cpus:
         raise ConfigError(f"train.workers={train.workers} needs {per_trial} CPUs per trial (workers + the trial's "
                           f"driver) but the Ray cluster has {cpus:g}; lower train.workers or add nodes")
@@ -187,7 +188,7 @@ def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConf
         scheduler = ASHAScheduler(time_attr="iteration", metric="val_error", mode="min", max_t=train.iterations,
                                   grace_period=min(train.eval_every, train.iterations), reduction_factor=2)
     tuner = tune.Tuner(
-        tune.with_resources(_trial_fn, {"CPU": 1}),
+        tune.with_resources(_trial_fn, {"CPU": TRIAL_CPUS}),
         param_space={"base": base, "trial": tune.grid_search(todo)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, scheduler=scheduler),
         run_config=tune.RunConfig(name=f"{sweep.name}-tune-{dt.datetime.now():%Y%m%d-%H%M%S}",
@@ -297,11 +298,15 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_summary(summary: dict[str, Any], out: Path) -> Path:
-    """summary.json (everything) and summary.csv (one row per trial), written atomically."""
+    """summary.json (everything), summary.csv (one row per trial) and metrics.json (mean over seeds
+    per net, flat, for `dvc metrics show`), each written atomically."""
     from resnet_pipeline.training.checkpoint import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    flat = {f"{a['shortcut']}-{a['depth']}": {k: v for k, v in a.items() if k.endswith("_mean") or k == "seeds"}
+            for a in summary["aggregate"]}
+    atomic_write_bytes(out / "metrics.json", json.dumps(flat, indent=2).encode())
     lines = [",".join(SUMMARY_COLUMNS)]
     for r in summary["trials"]:
         lines.append(",".join("" if r.get(c) is None else str(r.get(c)) for c in SUMMARY_COLUMNS))

@@ -45,7 +45,7 @@ def test_sweep_structure(sweep_setup: dict) -> None:
     assert sorted(r.info.run_name for r in children) == [
         "tiny-cifar14-A-seed0", "tiny-cifar14-plain-seed0", "tiny-cifar8-A-seed0", "tiny-cifar8-plain-seed0"]
     artifacts = {a.path for a in client.list_artifacts(s["parent_run_id"], "summary")}
-    assert artifacts == {"summary/summary.json", "summary/summary.csv"}
+    assert artifacts == {"summary/summary.json", "summary/summary.csv", "summary/metrics.json"}
 
 
 def test_summary_matches_child_runs(sweep_setup: dict) -> None:

@@ -12,12 +12,14 @@ from typing import Any
 
 from resnet_pipeline.config import ConfigError
 
-# The Ray Train controller and (in a sweep) the Tune trial each hold a logical CPU on top of the
-# workers' own; on a 2-core machine 2 workers x 1 CPU would otherwise never be scheduled.
-RAY_OVERHEAD_CPUS = 2
+# A Tune trial's driver function holds a logical CPU on top of its workers' own; on a 2-core machine
+# 2 workers x 1 CPU would otherwise never be scheduled beside it.
+TRIAL_CPUS = 1
 
 
-def init_ray(workers: int, cpus_per_worker: float = 1, extra_cpus: int = RAY_OVERHEAD_CPUS) -> None:
+def init_ray(workers: int, concurrent_trials: int = 1) -> None:
+    """Connect to $RAY_ADDRESS, or start a local Ray instance sized for ``concurrent_trials`` trials
+    of ``workers`` workers (logical CPUs are accounting only; threads are set per worker)."""
     import ray
 
     if ray.is_initialized():
@@ -26,8 +28,7 @@ def init_ray(workers: int, cpus_per_worker: float = 1, extra_cpus: int = RAY_OVE
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **quiet)
         return
-    # Logical CPUs are accounting only: threads per worker are set explicitly (train.threads_per_worker).
-    num_cpus = max(os.cpu_count() or 1, int(workers * cpus_per_worker) + extra_cpus)
+    num_cpus = max(os.cpu_count() or 1, concurrent_trials * (workers + TRIAL_CPUS))
     # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls; it
     # listens on 127.0.0.1 only.
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
