@@ -7,6 +7,7 @@ is instant and a bad flag fails before anything expensive starts.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -27,6 +28,11 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Reproduce 'Deep Residual Learning for Image Recognition' (He et al. 2015)."""
+    # Before torch is imported: an OpenMP runtime started without OMP_NUM_THREADS spins its idle
+    # threads against DALI's decoder threads. A ResNet-20 training step in this process ran at
+    # 71 img/s without it and 326 img/s with it on 2 cores (docs/benchmarks.md). Ray sets it in its
+    # workers too. The training loop then sets torch's threads explicitly (train.threads_per_worker).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @main.command()
@@ -195,11 +201,114 @@ def _fmt_cell(column: str, v) -> str:
         return "-"
     if isinstance(v, float) and "error" in column:
         return f"{v:.2%}"
+    if isinstance(v, float) and column.startswith("vs_"):
+        return f"{v:.2f}x"
     if isinstance(v, float):
         return f"{v:,.1f}"
     if isinstance(v, int) and column in ("params", "mult_adds", "train_mult_adds"):
         return f"{v:,}"
     return str(v)
+
+
+@main.command()
+@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
+              help="Params file (default: params.yaml): its `evaluate`, `data`, `train` and `sweep` sections.")
+@click.option("--sweep", "sweep_name", default=None,
+              help="Sweep whose finished trials to evaluate (default: sweep.name).")
+@click.option("--run", "run_ids", multiple=True,
+              help="An MLflow run id to evaluate instead of a sweep; repeat for several.")
+@click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
+@click.option("--register/--no-register", default=None,
+              help="Override evaluate.register (the MLflow model registry).")
+def evaluate(params_file: str | None, sweep_name: str | None, run_ids: tuple[str, ...], data_dir: str | None,
+             register: bool | None) -> None:
+    """Test error (top-1/top-5, 10-crop on ImageNet-kind data) of each trained model beside the paper's,
+    the degradation check, Figures 6 and 7; metrics/ JSON, plots, MLflow runs and model registry."""
+    from resnet_pipeline.config import load_params, load_section
+    from resnet_pipeline.data import load_data_config
+    from resnet_pipeline.evaluation import load_evaluate_config
+    from resnet_pipeline.evaluation.evaluate import run_evaluation
+    from resnet_pipeline.sweep import SweepConfig
+    from resnet_pipeline.training.config import TrainConfig
+
+    if sweep_name and run_ids:
+        raise click.UsageError("give --sweep or --run, not both")
+    params = load_params(params_file)
+    data_cfg = load_data_config(params)
+    cfg = load_evaluate_config(params, register=register)
+    experiment = load_section(TrainConfig, "train", params).experiment
+    sweep_name = None if run_ids else sweep_name or load_section(SweepConfig, "sweep", params).name
+    summary = run_evaluation(cfg, data_dir or data_cfg.out_dir, experiment=experiment, sweep=sweep_name,
+                             run_ids=run_ids, backend=data_cfg.backend, normalize=data_cfg.normalize,
+                             num_threads=data_cfg.num_threads)
+    _print_rows(f"Errors (%) on {summary['compared']} beside the paper, mean +- std over seeds", [{
+        "net": f"plain-{e['depth']}" if e["shortcut"] == "plain" else f"ResNet-{e['depth']} {e['shortcut']}",
+        "n": e["runs"],
+        "top-1": _pct_pm(e["top1_error_mean"], e["top1_error_std"]), "paper": _pct_pm(e["paper_top1_error"]),
+        "diff": _pct_pm(e["diff_top1_error"]), "top-5": _pct_pm(e["top5_error_mean"], e["top5_error_std"]),
+        "val": _pct_pm(e["val_error_mean"], e["val_error_std"]),
+        "train": _pct_pm(e["train_error_mean"], e["train_error_std"])} for e in summary["table"]],
+        ("net", "n", "top-1", "paper", "diff", "top-5", "val", "train"))
+    for check in summary["degradation"]:
+        click.echo(f"degradation check: {check['answer']}")
+
+
+def _pct_pm(mean: float | None, std: float | None = None) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.2f}" + (f"±{100 * std:.2f}" if std else "")
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", "model_uri", default=None,
+              help="MLflow model URI, e.g. models:/resnet-cifar10@champion or runs:/<run id>/model "
+                   "(default: the dataset's champion).")
+@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
+              help="Params file (default: params.yaml): evaluate.registry_name and data.dataset name the champion.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def predict(images: tuple[str, ...], model_uri: str | None, params_file: str | None, as_json: bool) -> None:
+    """Top-5 classes, with probabilities, of each image file, preprocessed exactly as in evaluation."""
+    from resnet_pipeline.config import load_params
+    from resnet_pipeline.data import load_data_config
+    from resnet_pipeline.evaluation import load_evaluate_config
+    from resnet_pipeline.evaluation.predict import champion_uri, predict as run_predict
+
+    params = load_params(params_file)
+    cfg = load_evaluate_config(params)
+    default = champion_uri(cfg.resolved_registry_name(load_data_config(params).dataset))
+    results = run_predict(images, model_uri or default)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for r in results:
+        click.echo(r["image"])
+        for t in r["top"]:
+            click.echo(f"  {t['probability']:7.2%}  {t['class']}")
+
+
+@main.command()
+@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
+              help="Params file (default: params.yaml): its `evaluate` section.")
+@click.option("--sweep", "sweep_name", default=None,
+              help="Sweep to report; must be the one last evaluated (default: that one).")
+def report(params_file: str | None, sweep_name: str | None) -> None:
+    """reports/<sweep>/report.md and report.html from the evaluation, logged to the sweep's MLflow run."""
+    from resnet_pipeline.evaluation import load_evaluate_config
+    from resnet_pipeline.report.build import build_report
+
+    dest = build_report(load_evaluate_config(params_file), sweep=sweep_name, params_file=params_file)
+    from resnet_pipeline.tracking import resolve_tracking_uri
+
+    summary = json.loads((dest / "evaluation.json").read_text())
+    click.echo(f"\nreport: {dest / 'report.html'} (and report.md)")
+    for e in summary["table"]:
+        net = f"plain-{e['depth']}" if e["shortcut"] == "plain" else f"ResNet-{e['depth']} ({e['shortcut']})"
+        click.echo(f"  {net:<18} test error {_pct_pm(e['top1_error_mean'], e['top1_error_std'])}%  "
+                   f"training error {_pct_pm(e['train_error_mean'], e['train_error_std'])}%")
+    for check in summary["degradation"]:
+        click.echo(f"  degradation check: {check['answer']}")
+    click.echo(f"MLflow UI: mlflow ui --backend-store-uri {resolve_tracking_uri()}  (then http://127.0.0.1:5000)")
 
 
 @main.group()
@@ -244,6 +353,34 @@ def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[st
         table.add_row(r["backend"], f"{r['images_per_s']:,.0f}", ratio,
                       " ".join(f"{x:,.0f}" for x in r["rounds_images_per_s"]), f"{r['images_per_cpu_s']:,.0f}")
     Console().print(table)
+
+
+@bench.command("train")
+@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
+              help="Params file (default: params.yaml): data.out is the default dataset.")
+@click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
+@click.option("--depth", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--iterations", type=int, default=60, show_default=True, help="Per mode.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--mode", "modes", multiple=True, type=click.Choice(["bare", "ray-1", "ray-2"]),
+              help="Repeat for several (default: all three).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def bench_train(params_file: str | None, data_dir: str | None, depth: int, batch_size: int, iterations: int,
+                precision: str, modes: tuple[str, ...], as_json: bool) -> None:
+    """Images/s of the Ray Train path (1 and 2 workers) vs the bare single-process loop, side by side."""
+    from resnet_pipeline.data import load_data_config
+    from resnet_pipeline.training.bench import bench_train as run_bench
+
+    cfg = load_data_config(params_file)
+    report = run_bench(data_dir or cfg.out_dir, depth=depth, batch_size=batch_size, iterations=iterations,
+                       precision=precision, modes=modes or ("bare", "ray-1", "ray-2"))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print_rows(f"Training throughput, ResNet-{depth}, batch {batch_size}, {precision}, {iterations} iterations "
+                f"({report['machine']['cpu']}, {report['machine']['cores']} cores)", report["results"],
+                ("mode", "images_per_s", "vs_bare", "wall_s", "overhead_s"))
 
 
 if __name__ == "__main__":

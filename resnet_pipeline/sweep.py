@@ -4,7 +4,8 @@ Each trial is a training run (`training.driver.train`): a Tune driver function t
 TorchTrainer with `TuneReportCallback`, so a trial can itself use several workers. Everything is
 validated before Ray starts. Trials are named `<sweep>-<family><depth>-<shortcut>-seed<seed>`, so
 re-running the same sweep finds its finished trials in MLflow (skipped) and its unfinished ones'
-checkpoints (resumed).
+checkpoints (resumed). A trial's name carries a digest of everything that shapes its result (the
+train, model and data settings), so a changed parameter trains anew instead of reusing old runs.
 """
 
 from __future__ import annotations
@@ -66,8 +67,22 @@ class Trial:
     seed: int
     family: str
 
-    def run_name(self, sweep: str) -> str:
-        return f"{sweep}-{self.family}{self.depth}-{self.shortcut}-seed{self.seed}"
+    def run_name(self, sweep: str, digest: str) -> str:
+        return f"{sweep}-{digest}-{self.family}{self.depth}-{self.shortcut}-seed{self.seed}"
+
+
+# Settings that do not change what a trial computes: bookkeeping, fault tolerance, naming.
+_NOT_RESULT_SHAPING = {"run_name", "experiment", "storage_path", "max_failures", "inject_failure_at", "log_every",
+                       "keep_checkpoints", "checkpoint_every"}
+
+
+def config_digest(train: TrainConfig, model_cfg: ModelConfig, data: dict[str, Any]) -> str:
+    """6 hex digits identifying the settings that shape a sweep's results."""
+    import hashlib
+
+    shaping = {"train": {k: v for k, v in dataclasses.asdict(train).items() if k not in _NOT_RESULT_SHAPING},
+               "model": dataclasses.asdict(model_cfg), "data": data}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:6]
 
 
 def plan(sweep: SweepConfig, train: TrainConfig) -> list[Trial]:
@@ -128,7 +143,7 @@ def _data_shape(data_dir: Path) -> tuple[int, int]:
     from resnet_pipeline.data.loader import loader_spec
 
     manifest = load_manifest(data_dir)
-    spec = loader_spec(data_dir, "val", train=False, batch_size=1)
+    spec = loader_spec(data_dir, "val", train=False, batch_size=1, normalize="per_channel")  # shape only
     return len(manifest["classes"]), spec.image_size[0] if spec.image_size else spec.crop_size
 
 
@@ -214,16 +229,19 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
     uri = tracking.resolve_tracking_uri(tracking_uri)
     snap = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in (snapshot or {}).items()}
     snap.update(sweep=dataclasses.asdict(sweep), train=dataclasses.asdict(train), model=dataclasses.asdict(model_cfg))
+    digest = config_digest(train, model_cfg, {"data_dir": str(data_path), "backend": backend,
+                                              "normalize": normalize})
     parent_id, previous = tracking.start_run(uri, train.experiment, sweep.name, snap,
                                              {**environment_tags(train.workers), "sweep": sweep.name,
-                                              "trials": str(len(trials))})
+                                              "trials": str(len(trials)), "config_digest": digest},
+                                             match_tag="config_digest")
     if previous == tracking.FINISHED:
         tracking.set_running(uri, parent_id)  # e.g. re-run with more seeds: the sweep is open again
     status = tracking.FAILED
     try:
         done = {r.info.run_name for r in tracking.child_runs(uri, parent_id) if r.info.status == tracking.FINISHED}
-        todo = [{**dataclasses.asdict(t), "run_name": t.run_name(sweep.name)} for t in trials
-                if t.run_name(sweep.name) not in done]
+        todo = [{**dataclasses.asdict(t), "run_name": t.run_name(sweep.name, digest)} for t in trials
+                if t.run_name(sweep.name, digest) not in done]
         print(f"sweep '{sweep.name}' (MLflow run {parent_id}): {len(trials)} trials, "
               f"{len(trials) - len(todo)} already finished, {len(todo)} to run")
         errors: list[str] = []
@@ -232,7 +250,7 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
                     "data_dir": str(data_path), "backend": backend, "normalize": normalize,
                     "num_threads": num_threads, "tracking_uri": uri, "parent_run_id": parent_id, "snapshot": snap}
             errors = _run_tune(todo, base, sweep, train, storage)
-        summary = summarize(uri, parent_id, sweep, trials, model_cfg, num_classes, input_size)
+        summary = summarize(uri, parent_id, sweep, digest, trials, model_cfg, num_classes, input_size)
         out = write_summary(summary, Path(sweep.out))
         tracking.log_artifacts(uri, parent_id, out, "summary")
         for e in errors:
@@ -253,8 +271,8 @@ SUMMARY_COLUMNS = ("depth", "shortcut", "seed", "status", "train_error", "val_er
                    "mult_adds", "wall_time_s", "images_per_s", "run_id")
 
 
-def summarize(uri: str, parent_id: str, sweep: SweepConfig, trials: list[Trial], model_cfg: ModelConfig,
-              num_classes: int, input_size: int) -> dict[str, Any]:
+def summarize(uri: str, parent_id: str, sweep: SweepConfig, digest: str, trials: list[Trial],
+              model_cfg: ModelConfig, num_classes: int, input_size: int) -> dict[str, Any]:
     """The sweep's table, read back from the child runs in MLflow (the source of truth)."""
     from resnet_pipeline import tracking
 
@@ -264,7 +282,7 @@ def summarize(uri: str, parent_id: str, sweep: SweepConfig, trials: list[Trial],
         params, macs = complexity(_model_cfg(model_cfg, t), num_classes, input_size)
         row: dict[str, Any] = {"depth": t.depth, "shortcut": t.shortcut, "seed": t.seed, "params": params,
                                "mult_adds": macs, "status": "MISSING", "run_id": None}
-        run = runs.get(t.run_name(sweep.name))
+        run = runs.get(t.run_name(sweep.name, digest))
         if run is not None:
             m = run.data.metrics
             speeds = [v for _, v in tracking.metric_history(uri, run.info.run_id, "images_per_s")]
@@ -274,7 +292,8 @@ def summarize(uri: str, parent_id: str, sweep: SweepConfig, trials: list[Trial],
                        wall_time_s=((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000,
                        images_per_s=statistics.median(speeds) if speeds else None)
         rows.append(row)
-    return {"sweep": sweep.name, "family": sweep.family, "trials": rows, "aggregate": aggregate(rows)}
+    return {"sweep": sweep.name, "config_digest": digest, "family": sweep.family, "trials": rows,
+            "aggregate": aggregate(rows)}
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:

@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
+from resnet_pipeline.config import ConfigError
+
 T = TypeVar("T")
 
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
@@ -62,8 +64,9 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
-              parent_run_id: str | None = None) -> tuple[str, str | None]:
-    """Create the run named ``run_name`` in ``experiment``, or find the existing one.
+              parent_run_id: str | None = None, match_tag: str | None = None) -> tuple[str, str | None]:
+    """Create the run named ``run_name`` in ``experiment``, or find the existing one (with the same
+    value of the tag ``match_tag``, when given: e.g. a sweep's configuration digest).
 
     Returns (run_id, previous status): None for a new run; FINISHED means there is nothing left to
     do; RUNNING/FAILED/KILLED means the run is continued (set RUNNING again).
@@ -73,8 +76,11 @@ def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any
     client = _client(uri)
     exp = _retry(lambda: client.get_experiment_by_name(experiment))
     exp_id = exp.experiment_id if exp else _retry(lambda: client.create_experiment(experiment))
-    found = _retry(lambda: client.search_runs([exp_id], filter_string=f"attributes.run_name = '{run_name}'",
-                                              max_results=1, order_by=["attributes.start_time DESC"]))
+    query = f"attributes.run_name = '{run_name}'"
+    if match_tag:
+        query += f" and tags.{match_tag} = '{tags[match_tag]}'"
+    found = _retry(lambda: client.search_runs([exp_id], filter_string=query, max_results=1,
+                                              order_by=["attributes.start_time DESC"]))
     if found:
         run = found[0]
         status = run.info.status
@@ -180,3 +186,149 @@ def log_model(uri: str, run_id: str, model: Any, input_example: Any) -> str:
     # Closing our own start_run context marks the run FINISHED; the driver owns the status.
     set_running(uri, run_id)
     return info.model_uri
+
+
+# --- evaluation, registry and reports (resnet_pipeline.evaluation / .report) -------------------
+
+class TrackingError(ConfigError):
+    """A run, model or registry entry that a command needs is missing; the message names it (the
+    CLI reports it in one line, as a ConfigError)."""
+
+
+@contextlib.contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No per-file progress bars while artifacts download (they flood a CLI's output)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
+
+
+def _error_code(exc: Exception) -> str:
+    return str(getattr(exc, "error_code", ""))
+
+
+def find_parent_run(uri: str, experiment: str, run_name: str):
+    """The newest top-level run named ``run_name`` in ``experiment`` (a sweep's parent run).
+
+    TrackingError lists the sweeps that exist when there is none.
+    """
+    client = _client(uri)
+    exp = _retry(lambda: client.get_experiment_by_name(experiment))
+    if exp is None:
+        raise TrackingError(f"MLflow experiment {experiment!r} not found in {uri} (train.experiment); "
+                            "run `python cli.py sweep` first, or set MLFLOW_TRACKING_URI to the store that has it")
+    runs = _retry(lambda: client.search_runs([exp.experiment_id], max_results=10_000,
+                                             order_by=["attributes.start_time DESC"]))
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    found = [r for r in parents if r.info.run_name == run_name]
+    if not found:
+        sweeps = sorted({r.info.run_name for r in parents if "sweep" in r.data.tags})
+        raise TrackingError(f"no sweep named {run_name!r} in experiment {experiment!r} ({uri}); "
+                            f"sweeps there: {', '.join(sweeps) or 'none'}")
+    return found[0]
+
+
+def get_run_or_error(uri: str, run_id: str):
+    """``get_run``, with a TrackingError naming the run id when it does not exist."""
+    try:
+        return get_run(uri, run_id)
+    except Exception as exc:
+        if _error_code(exc) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") \
+                or "not found" in str(exc).lower():
+            raise TrackingError(f"MLflow run {run_id!r} not found in {uri}") from None
+        raise
+
+
+def logged_model_id(uri: str, run_id: str, name: str = "model") -> str | None:
+    """The id of the model logged by run ``run_id`` under ``name`` (MLflow 3 LoggedModel), or None."""
+    client = _client(uri)
+    run = _retry(lambda: client.get_run(run_id))
+    found = _retry(lambda: client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'"))
+    ready = [m for m in found if str(getattr(m.status, "value", m.status)) == "READY"]
+    return ready[-1].model_id if ready else None
+
+
+def load_pytorch_model(uri: str, model_uri: str):
+    """Load a logged PyTorch model (pt2 format: torch.export, no pickled code runs on load)."""
+    import mlflow
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with _quiet_downloads(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)  # pt2 loading warns about torch.export internals
+        return mlflow.pytorch.load_model(model_uri)
+
+
+def download_model(uri: str, model_uri: str, dst: str | Path) -> Path:
+    """Copy a model's folder (``runs:/``, ``models:/name@alias``, ``models:/name/1``, ``models:/m-...``)
+    into ``dst``; TrackingError names the URI when it does not resolve."""
+    import mlflow
+    import mlflow.artifacts
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        with _quiet_downloads():
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst),
+                                                            tracking_uri=uri))
+    except Exception as exc:
+        if _error_code(exc) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND") \
+                or "not found" in str(exc).lower() or "no such" in str(exc).lower():
+            raise TrackingError(f"model {model_uri!r} not found in {uri}: {str(exc).splitlines()[0]}") from None
+        raise
+
+
+def log_model_files(uri: str, model_id: str, folder: str | Path) -> None:
+    """Add the files of ``folder`` to a logged model's own folder (e.g. its preprocessing.json)."""
+    _retry(lambda: _client(uri).log_model_artifacts(model_id, str(folder)))
+
+
+def register_model_version(uri: str, name: str, run_id: str, model_id: str, tags: Mapping[str, str],
+                           model_tags: Mapping[str, str] | None = None, description: str | None = None):
+    """Register run ``run_id``'s logged model as a version of ``name``, or update the tags of the
+    version that already holds it (evaluating a run again adds no duplicate). Returns the version."""
+    client = _client(uri)
+    try:
+        _retry(lambda: client.create_registered_model(name, tags=dict(model_tags or {}), description=description))
+    except Exception as exc:
+        if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":
+            raise
+        for k, v in (model_tags or {}).items():
+            _retry(lambda: client.set_registered_model_tag(name, k, v))
+    existing = _retry(lambda: client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"))
+    existing = [v for v in existing if getattr(v, "model_id", None) in (None, model_id)]
+    if existing:
+        version = max(existing, key=lambda v: int(v.version))
+        for k, v in tags.items():
+            _retry(lambda: client.set_model_version_tag(name, version.version, k, str(v)))
+        return _retry(lambda: client.get_model_version(name, version.version))
+    return _retry(lambda: client.create_model_version(name, f"models:/{model_id}", run_id=run_id,
+                                                      tags={k: str(v) for k, v in tags.items()}, model_id=model_id))
+
+
+def alias_version(uri: str, name: str, alias: str):
+    """The version of ``name`` that holds ``alias``, or None."""
+    try:
+        return _retry(lambda: _client(uri).get_model_version_by_alias(name, alias))
+    except Exception as exc:
+        if _error_code(exc) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def set_alias(uri: str, name: str, alias: str, version: str | int) -> None:
+    _retry(lambda: _client(uri).set_registered_model_alias(name, alias, str(version)))
+
+
+def model_versions(uri: str, name: str) -> list:
+    """Every version of registered model ``name`` (empty when it does not exist)."""
+    return list(_retry(lambda: _client(uri).search_model_versions(f"name = '{name}'")))

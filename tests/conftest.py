@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 from pathlib import Path
 from typing import Iterator
@@ -51,7 +52,7 @@ def tree_digest(root: Path) -> str:
     """sha256 over every file's relative path, bytes and mode under ``root``."""
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*")):
-        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(os.fsencode(path.relative_to(root)))
         if path.is_file():
             digest.update(path.read_bytes())
         digest.update(str(path.stat().st_mode).encode())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,17 @@ def test_prepare_rejects_bad_files_and_converts_modes(tmp_path):
     assert m["image_size"] == [32, 32] and np.load(out / m["mean_image"]).shape == (32, 32, 3)
     assert m["versions"]["python"] and m["versions"]["torch"] and m["versions"]["pillow"]
     assert len(m["source"]["sha256"]) == 64
+
+
+def test_odd_file_names_still_load(tmp_path):
+    src = make_image_folder(tmp_path / "src", {"a": 3, "b": 3})
+    folder = bytes(src / "train" / "a")
+    for i, name in enumerate([b"two  spaces .jpg", b"latin1-\xe9.jpg", b"new\nline.jpg"]):
+        os.rename(write_images(tmp_path / "tmp", 1, seed=50 + i)[0], folder + b"/" + name)
+    m = _prepare(src, tmp_path / "out", val_fraction=0.0)
+    assert m["splits"]["train"]["per_class"]["a"] == 6
+    loader = make_loader(tmp_path / "out", "train", train=False, batch_size=4, backend="dali-cpu")
+    assert sum(len(y) for _, y in loader) == 9
 
 
 def test_mean_and_std_are_over_the_train_split(cifar_like):

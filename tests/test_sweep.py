@@ -42,8 +42,10 @@ def test_sweep_structure(sweep_setup: dict) -> None:
     assert len(parents) == 1 and parents[0].info.run_id == s["parent_run_id"]
     assert parents[0].info.status == "FINISHED"
     assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    d = s["config_digest"]
     assert sorted(r.info.run_name for r in children) == [
-        "tiny-cifar14-A-seed0", "tiny-cifar14-plain-seed0", "tiny-cifar8-A-seed0", "tiny-cifar8-plain-seed0"]
+        f"tiny-{d}-cifar14-A-seed0", f"tiny-{d}-cifar14-plain-seed0", f"tiny-{d}-cifar8-A-seed0",
+        f"tiny-{d}-cifar8-plain-seed0"]
     artifacts = {a.path for a in client.list_artifacts(s["parent_run_id"], "summary")}
     assert artifacts == {"summary/summary.json", "summary/summary.csv", "summary/metrics.json"}
 

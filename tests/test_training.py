@@ -206,3 +206,27 @@ def test_mlflow_run_content(ray_runs: dict) -> None:
     model = mlflow.pytorch.load_model(f"runs:/{s['run_id']}/model")
     out = model(torch.zeros(2, 3, 32, 32))
     assert out.shape == (2, 4)
+
+
+def test_failed_run_is_marked_failed_not_left_running(tiny_data: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from resnet_pipeline.training.driver import train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = TrainConfig(iterations=30, lr=1e12, storage_path=str(tmp_path / "results"), run_name="diverges",
+                      experiment="test-failed", **TINY)
+    with pytest.raises(NonFiniteLossError):
+        train(cfg, ModelConfig(depth=8), tiny_data, backend="dali-cpu", launcher="local", tracking_uri=uri)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("test-failed").experiment_id])
+    assert run.info.status == "FAILED" and run.info.run_name == "diverges"
+
+
+def test_bad_data_dir_fails_before_anything_starts(tmp_path: Path) -> None:
+    from resnet_pipeline.training.driver import train
+
+    with pytest.raises(ConfigError, match=str(tmp_path / "missing")):
+        train(TrainConfig(**{**TINY, "workers": 2}), ModelConfig(depth=8), tmp_path / "missing",
+              tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not (tmp_path / "mlflow.db").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
@@ -27,36 +28,62 @@ def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split
 
     Every backend gets the same ``num_threads`` (DALI threads or torch workers). The backends take
     turns, ``rounds`` times, so a change in the machine's load hits all of them alike. Each turn
-    first drains ``warmup_batches`` (start-up, and what a loader prefetched while idle), then
-    counts images for at least ``seconds``, across epochs if need be; GPU work is synchronised
-    before the clock stops.
-    Returns {"results": [{backend, images_per_s (median), rounds_images_per_s, ...}], "machine": {...}}.
+    builds a fresh loader, lets ``warmup_batches`` pass untimed (worker start-up, first
+    allocations), then counts images for at least ``seconds``, across epochs if need be; GPU work
+    is synchronised before the clock stops.
+    Also reports images per CPU-second (this process and its worker processes).
+    Returns {"results": [{backend, images_per_s (median), rounds_images_per_s, images_per_cpu_s,
+    ...}], "machine": {...}}.
     """
     import torch
 
-    loaders = {}
-    for backend in backends or available_backends():
-        loader = make_loader(data_dir, split, train=True, batch_size=batch_size, backend=backend,
-                             num_threads=num_threads, normalize=normalize)
-        loaders[loader.backend] = (loader, _batches(loader))
-    rates: dict[str, list[float]] = {name: [] for name in loaders}
+    names = backends or available_backends()
+    rates: dict[str, list[float]] = {}
+    per_cpu: dict[str, list[float]] = {}
     for _ in range(rounds):
-        for name, (_, batches) in loaders.items():
+        for backend in names:
+            # A fresh loader per turn: an idle loader left alive would refill its prefetch queue
+            # (torch workers, DALI threads) while the next backend is being timed.
+            loader = make_loader(data_dir, split, train=True, batch_size=batch_size, backend=backend,
+                                 num_threads=num_threads, normalize=normalize)
+            batches = _batches(loader)
             for _ in range(warmup_batches):
                 next(batches)
-            images, start = 0, time.perf_counter()
+            images, start, cpu_start = 0, time.perf_counter(), _cpu_seconds()
             while time.perf_counter() - start < seconds:
                 x, _ = next(batches)
                 images += x.shape[0]
             if x.is_cuda:
                 torch.cuda.synchronize()
-            rates[name].append(images / (time.perf_counter() - start))
-    for _, batches in loaders.values():
-        batches.close()
+            elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+            rates.setdefault(loader.backend, []).append(images / elapsed)
+            per_cpu.setdefault(loader.backend, []).append(images / max(cpu, 1e-9))
+            batches.close()
+            del loader, batches, x
+            gc.collect()  # shuts the torch workers down now, not at some later collection
     results = [{"backend": name, "images_per_s": statistics.median(r), "rounds_images_per_s": r,
-                "batch_size": batch_size, "num_threads": num_threads} for name, r in rates.items()]
+                "images_per_cpu_s": statistics.median(per_cpu[name]), "batch_size": batch_size,
+                "num_threads": num_threads} for name, r in rates.items()]
     return {"results": results, "data_dir": str(data_dir), "split": split, "normalize": normalize,
             "seconds_per_round": seconds, "rounds": rounds, "machine": _machine()}
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its children (torch's workers) so far.
+
+    Images per CPU-second is a second view of speed, steadier than images/s when other jobs share
+    the machine."""
+    import psutil  # a dependency of dvc
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def _batches(loader):

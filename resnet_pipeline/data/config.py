@@ -86,6 +86,9 @@ class DataConfig:
                 "(.tar, .tar.gz, .tgz, .zip) or a folder")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction: {self.val_fraction} is not valid; use a number in [0, 1)")
+        for key in ("split_seed", "demo_seed"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"data.{key}: {getattr(self, key)} is not valid; use an integer >= 0")
         if self.num_threads < 1:
             raise ConfigError(f"data.num_threads: {self.num_threads} is not valid; use an integer >= 1")
         if not 2 <= self.demo_classes <= len(SHAPES):

@@ -30,6 +30,7 @@ batches, dropping the remainder, so ranks stay in lockstep.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,11 +115,11 @@ class Loader(Protocol):
 
 
 def dali_available() -> bool:
+    """Whether nvidia-dali is installed (found, not imported: only dali.py imports it)."""
     try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except ModuleNotFoundError:  # no `nvidia` namespace package at all
         return False
-    return True
 
 
 def cuda_available() -> bool:

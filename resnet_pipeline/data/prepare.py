@@ -212,6 +212,10 @@ def _collect(source: _Source, cfg: DataConfig) -> tuple[list[_Candidate], list[t
                 add_extras(entry, f"not inside a class folder of {split}/")
         if not class_dirs:
             raise DataError(f"{split_dir} has no class folders: expected {split}/<class>/<images>")
+        for d in class_dirs:
+            if d.name != d.name.strip() or not _encodable(d.name) or any(ch in d.name for ch in "\n\t\r"):
+                raise DataError(f"class folder name {d.name!r} in {split_dir} is not usable: no leading or "
+                                "trailing spaces, tabs, line breaks or invalid UTF-8")
         class_sets[split] = [d.name for d in class_dirs]
         for class_dir in class_dirs:
             files = sorted(p for p in class_dir.rglob("*") if p.is_file())
@@ -338,11 +342,20 @@ def _tree_digest(candidates: list[_Candidate], extras: list[tuple[Path | None, s
     lines += [(rel, sources.sha256_file(path)) for path, rel, _ in extras if path is not None]
     digest = hashlib.sha256()
     for rel, sha in sorted(lines):
-        digest.update(f"{rel}\t{sha}\n".encode())
+        digest.update(os.fsencode(rel) + f"\t{sha}\n".encode())  # the name's bytes, whatever their encoding
     return digest.hexdigest()
 
 
 # -- writing ------------------------------------------------------------------------------------
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` survives UTF-8 (file names that are not valid UTF-8 decode to surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 def _out_name(c: _Candidate, taken: set[str]) -> str:
     """``<split>/<class>/<name>``: the source name (whitespace replaced, so file lists parse),
@@ -351,7 +364,7 @@ def _out_name(c: _Candidate, taken: set[str]) -> str:
     stem, ext = os.path.splitext(rel_in_class)
     if c.inspection.convert is None and ext.lower() not in KEPT_FORMATS[c.inspection.format]:
         ext = KEPT_FORMATS[c.inspection.format][0]
-    stem = "".join("_" if ch.isspace() else ch for ch in stem) or "image"
+    stem = "".join("_" if ch.isspace() or not _encodable(ch) else ch for ch in stem) or "image"
     name = f"{c.split}/{c.cls}/{stem}{ext}"
     if name in taken:
         name = f"{c.split}/{c.cls}/{stem}-{c.inspection.sha256[:12]}{ext}"
@@ -399,7 +412,10 @@ def _manifest(cfg: DataConfig, source_info: dict, classes: list[str], accepted: 
     if mean_image is not None:
         np.save(tmp / MEAN_IMAGE, mean_image)
     rejected = sorted(rejected, key=lambda r: r.rel)
-    (tmp / REJECTED).write_text("".join(f"{r.rel}\t{r.kind}: {r.reason}\n" for r in rejected))
+    # One line per file, whatever its name holds: escape what would break the line or the encoding.
+    lines = (f"{r.rel}\t{r.kind}: {r.reason}".encode("utf-8", "backslashreplace").decode()
+             .replace("\n", "\\n") + "\n" for r in rejected)
+    (tmp / REJECTED).write_text("".join(lines))
     manifest = {
         "format_version": FORMAT_VERSION,
         "dataset": cfg.dataset,

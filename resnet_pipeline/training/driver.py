@@ -96,6 +96,15 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
     train_cfg.validate()
     model_cfg.validate()
     data_path = check_data_dir(data_dir)
+    from resnet_pipeline.data.loader import loader_spec
+
+    # Before Ray starts: the loader settings fit this dataset (e.g. per-pixel mean needs fixed-size
+    # images) and every worker gets at least one batch.
+    spec = loader_spec(data_path, "train", train=True, batch_size=train_cfg.per_worker_batch,
+                       num_shards=train_cfg.workers, normalize=normalize)
+    if len(spec) == 0:
+        raise ConfigError(f"train.batch_size {train_cfg.batch_size} over {train_cfg.workers} workers is larger than "
+                          f"the training split of {data_path} ({spec.num_samples} images)")
     if launcher == "auto":
         try:
             import ray  # noqa: F401

@@ -89,7 +89,7 @@ def run_worker(config: dict[str, Any], rank: int = 0, world_size: int = 1, devic
 def model_input_size(src: DataSource) -> int:
     from resnet_pipeline.data.loader import loader_spec
 
-    spec = loader_spec(src.data_dir, "val", train=False, batch_size=1)
+    spec = loader_spec(src.data_dir, "val", train=False, batch_size=1, normalize=src.normalize)
     return spec.image_size[0] if spec.image_size else spec.crop_size
 
 

@@ -1,0 +1,71 @@
+"""The `evaluate` section of params.yaml (read by `evaluate`, `predict` and `report`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from resnet_pipeline.config import ConfigError
+
+# The alias that marks the registered version with the lowest validation error.
+CHAMPION = "champion"
+SPLITS = ("val", "test")
+# In evaluate.details: the whole evaluation (what `report` renders).
+SUMMARY = "summary.json"
+
+
+@dataclass
+class EvaluateConfig:
+    # DVC metrics: per net the mean over seeds beside the paper's figure, and the degradation check.
+    # Errors are fractions (0.0875 = 8.75%), as in MLflow.
+    out: str = "metrics/evaluation.json"
+    # summary.json (everything `report` renders) and one file per run: per-class accuracy, the
+    # confusion matrix, the layer responses.
+    details: str = "metrics/evaluation"
+    # DVC plots data (CSV) and the PNG figures: Figures 6 and 7, learning curves, confusion matrices.
+    plots: str = "plots/evaluation"
+    # Reports are written to <reports>/<sweep name>/.
+    reports: str = "reports"
+    # The split whose error is reported beside the paper's. Validation error (the `val` split) is
+    # always measured too: it, never the test error, decides the registry's champion.
+    split: Literal["val", "test"] = "test"
+    batch_size: int = 256
+    # ImageNet-kind data: also 10-crop testing (Sec. 3.4; Tables 2 and 3 use it). auto: on for
+    # the ImageNet kind (CIFAR-kind images are tested on a single view, Sec. 4.2).
+    ten_crop: Literal["auto", "on", "off"] = "auto"
+    # Degradation check (Figure 6): a run's final training error is the mean of its last N
+    # logging windows; a rise with depth counts only when larger than the margin (a fraction:
+    # 0.01 = 1 percentage point), so noise between seeds is not called degradation.
+    last_windows: int = 5
+    degradation_margin: float = 0.01
+    # MLflow model registry: one registered model per dataset; null means resnet-<dataset>.
+    register: bool = True
+    registry_name: str | None = None
+
+    def validate(self) -> None:
+        for key in ("out", "details", "plots", "reports"):
+            if not getattr(self, key):
+                raise ConfigError(f"evaluate.{key}: must be a non-empty path")
+        if not self.out.endswith(".json"):
+            raise ConfigError(f"evaluate.out: {self.out!r} must be a .json file (a DVC metrics file)")
+        for key in ("batch_size", "last_windows"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"evaluate.{key}: must be a positive integer, got {getattr(self, key)}")
+        if not 0 <= self.degradation_margin < 1:
+            raise ConfigError(f"evaluate.degradation_margin: must be in [0, 1) (a fraction of error), "
+                              f"got {self.degradation_margin}")
+        if self.registry_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.registry_name):
+            raise ConfigError(f"evaluate.registry_name: {self.registry_name!r} is not valid; use letters, digits, "
+                              "'.', '_' and '-' (e.g. resnet-cifar10), or null for resnet-<dataset>")
+
+    def resolved_registry_name(self, dataset: str) -> str:
+        """``registry_name``, else ``resnet-<dataset>`` (the manifest's dataset name)."""
+        return self.registry_name or f"resnet-{dataset}"
+
+
+def load_evaluate_config(params=None, **overrides) -> EvaluateConfig:
+    """Read params' `evaluate` section (unknown keys are errors) and apply non-None overrides."""
+    from resnet_pipeline.config import load_section
+
+    return load_section(EvaluateConfig, "evaluate", params, **overrides)

@@ -1,0 +1,161 @@
+"""The degradation check: the paper's central finding, computed from the training curves.
+
+Sec. 4.1/4.2 and Figure 6: with BN and He initialisation, a deeper *plain* net reaches a *higher
+training error* than a shallower one (so it is an optimisation difficulty, not overfitting),
+while residual nets of the same depths do not. The check asks exactly that of a set of runs:
+
+1. Each run's final training error is the mean of its last ``last_windows`` logging windows
+   (one window's error is noisy), then the mean (and std) over seeds per (shortcut, depth).
+2. It compares plain nets with the residual nets of each residual shortcut at the depths where
+   both exist. At least 2 such depths are needed, else the answer is "not enough runs".
+3. A family "rises with depth" when its deepest net's error exceeds its shallowest's by more than
+   ``margin`` (a fraction: 0.01 = 1 percentage point).
+4. Degradation is reproduced when plain nets rise and residual nets do not.
+
+Pure Python on plain data structures.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Literal, Mapping, Sequence
+
+Verdict = Literal["degradation", "no degradation", "both degrade", "not enough runs"]
+
+
+@dataclass(frozen=True)
+class RunCurve:
+    """One training run's training-error curve: [(iteration, error as a fraction), ...]."""
+
+    shortcut: str  # plain, A, B or C
+    depth: int
+    seed: int
+    train_error: Sequence[tuple[int, float]]
+    run_id: str | None = None
+
+
+@dataclass
+class DepthPoint:
+    depth: int
+    plain: float  # mean final training error over seeds (fraction)
+    residual: float
+    plain_std: float
+    residual_std: float
+    plain_seeds: int
+    residual_seeds: int
+
+
+@dataclass
+class DegradationCheck:
+    residual_shortcut: str | None
+    verdict: Verdict
+    answer: str  # one or two sentences with the numbers behind them
+    depths: list[int] = field(default_factory=list)
+    points: list[DepthPoint] = field(default_factory=list)
+    plain_rise: float | None = None  # deepest minus shallowest (fraction)
+    residual_rise: float | None = None
+    last_windows: int = 5
+    margin: float = 0.01
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def final_error(curve: Sequence[tuple[int, float]], last_windows: int) -> float | None:
+    """Mean of the last ``last_windows`` finite points (by iteration), or None for an empty curve."""
+    points = sorted((step, v) for step, v in curve if v is not None and math.isfinite(v))
+    tail = [v for _, v in points[-last_windows:]]
+    return statistics.fmean(tail) if tail else None
+
+
+def final_errors(runs: Iterable[RunCurve], last_windows: int) -> dict[tuple[str, int], list[float]]:
+    """{(shortcut, depth): [final training error of each seed]} (runs without a curve left out)."""
+    out: dict[tuple[str, int], list[float]] = {}
+    for r in runs:
+        e = final_error(r.train_error, last_windows)
+        if e is not None:
+            out.setdefault((r.shortcut, r.depth), []).append(e)
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def degradation_check(runs: Iterable[RunCurve], *, residual_shortcut: str | None = None, last_windows: int = 5,
+                      margin: float = 0.01) -> DegradationCheck:
+    """Does training error rise with depth among plain nets but not among residual nets?
+
+    ``residual_shortcut``: which residual nets to compare with (A, B or C); None picks the one
+    with the most depths in common with the plain nets (A first on a tie, the paper's choice).
+    """
+    if last_windows < 1:
+        raise ValueError(f"last_windows must be >= 1, got {last_windows}")
+    if not 0 <= margin < 1:
+        raise ValueError(f"margin must be a fraction in [0, 1), got {margin}")
+    finals = final_errors(runs, last_windows)
+    plain_depths = {d for s, d in finals if s == "plain"}
+    residual_shortcuts = sorted({s for s, _ in finals if s != "plain"})
+    if residual_shortcut is None and residual_shortcuts:
+        residual_shortcut = max(residual_shortcuts,
+                                key=lambda s: (len(plain_depths & {d for t, d in finals if t == s}), s == "A"))
+    common = sorted(plain_depths & {d for s, d in finals if s == residual_shortcut}) if residual_shortcut else []
+    base = dict(residual_shortcut=residual_shortcut, last_windows=last_windows, margin=margin)
+    if len(common) < 2:
+        have = (f"plain nets at depths {sorted(plain_depths) or 'none'}, residual ({residual_shortcut}) nets at "
+                f"depths {sorted(d for s, d in finals if s == residual_shortcut) or 'none'}"
+                if residual_shortcut else f"plain nets at depths {sorted(plain_depths) or 'none'}, no residual nets")
+        return DegradationCheck(verdict="not enough runs", depths=common, answer=(
+            f"Not enough runs to decide: the check needs at least 2 depths with both a plain and a residual "
+            f"run; this evaluation has {have}."), **base)
+
+    points = []
+    for d in common:
+        (pm, ps), (rm, rs) = _mean_std(finals["plain", d]), _mean_std(finals[residual_shortcut, d])
+        points.append(DepthPoint(d, pm, rm, ps, rs, len(finals["plain", d]), len(finals[residual_shortcut, d])))
+    plain_rise = points[-1].plain - points[0].plain
+    residual_rise = points[-1].residual - points[0].residual
+    plain_up, residual_up = plain_rise > margin, residual_rise > margin
+    shallow, deep = common[0], common[-1]
+    numbers = (f"Final training error (mean of the last {last_windows} logging windows, averaged over seeds): "
+               f"plain-{shallow} {_pct(points[0].plain)} -> plain-{deep} {_pct(points[-1].plain)} "
+               f"({100 * plain_rise:+.2f} points); ResNet-{shallow} ({residual_shortcut}) {_pct(points[0].residual)} "
+               f"-> ResNet-{deep} {_pct(points[-1].residual)} ({100 * residual_rise:+.2f} points); "
+               f"margin {100 * margin:.2f} points.")
+    if plain_up and not residual_up:
+        verdict: Verdict = "degradation"
+        answer = (f"Yes: training error rises with depth among plain nets but not among residual nets, as in "
+                  f"Figure 6. {numbers}")
+    elif plain_up:
+        verdict = "both degrade"
+        answer = (f"No: training error rises with depth among plain nets, but also among residual nets "
+                  f"(unlike Figure 6). {numbers}")
+    else:
+        verdict = "no degradation"
+        answer = (f"No: training error does not rise with depth among plain nets by more than the margin "
+                  f"(the paper's degradation is not reproduced by these runs). {numbers}")
+    return DegradationCheck(verdict=verdict, answer=answer, depths=common, points=points, plain_rise=plain_rise,
+                            residual_rise=residual_rise, **base)
+
+
+def degradation_checks(runs: Iterable[RunCurve], *, last_windows: int = 5,
+                       margin: float = 0.01) -> list[DegradationCheck]:
+    """One check per residual shortcut present (a single "not enough runs" check when none is)."""
+    runs = list(runs)
+    shortcuts = sorted({r.shortcut for r in runs if r.shortcut != "plain"}, key=lambda s: (s != "A", s))
+    if not shortcuts:
+        return [degradation_check(runs, last_windows=last_windows, margin=margin)]
+    return [degradation_check(runs, residual_shortcut=s, last_windows=last_windows, margin=margin)
+            for s in shortcuts]
+
+
+def curves_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[RunCurve]:
+    """RunCurves from dicts with shortcut, depth, seed, train_error [[step, value], ...] (e.g. JSON)."""
+    return [RunCurve(r["shortcut"], int(r["depth"]), int(r["seed"]), [tuple(p) for p in r["train_error"]],
+                     r.get("run_id")) for r in rows]

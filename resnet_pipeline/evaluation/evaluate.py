@@ -1,0 +1,395 @@
+"""`python cli.py evaluate`: test every trained model of a sweep (or the given runs), compare with
+the paper, check for degradation, register the models, write metrics and plots data.
+
+For each run: load its logged model, measure top-1/top-5 error on the validation split and on
+``evaluate.split`` (default: test), 10-crop too on ImageNet-kind data (Sec. 3.4), per-class
+accuracy and the confusion matrix, and the std of every 3x3 layer's response (Figure 7); log them
+to the run; store the evaluation transform with the model (for `predict`); register it.
+
+Then over all runs: mean +- std over seeds beside the paper's numbers, the degradation check on
+the training curves (Figure 6), and the figures. Outputs (each complete or absent):
+
+    <evaluate.out>                    flat numbers per net and the degradation check (DVC metrics)
+    <evaluate.details>/summary.json   everything: runs, comparison table, degradation, environment
+    <evaluate.details>/<run>.json     per-class accuracy, confusion matrix, layer responses
+    <evaluate.plots>/            figure6.csv/png, figure7.csv/png, runs/<run>/{curves,confusion}.csv/png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from resnet_pipeline.config import ConfigError
+from resnet_pipeline.evaluation.config import CHAMPION, SUMMARY, EvaluateConfig
+from resnet_pipeline.evaluation.runs import RunInfo
+
+Log = Callable[[str], None]
+
+# Curves read back from each run (steps are iterations): Figure 6 and the learning curves.
+CURVES = ("train_error", "val_error", "train_loss", "val_loss")
+UNITS = "errors and accuracies are fractions (0.0875 = 8.75%); differences are ours minus the paper's"
+
+
+@dataclass
+class ModelEvaluation:
+    """One model's results: {"val", <split>, <split>_10crop} -> `metrics.summarize` output."""
+
+    passes: dict[str, dict[str, Any]]
+    responses: list[dict[str, Any]]  # Figure 7, per 3x3 layer
+    predicted: list[int]  # on the split, single view (the confusion CSV)
+    labels: list[int]
+
+
+def evaluate_model(model, data_dir: str | Path, classes: list[str], *, split: str = "test", normalize: str,
+                   backend: str = "auto", num_threads: int = 2, batch_size: int = 256, ten_crop: bool = False,
+                   device=None) -> ModelEvaluation:
+    """Evaluate one model on the validation split and on ``split`` (single view, and 10-crop when
+    ``ten_crop``), recording the 3x3 layers' responses (Figure 7) during the single-view pass."""
+    import torch
+
+    from resnet_pipeline.data import make_loader
+    from resnet_pipeline.evaluation.metrics import collect_predictions, summarize
+    from resnet_pipeline.evaluation.responses import ResponseRecorder
+
+    device = device or torch.device("cpu")
+    model = model.to(device, memory_format=torch.channels_last).eval()
+
+    def loader(name: str, crops: bool = False):
+        return make_loader(data_dir, name, train=False, batch_size=batch_size, backend=backend,
+                           num_threads=num_threads, normalize=normalize, ten_crop=crops)
+
+    passes: dict[str, dict[str, Any]] = {}
+    with ResponseRecorder(model) as recorder:
+        probs, labels = collect_predictions(model, loader(split), device)
+    passes[split] = summarize(probs, labels, classes)
+    predicted = probs.argmax(1).tolist()
+    if split != "val":
+        passes["val"] = summarize(*collect_predictions(model, loader("val"), device), classes)
+    if ten_crop:
+        passes[f"{split}_10crop"] = summarize(*collect_predictions(model, loader(split, True), device), classes)
+    return ModelEvaluation(passes, recorder.stds(), predicted, labels.tolist())
+
+
+def _check_data(data_dir: str | Path, cfg: EvaluateConfig) -> tuple[Path, dict[str, Any], str]:
+    """(folder, manifest, kind) of the prepared dataset, with the splits evaluation needs."""
+    from resnet_pipeline.data import load_manifest
+    from resnet_pipeline.data.loader import loader_spec
+
+    path = Path(data_dir).resolve()
+    manifest = load_manifest(path)
+    for split in dict.fromkeys(("val", cfg.split)):
+        if split not in manifest["splits"]:
+            hint = "; set evaluate.split: val" if split == "test" else ""
+            raise ConfigError(f"--data {path}: the prepared dataset has no {split!r} split "
+                              f"(it has {', '.join(manifest['splits'])}){hint}")
+    kind = loader_spec(path, "val", train=False, batch_size=1, normalize="per_channel").kind
+    if cfg.ten_crop == "on" and kind != "imagenet":
+        raise ConfigError(f"evaluate.ten_crop: 'on' needs ImageNet-kind data, but {path} holds small fixed-size "
+                          "images (CIFAR kind, tested on a single view as in Sec. 4.2); use auto or off")
+    return path, manifest, kind
+
+
+def _check_output_folders(cfg: EvaluateConfig) -> None:
+    """Create the folders the outputs go to now, so that a bad path fails before any work."""
+    for key, folder in (("out", Path(cfg.out).parent), ("details", Path(cfg.details).parent),
+                        ("plots", Path(cfg.plots).parent)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"evaluate.{key}: cannot create folder {folder}: {exc.strerror or exc}") from None
+
+
+def environment(device) -> dict[str, Any]:
+    """Where this evaluation ran: git commit, versions, device."""
+    import os
+    import platform
+
+    import torch
+
+    from resnet_pipeline.training.driver import environment_tags
+
+    tags = environment_tags(1)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else tags["device"]
+    return {"git_commit": tags["git_commit"], "python": tags["python"], "device": name,
+            "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "versions": {k.split(".", 1)[1]: v for k, v in tags.items() if k.startswith("version.")},
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path, *, experiment: str, sweep: str | None = None,
+                   run_ids: Sequence[str] = (), backend: str = "auto", normalize: str = "per_pixel",
+                   num_threads: int = 2, tracking_uri: str | None = None, log: Log = print) -> dict[str, Any]:
+    """Evaluate a sweep's finished trials (or ``run_ids``); write the outputs; return the summary.
+
+    Everything that can be checked is checked before any model is loaded. ``normalize`` is used
+    for runs that did not log the `data.normalize` they trained with.
+    """
+    from resnet_pipeline import tracking
+    from resnet_pipeline.evaluation.files import atomic_dir, write_json_atomic
+    from resnet_pipeline.evaluation.runs import resolve_runs
+    from resnet_pipeline.training.loop import resolve_device
+
+    cfg.validate()
+    _check_output_folders(cfg)
+    data_path, manifest, kind = _check_data(data_dir, cfg)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    resolved = resolve_runs(uri, experiment, sweep, run_ids)
+    registry = cfg.resolved_registry_name(manifest["dataset"])
+    ten_crop = cfg.ten_crop == "on" or (cfg.ten_crop == "auto" and kind == "imagenet")
+    device = resolve_device("auto")
+    env = environment(device)
+    parent = resolved["parent"]
+    log(f"evaluating {len(resolved['runs'])} run(s)" + (f" of sweep '{sweep}' (MLflow run {parent.info.run_id})"
+                                                          if parent else "")
+        + f" on {data_path} ({cfg.split} split{', also 10-crop' if ten_crop else ''}), device {env['device']}")
+    for s in resolved["skipped"]:
+        log(f"  skipped {s['run_name']} ({s['run_id']}): {s['reason']}")
+
+    rows: list[dict[str, Any]] = []
+    histories: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    responses: dict[str, list[dict[str, Any]]] = {}
+    with atomic_dir(cfg.details) as details_dir, atomic_dir(cfg.plots) as plots_dir:
+        for i, info in enumerate(resolved["runs"], 1):
+            log(f"[{i}/{len(resolved['runs'])}] {info.run_name} ({info.run_id})")
+            histories[info.run_id] = {k: tracking.metric_history(uri, info.run_id, k) for k in CURVES}
+            row, layer_stds = _evaluate_run(
+                uri, info, cfg, data_path, manifest, histories[info.run_id], details_dir, plots_dir,
+                backend=backend, normalize=info.normalize or normalize, num_threads=num_threads, ten_crop=ten_crop,
+                device=device, registry=registry, sweep=sweep, log=log)
+            rows.append(row)
+            responses[info.run_id] = layer_stds
+        summary = _summarize(cfg, rows, histories, responses, plots_dir, sweep=sweep, parent=parent,
+                             experiment=experiment, uri=uri, manifest=manifest, data_path=data_path, kind=kind,
+                             ten_crop=ten_crop, registry=registry, skipped=resolved["skipped"], env=env)
+        write_json_atomic(details_dir / SUMMARY, summary)
+    write_json_atomic(cfg.out, dvc_metrics(summary))
+    log(f"wrote {cfg.out}, {cfg.details}/ ({SUMMARY} and one file per run), {cfg.plots}/")
+    return summary
+
+
+def dvc_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The DVC metrics file: per net ("<shortcut>-<depth>", as the sweep's metrics.json) the means
+    over seeds and the paper's figure, and per degradation check its numbers; numbers only, flat
+    enough for `dvc metrics show` and `dvc metrics diff`."""
+    out: dict[str, Any] = {}
+    for e in summary["table"]:
+        entry = {"runs": e["runs"], "top1_error": e["top1_error_mean"], "top1_error_std": e["top1_error_std"],
+                 "top5_error": e["top5_error_mean"], "val_error": e.get("val_error_mean"),
+                 "train_error": e.get("train_error_mean"), "paper_top1_error": e["paper_top1_error"],
+                 "diff_top1_error": e["diff_top1_error"]}
+        out[f"{e['shortcut']}-{e['depth']}"] = {k: v for k, v in entry.items() if v is not None}
+    for check in summary["degradation"]:
+        entry = {"reproduced": check["verdict"] == "degradation", "decided": check["verdict"] != "not enough runs",
+                 "plain_rise": check["plain_rise"], "residual_rise": check["residual_rise"]}
+        out[f"degradation-{check['residual_shortcut'] or 'none'}"] = {k: v for k, v in entry.items() if v is not None}
+    return out
+
+
+def _final_iteration(history: dict[str, list[tuple[int, float]]]) -> int:
+    return max((s for curve in history.values() for s, _ in curve), default=0)
+
+
+def _evaluate_run(uri: str, info: RunInfo, cfg: EvaluateConfig, data_path: Path, manifest: dict[str, Any],
+                  history: dict[str, list[tuple[int, float]]], details_dir: Path, plots_dir: Path, *, backend: str,
+                  normalize: str, num_threads: int, ten_crop: bool, device, registry: str, sweep: str | None,
+                  log: Log) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Evaluate one run, write its files, log them to the run, register its model; (row, responses)."""
+    from resnet_pipeline.evaluation.degradation import final_error
+    from resnet_pipeline.evaluation.files import safe_name
+    from resnet_pipeline.evaluation.metrics import headline
+    from resnet_pipeline.evaluation.preprocess import Preprocessing
+    from resnet_pipeline.evaluation.runs import load_trained_model
+    from resnet_pipeline.models import count_params
+
+    classes = list(manifest["classes"])
+    prep = Preprocessing.from_dataset(data_path, normalize)
+    model = load_trained_model(uri, info, len(classes), prep.input_size, prep.stem_input_size)
+    ev = evaluate_model(model, data_path, classes, split=cfg.split, normalize=normalize, backend=backend,
+                        num_threads=num_threads, batch_size=cfg.batch_size, ten_crop=ten_crop, device=device)
+    split = cfg.split
+    compared = f"{split}_10crop" if ten_crop else split
+    name = safe_name(info.run_name)
+    while name == Path(SUMMARY).stem or (details_dir / f"{name}.json").exists():  # keep both runs of one name
+        name = f"{name}-{info.run_id[:8]}"
+    detail_file = details_dir / f"{name}.json"
+    run_plots = plots_dir / "runs" / name
+    _write_run_files(info, ev, classes, split, history, detail_file, run_plots)
+    _log_to_run(uri, info, ev, history, detail_file, run_plots, prep)
+    if cfg.register:
+        outcome = _register(uri, registry, info, ev, split, compared, sweep, manifest["dataset"], classes)
+    else:
+        outcome = {"registered": False, "name": registry, "reason": "evaluate.register is false"}
+    log(f"    val {ev.passes['val']['top1_error']:.2%}  {split} {ev.passes[split]['top1_error']:.2%} "
+        f"(top-5 {ev.passes[split]['top5_error']:.2%})"
+        + (f"  10-crop {ev.passes[compared]['top1_error']:.2%}" if ten_crop else "")
+        + f"  registry: {outcome['reason']}")
+    row = {"run_id": info.run_id, "run_name": info.run_name, "family": info.family, "depth": info.depth,
+           "shortcut": info.shortcut, "variant": info.model.variant, "seed": info.seed,
+           "params": count_params(model), "git_commit": info.git_commit, "normalize": normalize,
+           "train_error": final_error(history["train_error"], cfg.last_windows),
+           "val": headline(ev.passes["val"]), split: headline(ev.passes[split]),
+           **({compared: headline(ev.passes[compared])} if ten_crop else {}),
+           # The comparison with the paper uses the paper's protocol: `compared` (see `paper.protocol`).
+           "top1_error": ev.passes[compared]["top1_error"], "top5_error": ev.passes[compared]["top5_error"],
+           "val_error": ev.passes["val"]["top1_error"], "compared": compared,
+           "registry": outcome, "detail": f"{Path(cfg.details).as_posix()}/{name}.json",
+           "plots": {"learning_curves": f"runs/{name}/learning_curves.png",
+                     "confusion": f"runs/{name}/confusion.png"}}
+    return row, ev.responses
+
+
+def _write_run_files(info: RunInfo, ev: ModelEvaluation, classes: list[str], split: str,
+                     history: dict[str, list[tuple[int, float]]], detail_file: Path, run_plots: Path) -> None:
+    """The run's detail JSON (DVC metrics), curves and confusion CSVs (DVC plots data) and PNGs."""
+    from resnet_pipeline.evaluation.files import write_csv, write_json_atomic
+    from resnet_pipeline.report import plots
+
+    write_json_atomic(detail_file, {"run_id": info.run_id, "run_name": info.run_name, "classes": classes,
+                                    "split": split, "passes": ev.passes, "layer_responses": ev.responses,
+                                    "units": UNITS})
+    steps = sorted({s for k in CURVES for s, _ in history[k]})
+    by_key = {k: dict(history[k]) for k in CURVES}
+    write_csv(run_plots / "curves.csv", ["iteration", *CURVES],
+              [[s, *(by_key[k].get(s) for k in CURVES)] for s in steps])
+    # One row per image (DVC's confusion template counts them).
+    write_csv(run_plots / "confusion.csv", ["actual", "predicted"],
+              [[classes[a], classes[p]] for a, p in zip(ev.labels, ev.predicted)])
+    title = f"{info.run_name}: {'plain' if info.shortcut == 'plain' else 'ResNet'}-{info.depth} ({info.shortcut})"
+    plots.learning_curves(history["train_error"], history["val_error"], run_plots / "learning_curves.png", title,
+                          test_error=ev.passes[split]["top1_error"] if split == "test" else None)
+    plots.confusion(ev.passes[split]["confusion_matrix"], classes, run_plots / "confusion.png",
+                    f"{info.run_name}: confusion matrix ({split} split)")
+
+
+def _log_to_run(uri: str, info: RunInfo, ev: ModelEvaluation, history: dict[str, list[tuple[int, float]]],
+                detail_file: Path, run_plots: Path, prep) -> None:
+    """Into the model's MLflow run: eval_* metrics at its final iteration, the files under
+    evaluation/, and the evaluation transform inside its logged model (what `predict` reads)."""
+    from resnet_pipeline import tracking
+    from resnet_pipeline.evaluation.registry import log_preprocessing
+
+    scalars: dict[str, float] = {}
+    for key, result in ev.passes.items():
+        scalars[f"eval_{key}_error"] = result["top1_error"]
+        scalars[f"eval_{key}_top5_error"] = result["top5_error"]
+        scalars[f"eval_{key}_loss"] = result["loss"]
+    tracking.log_metrics(uri, info.run_id, scalars, _final_iteration(history))
+    tracking.log_artifacts(uri, info.run_id, run_plots, "evaluation")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "details.json").write_text(detail_file.read_text())
+        tracking.log_artifacts(uri, info.run_id, tmp, "evaluation")
+    with tempfile.TemporaryDirectory() as tmp:
+        prep.write(tmp)
+        log_preprocessing(uri, info.run_id, tmp)
+
+
+def _register(uri: str, registry: str, info: RunInfo, ev: ModelEvaluation, split: str, compared: str,
+              sweep: str | None, dataset: str, classes: list[str]) -> dict[str, Any]:
+    """Register the run's model; the validation metrics select, the others are tags only."""
+    from resnet_pipeline.evaluation.registry import register
+
+    metrics = {"val_error": ev.passes["val"]["top1_error"], "val_top5_error": ev.passes["val"]["top5_error"],
+               "val_loss": ev.passes["val"]["loss"]}
+    for key in dict.fromkeys((split, compared)):
+        metrics[f"{key}_error"] = ev.passes[key]["top1_error"]
+        metrics[f"{key}_top5_error"] = ev.passes[key]["top5_error"]
+        metrics[f"{key}_loss"] = ev.passes[key]["loss"]
+    tags = {"depth": info.depth, "shortcut": info.shortcut, "variant": info.model.variant, "family": info.family,
+            "seed": info.seed, "run_name": info.run_name, "git_commit": info.git_commit or "unknown",
+            "sweep": sweep or "", "dataset": dataset, "eval_split": split}
+    return register(uri, registry, info.run_id, metrics, tags, classes=classes, dataset=dataset).to_dict()
+
+
+def _seed_mean(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """Point-wise mean over seeds at the iterations every seed logged."""
+    if not curves:
+        return []
+    maps = [dict(c) for c in curves]
+    common = sorted(set(maps[0]).intersection(*maps[1:]))
+    return [(s, sum(m[s] for m in maps) / len(maps)) for s in common]
+
+
+def _summarize(cfg: EvaluateConfig, rows: list[dict[str, Any]], histories: dict[str, dict[str, list]],
+               responses: dict[str, list[dict[str, Any]]], plots_dir: Path, *, sweep: str | None, parent,
+               experiment: str, uri: str, manifest: dict[str, Any], data_path: Path, kind: str, ten_crop: bool,
+               registry: str, skipped: list[dict[str, Any]], env: dict[str, Any]) -> dict[str, Any]:
+    from resnet_pipeline import paper, tracking
+    from resnet_pipeline.evaluation.compare import comparison_table
+    from resnet_pipeline.evaluation.degradation import RunCurve, degradation_checks
+    from resnet_pipeline.evaluation.files import write_csv
+    from resnet_pipeline.report import plots
+
+    groups = sorted({(r["shortcut"], r["depth"]) for r in rows}, key=lambda k: (k[0] != "plain", k[0], k[1]))
+    # Figure 6: seed-mean curves per (shortcut, depth); the CSV keeps every seed.
+    series6, lines6 = [], []
+    for shortcut, depth in groups:
+        group = [r for r in rows if (r["shortcut"], r["depth"]) == (shortcut, depth)]
+        series6.append({"shortcut": shortcut, "depth": depth,
+                        "train": _seed_mean([histories[r["run_id"]]["train_error"] for r in group]),
+                        "val": _seed_mean([histories[r["run_id"]]["val_error"] for r in group])})
+        for r in group:
+            for curve in ("train_error", "val_error"):
+                lines6 += [[shortcut, depth, r["seed"], curve, s, v]
+                           for s, v in sorted(histories[r["run_id"]][curve])]
+    write_csv(plots_dir / "figure6.csv", ["shortcut", "depth", "seed", "curve", "iteration", "error"], lines6)
+    title = f"Figure 6 ({manifest['dataset']}): training error (dashed), validation error (bold)"
+    plots.figure6(series6, plots_dir / "figure6.png", title)
+
+    # Figure 7: seed-mean std per layer; the CSV keeps every seed with its rank by magnitude.
+    series7, lines7 = [], []
+    for shortcut, depth in groups:
+        group = [r for r in rows if (r["shortcut"], r["depth"]) == (shortcut, depth)]
+        per_seed = [[layer["std"] for layer in responses[r["run_id"]]] for r in group]
+        series7.append({"shortcut": shortcut, "depth": depth,
+                        "stds": [sum(col) / len(col) for col in zip(*per_seed)]})
+        for r in group:
+            layers = responses[r["run_id"]]
+            rank = {layer["index"]: k for k, layer in enumerate(sorted(layers, key=lambda x: -x["std"]), 1)}
+            lines7 += [[shortcut, depth, r["seed"], layer["index"], layer["layer"], layer["std"],
+                        rank[layer["index"]]] for layer in layers]
+    write_csv(plots_dir / "figure7.csv", ["shortcut", "depth", "seed", "layer_index", "layer", "std", "rank_by_std"],
+              lines7)
+    plots.figure7(series7, plots_dir / "figure7.png",
+                  f"Figure 7 ({manifest['dataset']}, {cfg.split} images): std of the 3x3 layers' responses")
+
+    curves = [RunCurve(r["shortcut"], r["depth"], r["seed"], histories[r["run_id"]]["train_error"], r["run_id"])
+              for r in rows]
+    checks = degradation_checks(curves, last_windows=cfg.last_windows, margin=cfg.degradation_margin)
+    champion = tracking.alias_version(uri, registry, CHAMPION) if cfg.register else None
+    families = sorted({r["family"] for r in rows})
+    return {
+        "units": UNITS,
+        "sweep": sweep,
+        "parent_run_id": parent.info.run_id if parent is not None else None,
+        "experiment": experiment,
+        "tracking_uri": uri,
+        "dataset": manifest["dataset"],
+        "data_dir": str(data_path),
+        "kind": kind,
+        "families": families,
+        "split": cfg.split,
+        "compared": f"{cfg.split}_10crop" if ten_crop else cfg.split,
+        "paper_protocol": {f: paper.protocol(f) for f in families},
+        "runs": rows,
+        "skipped": skipped,
+        "table": comparison_table(rows),
+        "degradation": [c.to_dict() for c in checks],
+        # Figure 7 in numbers: the seed-mean layer stds of each net, averaged over its 3x3 layers.
+        "layer_responses": [{"shortcut": s["shortcut"], "depth": s["depth"], "layers": len(s["stds"]),
+                             "mean_std": sum(s["stds"]) / len(s["stds"]), "max_std": max(s["stds"])}
+                            for s in series7],
+        "registry": {"name": registry, "alias": CHAMPION,
+                     "champion_version": str(champion.version) if champion is not None else None,
+                     "champion_run_id": champion.run_id if champion is not None else None},
+        "plots_dir": Path(cfg.plots).as_posix(),
+        "plots": {"figure6": "figure6.png", "figure7": "figure7.png", "figure6_data": "figure6.csv",
+                  "figure7_data": "figure7.csv"},
+        "details_dir": Path(cfg.details).as_posix(),
+        "config": dataclasses.asdict(cfg),
+        "environment": env,
+    }

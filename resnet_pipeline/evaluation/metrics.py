@@ -1,0 +1,89 @@
+"""Classification metrics from predictions: top-k error, per-class accuracy, the confusion matrix.
+
+`collect_predictions` runs a model over a loader once and keeps every sample's class
+probabilities; everything else is a pure function of (probabilities, labels), so it is tested on
+hand-made numbers. Multi-view batches ([N, K, 3, H, W], e.g. 10-crop) are scored by averaging the
+K views' softmax outputs, as the paper's 10-crop testing does (Sec. 3.4) and as the training
+loop's `evaluate` does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@torch.no_grad()
+def collect_predictions(model: nn.Module, loader: Iterable,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities float64 [N, classes], labels int64 [N]) over ``loader``, on the CPU."""
+    was_training = model.training
+    model.eval()
+    probs, labels = [], []
+    try:
+        for images, target in loader:
+            images = images.to(device, non_blocking=True)
+            views = images.shape[1] if images.dim() == 5 else 1
+            flat = images.flatten(0, 1) if images.dim() == 5 else images  # (B * views, 3, H, W)
+            logits = model(flat.contiguous(memory_format=torch.channels_last)).float()
+            p = logits.double().softmax(1).view(target.shape[0], views, -1).mean(1)  # (B, classes)
+            probs.append(p.cpu())
+            labels.append(target.to("cpu", torch.int64))
+    finally:
+        model.train(was_training)
+    if not probs:
+        raise ValueError("the loader yielded no samples")
+    return torch.cat(probs), torch.cat(labels)
+
+
+def topk_error(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Fraction of samples whose label is not among the k most probable classes."""
+    k = min(k, probs.shape[1])
+    top = probs.topk(k, dim=1).indices  # (N, k)
+    return float((~(top == labels[:, None]).any(1)).double().mean())
+
+
+def nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean negative log-likelihood of the (view-averaged) probabilities."""
+    return float(F.nll_loss(probs.clamp_min(1e-12).log(), labels))
+
+
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """int64 [classes, classes]: row = true class, column = predicted class."""
+    index = labels.to(torch.int64) * num_classes + predicted.to(torch.int64)
+    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def per_class_accuracy(cm: torch.Tensor) -> list[float | None]:
+    """Top-1 accuracy per true class (None for a class without samples)."""
+    totals = cm.sum(1)
+    return [float(cm[i, i]) / float(t) if t > 0 else None for i, t in enumerate(totals.tolist())]
+
+
+def summarize(probs: torch.Tensor, labels: torch.Tensor, classes: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Top-1/top-5 error, loss, count, per-class accuracy and the confusion matrix of one pass."""
+    if probs.shape[1] != len(classes):
+        raise ValueError(f"the model predicts {probs.shape[1]} classes but the dataset has {len(classes)}")
+    cm = confusion_matrix(probs.argmax(1), labels, len(classes))
+    accuracy = per_class_accuracy(cm)
+    return {
+        "top1_error": topk_error(probs, labels, 1),
+        "top5_error": topk_error(probs, labels, 5),
+        "loss": nll(probs, labels),
+        "count": int(labels.shape[0]),
+        "per_class_accuracy": {c: a for c, a in zip(classes, accuracy)},
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scalar part of `summarize`'s result (what goes into the summary and MLflow)."""
+    return {k: metrics[k] for k in ("top1_error", "top5_error", "loss", "count")}
+
+
+def all_finite(values: Iterable[float | None]) -> bool:
+    return all(v is not None and math.isfinite(v) for v in values)

@@ -1,0 +1,116 @@
+"""The MLflow model registry: one registered model per dataset, the `champion` alias.
+
+Every evaluated model with finite metrics becomes a version (with its depth, shortcut, seed,
+errors, run id and git commit as tags). The alias `champion` moves to a new version only when
+its *validation* error is strictly lower than the current champion's: the test error is reported,
+never used to select anything (the paper's CIFAR-10 schedule was chosen on a held-out 45k/5k
+split, Sec. 4.2, so selecting on the test set would not be the paper's protocol). A model with a
+non-finite metric (a diverged run) is never registered.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from resnet_pipeline.evaluation.config import CHAMPION
+
+# MLflow's limit on a registered-model tag value; longer class lists live only in preprocessing.json.
+MAX_TAG_VALUE = 5000
+
+
+@dataclass
+class RegistryOutcome:
+    registered: bool
+    name: str
+    version: str | None = None
+    champion: bool = False  # this version holds the alias after the call
+    previous_champion: str | None = None  # the version that held it before (None: nobody)
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def takes_champion(val_error: float, champion_val_error: float | None) -> bool:
+    """Whether a model with ``val_error`` replaces a champion with ``champion_val_error``.
+
+    Strictly lower wins (a tie keeps the incumbent); a champion without a usable validation error
+    (None or non-finite) is replaced by any finite one; a non-finite candidate never wins.
+    """
+    if not math.isfinite(val_error):
+        return False
+    if champion_val_error is None or not math.isfinite(champion_val_error):
+        return True
+    return val_error < champion_val_error
+
+
+def nonfinite(metrics: Mapping[str, float | None]) -> list[str]:
+    """Names of the metrics that are missing, NaN or infinite."""
+    return sorted(k for k, v in metrics.items() if v is None or not math.isfinite(float(v)))
+
+
+def _tag_float(tags: Mapping[str, str], key: str) -> float | None:
+    try:
+        return float(tags[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def register(uri: str, name: str, run_id: str, metrics: Mapping[str, float | None], tags: Mapping[str, Any],
+             classes: list[str] | None = None, dataset: str | None = None) -> RegistryOutcome:
+    """Register run ``run_id``'s logged model under ``name`` and move `champion` if it earned it.
+
+    ``metrics`` must include ``val_error`` (the selection metric); every value must be finite for
+    the model to be registered. ``tags`` become the version's tags (with the metrics).
+    """
+    from resnet_pipeline import tracking
+
+    if "val_error" not in metrics:
+        raise ValueError("metrics must include val_error: the champion is selected on validation error")
+    bad = nonfinite(metrics)
+    if bad:
+        return RegistryOutcome(False, name, reason=f"not registered: non-finite metric(s) {', '.join(bad)}")
+    model_id = tracking.logged_model_id(uri, run_id)
+    if model_id is None:
+        return RegistryOutcome(False, name, reason=f"not registered: run {run_id} has no logged model")
+    model_tags = {"selection": f"alias @{CHAMPION}: the lowest validation error (the test error is never used)"}
+    if dataset:
+        model_tags["dataset"] = dataset
+    if classes is not None and len(json.dumps(classes)) <= MAX_TAG_VALUE:
+        model_tags["classes"] = json.dumps(classes)
+    version_tags = {**{k: str(v) for k, v in tags.items()}, **{k: repr(float(v)) for k, v in metrics.items()},
+                    "run_id": run_id}
+    version = tracking.register_model_version(
+        uri, name, run_id, model_id, version_tags, model_tags,
+        description=f"ResNets (He et al. 2015 reproduction) trained on {dataset or 'one dataset'}; "
+                    f"@{CHAMPION} is the version with the lowest validation error.")
+    current = tracking.alias_version(uri, name, CHAMPION)
+    previous = str(current.version) if current is not None else None
+    if current is not None and str(current.version) == str(version.version):
+        return RegistryOutcome(True, name, str(version.version), True, previous, "already the champion")
+    current_val = _tag_float(current.tags, "val_error") if current is not None else None
+    if takes_champion(float(metrics["val_error"]), current_val):
+        tracking.set_alias(uri, name, CHAMPION, version.version)
+        why = ("first version" if current is None else
+               f"validation error {float(metrics['val_error']):.4f} < champion v{previous}'s "
+               f"{current_val if current_val is not None else 'unknown'}")
+        return RegistryOutcome(True, name, str(version.version), True, previous, f"became champion: {why}")
+    return RegistryOutcome(True, name, str(version.version), False, previous,
+                           f"registered; champion stays v{previous} (validation error "
+                           f"{float(metrics['val_error']):.4f} >= {current_val:.4f})")
+
+
+def log_preprocessing(uri: str, run_id: str, folder: str | Path) -> bool:
+    """Store ``folder``'s preprocessing.json inside the run's logged model (what `predict` reads).
+    False when the run logged no model."""
+    from resnet_pipeline import tracking
+
+    model_id = tracking.logged_model_id(uri, run_id)
+    if model_id is None:
+        return False
+    tracking.log_model_files(uri, model_id, folder)
+    return True

@@ -1,0 +1,294 @@
+"""`python cli.py report`: reports/<sweep>/report.md and report.html from the evaluation's outputs.
+
+Reads what `evaluate` wrote (the summary JSON and the plots folder), so the report is a pure
+rendering of recorded results: the tables beside the paper, the degradation check, the figures,
+the MLflow run ids, the environment and the commands that reproduce it. The folder is built in a
+temporary sibling and renamed into place, then logged to the sweep's parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from resnet_pipeline import paper
+from resnet_pipeline.config import ConfigError
+from resnet_pipeline.evaluation.config import SUMMARY, EvaluateConfig
+from resnet_pipeline.report.document import (Block, Bullets, Code, Heading, Image, Paragraph, Table, to_html,
+                                             to_markdown)
+
+Log = Callable[[str], None]
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}"
+
+
+def _pm(mean: float | None, std: float | None, n: int) -> str:
+    if mean is None:
+        return "-"
+    return f"{_pct(mean)} ± {_pct(std)}" if n > 1 and std is not None else _pct(mean)
+
+
+def _diff(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:+.2f}"
+
+
+def _paper_cell(entry: dict[str, Any], metric: str) -> str:
+    value = entry.get(f"paper_{metric}_error")
+    if value is None:
+        return "-"
+    mark = " (~)" if entry.get(f"paper_{metric}_source") == "secondary" else ""
+    return f"{_pct(value)} ({entry[f'paper_{metric}_where']}){mark}"
+
+
+def _net(shortcut: str, depth: int) -> str:
+    return f"plain-{depth}" if shortcut == "plain" else f"ResNet-{depth} {shortcut}"
+
+
+def load_summary(cfg: EvaluateConfig, sweep: str | None) -> dict[str, Any]:
+    """The evaluation summary (<evaluate.details>/summary.json), checked to be the requested sweep's."""
+    path = Path(cfg.details) / SUMMARY
+    if not path.is_file():
+        raise ConfigError(f"{path} not found (evaluate.details): run `python cli.py evaluate"
+                          f"{' --sweep ' + sweep if sweep else ''}` first")
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); run `python cli.py evaluate` again") from None
+    if sweep is not None and summary.get("sweep") != sweep:
+        held = f"sweep {summary['sweep']!r}" if summary.get("sweep") else "individual runs"
+        raise ConfigError(f"{path} holds the evaluation of {held}, not sweep {sweep!r}: run "
+                          f"`python cli.py evaluate --sweep {sweep}` first")
+    return summary
+
+
+def build_report(cfg: EvaluateConfig, *, sweep: str | None = None, params_file: str | None = None,
+                 log: Log = print) -> Path:
+    """Write <reports>/<sweep>/ (report.md, report.html, figures/, evaluation.json: the summary it
+    renders); return it."""
+    from resnet_pipeline import tracking
+    from resnet_pipeline.evaluation.files import atomic_dir
+
+    cfg.validate()
+    summary = load_summary(cfg, sweep)
+    name = summary.get("sweep") or "runs"
+    plots_dir = Path(summary["plots_dir"])
+    figures = {"figure6.png": plots_dir / summary["plots"]["figure6"],
+               "figure7.png": plots_dir / summary["plots"]["figure7"]}
+    for row in summary["runs"]:
+        for key, rel in row["plots"].items():
+            figures[f"runs/{Path(rel).parent.name}/{Path(rel).name}"] = plots_dir / rel
+    missing = [str(p) for p in [*figures.values(), *(Path(r["detail"]) for r in summary["runs"])] if not p.is_file()]
+    if missing:
+        raise ConfigError(f"file(s) written by the evaluation are missing: {', '.join(missing[:3])}"
+                          f"{' ...' if len(missing) > 3 else ''}; run `python cli.py evaluate` again")
+    details = {r["run_id"]: json.loads(Path(r["detail"]).read_text()) for r in summary["runs"]}
+    dest = Path(cfg.reports) / name
+    with atomic_dir(dest) as tmp:
+        for rel, src in figures.items():
+            (tmp / "figures" / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp / "figures" / rel)
+        (tmp / "evaluation.json").write_text(json.dumps(summary, indent=2) + "\n")
+        blocks = report_blocks(summary, params_file, details)
+        title = f"ResNet reproduction: {name}"
+        (tmp / "report.md").write_text(to_markdown(blocks))
+        (tmp / "report.html").write_text(to_html(blocks, title))
+    log(f"wrote {dest}/report.md and report.html")
+    if summary.get("parent_run_id"):
+        tracking.log_artifacts(summary["tracking_uri"], summary["parent_run_id"], dest, "report")
+        log(f"logged to the sweep's MLflow run {summary['parent_run_id']} (artifacts: report/)")
+    return dest
+
+
+def report_blocks(summary: dict[str, Any], params_file: str | None = None,
+                  details: dict[str, dict[str, Any]] | None = None) -> list[Block]:
+    """The report as document blocks (see `document.py`); ``details``: run id -> detail file."""
+    name = summary.get("sweep") or "runs"
+    compared = summary["compared"]
+    ten_crop = compared.endswith("_10crop")
+    blocks: list[Block] = [
+        Heading(1, f"ResNet reproduction: {name}"),
+        Paragraph(f"He, Zhang, Ren, Sun, \"Deep Residual Learning for Image Recognition\" (arXiv 1512.03385). "
+                  f"Dataset `{summary['dataset']}` ({summary['data_dir']}), {len(summary['runs'])} evaluated run(s), "
+                  f"errors on the `{summary['split']}` split" + (" with 10-crop testing" if ten_crop else
+                                                                 ", single view") +
+                  f". Evaluated {summary['environment']['date']}."),
+    ]
+    blocks += _results(summary)
+    blocks += _degradation(summary)
+    blocks += _figures(summary)
+    blocks += _runs(summary)
+    blocks += _per_class(summary, details or {})
+    blocks += _environment(summary)
+    blocks += _reproduce(summary, params_file)
+    return blocks
+
+
+def _results(summary: dict[str, Any]) -> list[Block]:
+    protocols = "; ".join(f"{f}: {p}" for f, p in summary["paper_protocol"].items())
+    blocks: list[Block] = [
+        Heading(2, "Results beside the paper"),
+        Paragraph(f"Errors in %, ours as mean ± std over seeds where there are several; difference = ours minus "
+                  f"the paper's, in percentage points. Ours: `{summary['compared']}`. The paper's protocol: "
+                  f"{protocols}. Numbers marked (~) were checked against secondary sources only."),
+    ]
+    rows = []
+    for e in summary["table"]:
+        n = e["runs"]
+        rows.append([_net(e["shortcut"], e["depth"]), str(n),
+                     _pm(e["top1_error_mean"], e["top1_error_std"], n), _paper_cell(e, "top1"),
+                     _diff(e["diff_top1_error"]),
+                     _pm(e["top5_error_mean"], e["top5_error_std"], n), _paper_cell(e, "top5"),
+                     _diff(e["diff_top5_error"]),
+                     _pm(e.get("val_error_mean"), e.get("val_error_std"), n),
+                     _pm(e.get("train_error_mean"), e.get("train_error_std"), n), e["paper_note"] or ""])
+    blocks.append(Table(["net", "runs", "top-1", "paper top-1", "diff", "top-5", "paper top-5", "diff",
+                         "val top-1", "final train", "note"], rows))
+    complexity = []
+    for e in summary["table"]:
+        params = sorted({r["params"] for r in summary["runs"]
+                         if (r["shortcut"], r["depth"]) == (e["shortcut"], e["depth"])})
+        ref = paper.CIFAR10_PARAMS.get(e["depth"]) if e["family"] == "cifar" else None
+        complexity.append([_net(e["shortcut"], e["depth"]), ", ".join(f"{p:,}" for p in params),
+                           f"{ref.value / 1e6:g}M ({ref.where})" if ref else "-"])
+    blocks += [Paragraph("Parameters, counted from the modules (option A adds none, so plain and residual twins "
+                         "match; the paper's Table 6 lists CIFAR-10 counts; Table 1's multiply-adds refer to "
+                         "224x224 ImageNet inputs):"),
+               Table(["net", "parameters (ours)", "paper"], complexity)]
+    return blocks
+
+
+def _degradation(summary: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Degradation check (Figure 6)"),
+                           Paragraph("Does training error rise with depth among plain nets while residual nets of "
+                                     "the same depths do not? Computed from the training curves logged in MLflow.")]
+    for check in summary["degradation"]:
+        residual = check["residual_shortcut"] or "-"
+        blocks.append(Paragraph(f"**Plain vs ResNet ({residual}): {check['verdict']}.** {check['answer']}"))
+        if check["points"]:
+            blocks.append(Table(
+                ["depth", "plain: final training error", "seeds", f"ResNet ({residual}): final training error",
+                 "seeds"],
+                [[str(p["depth"]), _pm(p["plain"], p["plain_std"], p["plain_seeds"]), str(p["plain_seeds"]),
+                  _pm(p["residual"], p["residual_std"], p["residual_seeds"]), str(p["residual_seeds"])]
+                 for p in check["points"]]))
+    return blocks
+
+
+def _fact(f: paper.Fact) -> str:
+    return f"{f.text} ({f.where}{', ~ secondary source' if f.source == 'secondary' else ''})"
+
+
+def _figures(summary: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = [
+        Heading(2, "Figure 6: training curves"),
+        Paragraph("Training error (dashed) and validation error (bold) against iterations, plain nets left, "
+                  "ResNets right, averaged over seeds. The paper draws the test error; we draw the validation "
+                  "error because the test set is evaluated once, at the end. What the paper's figure shows:"),
+        Bullets([_fact(f) for f in paper.FIGURE6_FACTS]),
+        Image("figures/figure6.png", "Figure 6 from our runs"),
+        Heading(2, "Figure 7: layer responses"),
+        Paragraph(f"Standard deviation of each 3x3 layer's response (the BN output, before the addition or ReLU), "
+                  f"with the trained weights in eval mode, over every image of the `{summary['split']}` split; "
+                  "top: network order, bottom: sorted. What the paper's figure shows:"),
+        Bullets([_fact(f) for f in paper.FIGURE7_FACTS]),
+        Image("figures/figure7.png", "Figure 7 from our runs"),
+    ]
+    if summary.get("layer_responses"):
+        blocks.append(Table(["net", "3x3 layers", "mean std", "max std"],
+                            [[_net(r["shortcut"], r["depth"]), str(r["layers"]), f"{r['mean_std']:.3f}",
+                              f"{r['max_std']:.3f}"] for r in summary["layer_responses"]]))
+    return blocks
+
+
+def _runs(summary: dict[str, Any]) -> list[Block]:
+    split, compared = summary["split"], summary["compared"]
+    header = ["run", "MLflow run id", "seed", "val top-1", f"{split} top-1", f"{split} top-5"]
+    if compared != split:
+        header += ["10-crop top-1", "10-crop top-5"]
+    header += ["registry", "git commit"]
+    rows = []
+    for r in summary["runs"]:
+        reg = r["registry"]
+        version = (f"v{reg['version']}" + (" @champion" if reg.get("champion") else "")) if reg.get("registered") \
+            else "not registered"
+        row = [r["run_name"], f"`{r['run_id']}`", str(r["seed"]), _pct(r["val"]["top1_error"]),
+               _pct(r[split]["top1_error"]), _pct(r[split]["top5_error"])]
+        if compared != split:
+            row += [_pct(r[compared]["top1_error"]), _pct(r[compared]["top5_error"])]
+        rows.append(row + [version, (r.get("git_commit") or "unknown")[:12]])
+    reg = summary["registry"]
+    blocks: list[Block] = [
+        Heading(2, "Runs"),
+        Table(header, rows),
+        Paragraph(f"Registered model `{reg['name']}`: the alias `@{reg['alias']}` is on version "
+                  f"{reg['champion_version'] or '-'} (run `{reg['champion_run_id'] or '-'}`). It moves only to a "
+                  "version with a lower validation error; the test error is reported, never used for selection; "
+                  "models with non-finite metrics are not registered."),
+    ]
+    if summary.get("skipped"):
+        blocks += [Paragraph("Not evaluated:"),
+                   Bullets([f"{s['run_name']} (`{s['run_id']}`): {s['reason']}" for s in summary["skipped"]])]
+    blocks.append(Heading(3, "Per-run learning curves and confusion matrices"))
+    for r in summary["runs"]:
+        blocks += [Paragraph(f"{r['run_name']} (`{r['run_id']}`); per-class accuracy and the confusion matrix "
+                             f"in `{r['detail']}`."),
+                   Image(f"figures/runs/{Path(r['plots']['learning_curves']).parent.name}/learning_curves.png",
+                         f"learning curves of {r['run_name']}"),
+                   Image(f"figures/runs/{Path(r['plots']['confusion']).parent.name}/confusion.png",
+                         f"confusion matrix of {r['run_name']}")]
+    return blocks
+
+
+# Up to this many classes the report tabulates per-class accuracy; beyond, the detail files hold it.
+MAX_CLASSES_IN_REPORT = 20
+
+
+def _per_class(summary: dict[str, Any], details: dict[str, dict[str, Any]]) -> list[Block]:
+    split = summary["split"]
+    runs = [r for r in summary["runs"] if r["run_id"] in details]
+    if not runs:
+        return []
+    classes = details[runs[0]["run_id"]]["classes"]
+    blocks: list[Block] = [Heading(3, f"Per-class accuracy ({split} split, %)")]
+    if len(classes) > MAX_CLASSES_IN_REPORT:
+        return blocks + [Paragraph(f"{len(classes)} classes: see each run's detail file (`per_class_accuracy`).")]
+    rows = []
+    for c in classes:
+        cells = []
+        for r in runs:
+            acc = details[r["run_id"]]["passes"][split]["per_class_accuracy"].get(c)
+            cells.append(_pct(acc, 1))
+        rows.append([c, *cells])
+    return blocks + [Table(["class", *(r["run_name"] for r in runs)], rows)]
+
+
+def _environment(summary: dict[str, Any]) -> list[Block]:
+    env = summary["environment"]
+    commits = sorted({r.get("git_commit") or "unknown" for r in summary["runs"]})
+    items = [f"evaluation: git commit `{env['git_commit']}`, device {env['device']}, {env['platform']}, "
+             f"{env['cpu_count']} CPUs, Python {env['python']}",
+             "versions: " + ", ".join(f"{k} {v}" for k, v in sorted(env["versions"].items())),
+             f"training runs' git commit(s): {', '.join(f'`{c}`' for c in commits)}",
+             f"MLflow: `{summary['tracking_uri']}`, experiment `{summary['experiment']}`"
+             + (f", sweep parent run `{summary['parent_run_id']}`" if summary.get("parent_run_id") else "")]
+    return [Heading(2, "Environment"), Bullets(items)]
+
+
+def _reproduce(summary: dict[str, Any], params_file: str | None) -> list[Block]:
+    p = f" --params {params_file}" if params_file else ""
+    sweep = summary.get("sweep")
+    if sweep:
+        commands = [f"python cli.py prepare{p}", f"python cli.py sweep{p} --name {sweep}",
+                    f"python cli.py evaluate{p} --sweep {sweep}", f"python cli.py report{p} --sweep {sweep}"]
+    else:
+        runs = " ".join(f"--run {r['run_id']}" for r in summary["runs"])
+        commands = [f"python cli.py prepare{p}", f"python cli.py train{p}  # once per run",
+                    f"python cli.py evaluate{p} {runs}", f"python cli.py report{p}"]
+    return [Heading(2, "How to reproduce"),
+            Paragraph("From the repository root at the git commit above, with the same MLflow store "
+                      "(MLFLOW_TRACKING_URI); `dvc repro` runs the same stages from dvc.yaml:"),
+            Code("\n".join(commands))]
