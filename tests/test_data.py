@@ -379,15 +379,18 @@ def test_train_shards_step_together_and_partition_an_epoch(cifar_like, backend):
     n_train = load_manifest(cifar_like)["splits"]["train"]["count"]
     sums, steps = [], []
     for shard in range(3):
-        # pad=0: the crop is the identity, and an image's pixel sum is unchanged by the flip.
+        # pad=0: the crop is the identity; an image's row sums are unchanged by the flip.
         loader = make_loader(cifar_like, "train", train=True, batch_size=4, backend=backend, shard_id=shard,
                              num_shards=3, pad=0, num_threads=1, seed=5)
         epochs = [[b for b in loader] for _ in range(2)]
         steps.append([len(loader)] + [len(e) for e in epochs])
-        sums.append([round(float(x.sum()), 2) for x in torch.cat([b[0] for b in epochs[0]])])
+        sums.append([[tuple(x.sum(dim=(0, 2)).round(decimals=2).tolist()) for x in torch.cat([b[0] for b in e])]
+                     for e in epochs])
     assert all(s == [(n_train // 3) // 4] * 3 for s in steps), steps
-    flat = [s for shard in sums for s in shard]
-    assert len(set(flat)) == len(flat), "an image appeared twice in one epoch across ranks"
+    for epoch in range(2):
+        flat = [s for shard in sums for s in shard[epoch]]
+        assert len(set(flat)) == len(flat), f"an image appeared twice in epoch {epoch} across ranks"
+    assert sums[0][0] != sums[0][1], "each epoch is reshuffled"
 
 
 def test_dali_and_torch_agree_on_eval_tensors(tmp_path):

@@ -36,9 +36,12 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
             # Training: a global reshuffle every epoch (the same permutation on every rank, as the
             # shared seed makes it), then each rank reads its contiguous shard of it.
             shuffle_after_epoch=spec.train, **({"shuffle_after_epoch_seed": spec.seed} if spec.train else {}),
-            # Evaluation: each rank keeps its shard, padded to whole batches with repeats of its last
-            # sample, which the iterator's PARTIAL policy then drops again.
-            stick_to_shard=not spec.train, pad_last_batch=not spec.train,
+            # Each shard is padded to whole batches with repeats of its last sample, which the
+            # iterator drops again (PARTIAL in evaluation; DROP in training, where the shard's last,
+            # incomplete batch goes too). So an epoch ends where the reader's shard ends, and the
+            # next one starts on a fresh shard instead of on the previous epoch's leftovers (which
+            # would put a sample on two ranks in the same epoch). Evaluation keeps its shard.
+            stick_to_shard=not spec.train, pad_last_batch=True,
             # Plain reads: for small files (CIFAR's are ~1 KB) an mmap per file costs more than it saves.
             dont_use_mmap=True)
         # `prepare` already applied every EXIF rotation (re-encoding those files), so the decoder

@@ -18,6 +18,11 @@ from PIL import Image
 # JPEG quality of the written files: high enough that the shapes survive, low enough to be a
 # realistic (lossy) decode path.
 JPEG_QUALITY = 90
+# Most images have a clearly visible shape (colour distance >= MIN_CONTRAST on the 0-255 scale,
+# moderate noise), so a small net learns within a minute; HARD_FRACTION of them get any contrast
+# and heavy noise, some of them unrecognisable, so accuracy stays below 100%.
+MIN_CONTRAST = 120.0
+HARD_FRACTION = 0.15
 
 
 def _disc(u, v, r, rng):
@@ -87,7 +92,7 @@ def draw(class_index: int, size: int, rng: np.random.Generator) -> np.ndarray:
     if name == "dstripes" and rng.random() < 0.5:
         angle = np.pi - angle  # both diagonals
     scale = size / 32.0
-    r = rng.uniform(5.0, 12.0) * scale
+    r = rng.uniform(6.0, 12.0) * scale
     cx, cy = rng.uniform(0.3 * size, 0.7 * size, size=2)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
@@ -101,10 +106,16 @@ def draw(class_index: int, size: int, rng: np.random.Generator) -> np.ndarray:
         mask &= box
     background = rng.uniform(0, 255, size=3)
     foreground = rng.uniform(0, 255, size=3)
+    if rng.random() < HARD_FRACTION:
+        noise = rng.uniform(25.0, 50.0)  # hard: any contrast (even none), heavy noise
+    else:
+        noise = rng.uniform(4.0, 25.0)
+        while np.linalg.norm(foreground - background) < MIN_CONTRAST:
+            foreground = rng.uniform(0, 255, size=3)
     # A smooth background gradient, so the background is not one flat colour.
     gradient = rng.uniform(-40, 40, size=3) * ((xx + yy) / (2 * size) - 0.5)[..., None]
     img = np.where(mask[..., None], foreground, background) + gradient
-    img += rng.normal(0.0, rng.uniform(8.0, 40.0), size=img.shape)
+    img += rng.normal(0.0, noise, size=img.shape)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
