@@ -180,8 +180,8 @@ def _trial_fn(config: dict[str, Any]) -> None:
 
 
 def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConfig, train: TrainConfig,
-              storage: Path) -> list[str]:
-    """Run the trials; returns the errors (empty when every trial finished)."""
+              storage: Path) -> dict[str, str]:
+    """Run the trials; returns the errors by trial run name (empty when no trial raised)."""
     import ray
     from ray import tune
 
@@ -200,7 +200,9 @@ def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConf
     if sweep.asha:
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(time_attr="iteration", metric="val_error", mode="min", max_t=train.iterations,
+        # max_t one past the end: a trial that reaches the end finishes by itself (it still logs its
+        # model after its last report) instead of being stopped by the scheduler at that report.
+        scheduler = ASHAScheduler(time_attr="iteration", metric="val_error", mode="min", max_t=train.iterations + 1,
                                   grace_period=min(train.eval_every, train.iterations), reduction_factor=2)
     tuner = tune.Tuner(
         tune.with_resources(_trial_fn, {"CPU": TRIAL_CPUS}),
@@ -210,7 +212,7 @@ def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConf
                                   storage_path=str(storage), verbose=0),
     )
     results = tuner.fit()
-    return [str(r.error) for r in results if r.error]
+    return {r.config["trial"]["run_name"]: str(r.error) for r in results if r.error}
 
 
 def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, *,
@@ -244,20 +246,29 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
                 if t.run_name(sweep.name, digest) not in done]
         print(f"sweep '{sweep.name}' (MLflow run {parent_id}): {len(trials)} trials, "
               f"{len(trials) - len(todo)} already finished, {len(todo)} to run")
-        errors: list[str] = []
+        errors: dict[str, str] = {}
         if todo:
             base = {"train": dataclasses.asdict(train), "model": dataclasses.asdict(model_cfg),
                     "data_dir": str(data_path), "backend": backend, "normalize": normalize,
                     "num_threads": num_threads, "tracking_uri": uri, "parent_run_id": parent_id, "snapshot": snap}
             errors = _run_tune(todo, base, sweep, train, storage)
+            # A trial that Tune stopped without an error (ASHA) was interrupted, not failed: its run
+            # ended RUNNING (actor killed) or FAILED (the stop reached the trainer) and becomes KILLED.
+            for r in tracking.child_runs(uri, parent_id):
+                if r.info.status in (tracking.RUNNING, tracking.FAILED) and r.info.run_name not in errors:
+                    tracking.set_tags(uri, r.info.run_id, {"stopped_early": "true"})
+                    tracking.end_run(uri, r.info.run_id, tracking.KILLED)
         summary = summarize(uri, parent_id, sweep, digest, trials, model_cfg, num_classes, input_size)
         out = write_summary(summary, Path(sweep.out))
         tracking.log_artifacts(uri, parent_id, out, "summary")
-        for e in errors:
-            print(f"trial failed: {e}")
-        missing = [r for r in summary["trials"] if r["status"] != tracking.FINISHED]
+        for name, e in errors.items():
+            print(f"trial {name} failed: {e}")
+        # With ASHA, trials it stopped early (KILLED) are the scheduler's decision, not a failure.
+        ok = {tracking.FINISHED, tracking.KILLED} if sweep.asha else {tracking.FINISHED}
+        missing = [r for r in summary["trials"] if r["status"] not in ok]
         status = tracking.FINISHED if not errors and not missing else tracking.FAILED
-        return {**summary, "parent_run_id": parent_id, "tracking_uri": uri, "errors": errors, "out": str(out)}
+        return {**summary, "parent_run_id": parent_id, "tracking_uri": uri, "errors": list(errors.values()),
+                "out": str(out)}
     except KeyboardInterrupt:
         status = tracking.KILLED
         raise

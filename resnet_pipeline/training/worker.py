@@ -34,7 +34,9 @@ class Reporter:
 
                 tracking.log_metrics(self.tracking_uri, self.run_id, metrics, step)
             self.print(metrics, step)
-        if self.ray_report:
+        # Ray (and through it Tune's schedulers, which rank trials on val_error) gets a report once
+        # a validation error exists; every rank reaches this point equally often, as Ray requires.
+        if self.ray_report and "val_error" in self.latest:
             import ray.train
 
             ray.train.report({**self.latest, "iteration": step})
