@@ -113,3 +113,17 @@ def test_imagenet_depths_plan_on_cifar_sized_data(tiny_data: Path) -> None:
     # (224/32)^2 / 16 ... i.e. about 4x fewer than at 224 with the 4x-downsampling stem, not 49x.
     r50 = next(r for r in report["trials"] if r["depth"] == 50)
     assert 0.5e9 < r50["mult_adds"] < 2e9 and r50["train_mult_adds"] == r50["mult_adds"] * 3 * 64_000 * 32
+
+
+def test_asha_stops_trials_without_leaving_runs_open(tiny_data: Path, tmp_path: Path, ray_session) -> None:
+    """Whatever ASHA decides, every child run ends FINISHED or KILLED (tagged stopped_early), never RUNNING."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = SweepConfig(depths=[8], shortcuts=["A"], seeds=2, name="asha", asha=True, out=str(tmp_path / "m"))
+    train = TrainConfig(**{**TRAIN, "iterations": 40}, storage_path=str(tmp_path / "results"))
+    summary = run_sweep(sweep, train, ModelConfig(), tiny_data, backend="dali-cpu", num_threads=2, tracking_uri=uri)
+    client = _client(uri)
+    assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
+    children = [client.get_run(r["run_id"]) for r in summary["trials"]]
+    assert len(children) == 2 and any(r.info.status == "FINISHED" for r in children)
+    for r in children:
+        assert r.info.status == "FINISHED" or (r.info.status == "KILLED" and r.data.tags["stopped_early"] == "true")
