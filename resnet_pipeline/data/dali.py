@@ -10,7 +10,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from resnet_pipeline.data.loader import FIVE_CROPS, LIGHTING_STD, LoaderSpec, shard_seed
+from resnet_pipeline.data.loader import FIVE_CROPS, LIGHTING_STD, LoaderSpec, SpecLoader, shard_seed
 
 READER = "reader"  # the reader's name, which the iterator reads its epoch size from
 
@@ -98,7 +98,7 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
     return pipeline()
 
 
-class DaliLoader:
+class DaliLoader(SpecLoader):
     """Iterable over epochs of (images float32 [N,3,H,W], labels int64 [N]); see `make_loader`."""
 
     def __init__(self, spec: LoaderSpec, *, device: str = "cpu", device_id: int | None = None):
@@ -115,17 +115,6 @@ class DaliLoader:
             self._pipeline, ["images", "labels"], reader_name=READER,
             last_batch_policy=LastBatchPolicy.DROP if spec.train else LastBatchPolicy.PARTIAL)
         self._open = False  # an epoch was started and not finished
-
-    @property
-    def num_classes(self) -> int:
-        return self.spec.num_classes
-
-    @property
-    def num_samples(self) -> int:
-        return self.spec.num_samples
-
-    def __len__(self) -> int:
-        return len(self.spec)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._open:

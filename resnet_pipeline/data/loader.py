@@ -98,6 +98,23 @@ class LoaderSpec:
         return math.ceil((end - begin) / self.batch_size)
 
 
+class SpecLoader:
+    """What every backend shares: sizes come from its LoaderSpec."""
+
+    spec: LoaderSpec
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def num_samples(self) -> int:
+        return self.spec.num_samples
+
+    def __len__(self) -> int:
+        return len(self.spec)
+
+
 class Loader(Protocol):
     """What `make_loader` returns. ``iter()`` runs one epoch, yielding (images, labels): images
     float32 [N, 3, H, W] ([N, 10, 3, H, W] for ten-crop), labels int64 [N]. DALI GPU loaders

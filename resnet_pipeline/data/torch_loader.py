@@ -18,7 +18,7 @@ import torchvision
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
-from resnet_pipeline.data.loader import FIVE_CROPS, LIGHTING_STD, LoaderSpec, shard_seed
+from resnet_pipeline.data.loader import FIVE_CROPS, LIGHTING_STD, LoaderSpec, SpecLoader, shard_seed
 
 
 def _anchor(free: int, fraction: float) -> int:
@@ -117,7 +117,7 @@ class ShardSampler(torch.utils.data.Sampler):
         return self.spec.num_samples // self.spec.num_shards
 
 
-class TorchLoader:
+class TorchLoader(SpecLoader):
     """Iterable over epochs of (images float32 [N,3,H,W], labels int64 [N]); see `make_loader`."""
 
     def __init__(self, spec: LoaderSpec):
@@ -132,17 +132,6 @@ class TorchLoader:
             # Workers' augmentation streams derive from this generator: reproducible per (seed, shard).
             generator=torch.Generator().manual_seed(shard_seed(spec.seed, spec.shard_id)))
         self._epoch = 0
-
-    @property
-    def num_classes(self) -> int:
-        return self.spec.num_classes
-
-    @property
-    def num_samples(self) -> int:
-        return self.spec.num_samples
-
-    def __len__(self) -> int:
-        return len(self.spec)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._sampler.epoch = self._epoch
