@@ -65,7 +65,7 @@ def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split
                 "images_per_cpu_s": statistics.median(per_cpu[name]), "batch_size": batch_size,
                 "num_threads": num_threads} for name, r in rates.items()]
     return {"results": results, "data_dir": str(data_dir), "split": split, "normalize": normalize,
-            "seconds_per_round": seconds, "rounds": rounds, "machine": _machine()}
+            "seconds_per_round": seconds, "rounds": rounds, "machine": machine_info()}
 
 
 def _cpu_seconds() -> float:
@@ -92,7 +92,8 @@ def _batches(loader):
         yield from loader
 
 
-def _machine() -> dict:
+def machine_info() -> dict:
+    """CPU model, core count, GPU and library versions, recorded beside every benchmark figure."""
     import torch
 
     cpu = platform.processor() or platform.machine()

@@ -60,7 +60,7 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
     bare = next((r["images_per_s"] for r in results if r["mode"] == "bare"), None)
     for r in results:
         r["vs_bare"] = r["images_per_s"] / bare if bare else None
-    from resnet_pipeline.data.bench import _machine as machine_info
+    from resnet_pipeline.data.bench import machine_info
 
     return {"depth": depth, "batch_size": batch_size, "iterations": iterations, "precision": precision,
             "channels_last": channels_last, "backend": backend, "data_dir": str(data), "machine": machine_info(),
