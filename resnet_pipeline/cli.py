@@ -33,6 +33,14 @@ def main() -> None:
     # 71 img/s without it and 326 img/s with it on 2 cores (docs/benchmarks.md). Ray sets it in its
     # workers too. The training loop then sets torch's threads explicitly (train.threads_per_worker).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # A job submitted to a cluster runs in Ray's copy of the code; its relative paths (params, data,
+    # results) mean the project folder that `submit` names.
+    project = os.environ.get("RESNET_PROJECT_DIR")
+    if project:
+        if not os.path.isdir(project):
+            raise click.UsageError(f"RESNET_PROJECT_DIR={project}: no such folder on this node; give the project "
+                                   "folder as every node sees it (python cli.py submit --project-dir)")
+        os.chdir(project)
 
 
 @main.command()
@@ -88,9 +96,11 @@ def prepare(params_file: str | None, dataset: str | None, source: str | None, ou
 @click.option("--seed", type=int, default=None, help="Override train.seed.")
 @click.option("--run-name", default=None, help="Run name; the same name again resumes an unfinished run.")
 @click.option("--experiment", default=None, help="Override train.experiment (the MLflow experiment).")
+@click.option("--storage-path", default=None,
+              help="Override train.storage_path (checkpoints, Ray results); on several nodes, a folder all share.")
 def train(params_file: str | None, data_dir: str | None, depth: int | None, shortcut: str | None,
           iterations: int | None, batch_size: int | None, workers: int | None, lr: float | None, seed: int | None,
-          run_name: str | None, experiment: str | None) -> None:
+          run_name: str | None, experiment: str | None, storage_path: str | None) -> None:
     """Train one ResNet with Ray Train (the paper's recipe from params.yaml), tracked in MLflow."""
     from resnet_pipeline.config import load_params, load_section
     from resnet_pipeline.data import load_data_config
@@ -102,9 +112,10 @@ def train(params_file: str | None, data_dir: str | None, depth: int | None, shor
     data_cfg = load_data_config(params_file)
     model_cfg = load_section(ModelConfig, "model", params, depth=depth, shortcut=shortcut)
     train_cfg = load_section(TrainConfig, "train", params, iterations=iterations, batch_size=batch_size,
-                             workers=workers, lr=lr, seed=seed, run_name=run_name, experiment=experiment)
+                             workers=workers, lr=lr, seed=seed, run_name=run_name, experiment=experiment,
+                             storage_path=storage_path)
     summary = run_train(train_cfg, model_cfg, data_dir or data_cfg.out_dir, backend=data_cfg.backend,
-                        normalize=data_cfg.normalize, num_threads=data_cfg.num_threads,
+                        normalize=data_cfg.normalize, num_threads=data_cfg.num_threads, aug=data_cfg.aug,
                         snapshot={"train": train_cfg, "model": model_cfg, "data": data_cfg})
     m = summary["metrics"]
     click.echo(f"run {summary['run_name']} ({summary['run_id']}): "
@@ -118,16 +129,20 @@ def train(params_file: str | None, data_dir: str | None, depth: int | None, shor
 @click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
 @click.option("--depths", default=None, help="Comma-separated depths, e.g. 20,32,44,56,110 or 18,34,50,101,152.")
 @click.option("--shortcuts", default=None, help="Comma-separated shortcuts from plain,A,B,C.")
+@click.option("--include", default=None, help="Nets beyond the grid, e.g. B-50,C-34 (overrides sweep.include).")
 @click.option("--seeds", type=int, default=None, help="Seeds per (depth, shortcut).")
 @click.option("--iterations", type=int, default=None, help="Override train.iterations for every trial.")
 @click.option("--name", default=None, help="Sweep name; the same name again resumes the sweep.")
 @click.option("--max-concurrent", type=int, default=None, help="Trials at once (default: from the cluster).")
 @click.option("--asha/--no-asha", default=None, help="ASHA early stopping on validation error.")
+@click.option("--storage-path", default=None,
+              help="Override train.storage_path (checkpoints, Ray results); on several nodes, a folder all share.")
 @click.option("--dry-run", is_flag=True, help="List the trials and estimate their compute; train nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (or dry run) as JSON.")
 def sweep(params_file: str | None, data_dir: str | None, depths: str | None, shortcuts: str | None,
-          seeds: int | None, iterations: int | None, name: str | None, max_concurrent: int | None,
-          asha: bool | None, dry_run: bool, as_json: bool) -> None:
+          include: str | None, seeds: int | None, iterations: int | None, name: str | None,
+          max_concurrent: int | None, asha: bool | None, storage_path: str | None, dry_run: bool,
+          as_json: bool) -> None:
     """Ray Tune over depth x shortcut x seed, one MLflow child run per trial under a parent run."""
     from resnet_pipeline.config import load_params, load_section
     from resnet_pipeline.data import load_data_config
@@ -138,13 +153,13 @@ def sweep(params_file: str | None, data_dir: str | None, depths: str | None, sho
     params = load_params(params_file)
     data_cfg = load_data_config(params_file)
     sweep_cfg = load_section(SweepConfig, "sweep", params, depths=_int_list(depths, "--depths"),
-                             shortcuts=_str_list(shortcuts), seeds=seeds, name=name, max_concurrent=max_concurrent,
-                             asha=asha)
+                             shortcuts=_str_list(shortcuts), include=_str_list(include), seeds=seeds, name=name,
+                             max_concurrent=max_concurrent, asha=asha)
     model_cfg = load_section(ModelConfig, "model", params)
-    train_cfg = load_section(TrainConfig, "train", params, iterations=iterations)
+    train_cfg = load_section(TrainConfig, "train", params, iterations=iterations, storage_path=storage_path)
     data = data_dir or data_cfg.out_dir
     if dry_run:
-        report = run_dry(sweep_cfg, train_cfg, model_cfg, data)
+        report = run_dry(sweep_cfg, train_cfg, model_cfg, data, aug=data_cfg.aug)
         if as_json:
             click.echo(json.dumps(report, indent=2))
             return
@@ -155,7 +170,7 @@ def sweep(params_file: str | None, data_dir: str | None, depths: str | None, sho
         click.echo(f"estimated total: {report['estimated_total_s_one_process'] / 3600:.2f} h in one process")
         return
     summary = run_sweep(sweep_cfg, train_cfg, model_cfg, data, backend=data_cfg.backend,
-                        normalize=data_cfg.normalize, num_threads=data_cfg.num_threads,
+                        normalize=data_cfg.normalize, num_threads=data_cfg.num_threads, aug=data_cfg.aug,
                         snapshot={"data": data_cfg})
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -240,7 +255,7 @@ def evaluate(params_file: str | None, sweep_name: str | None, run_ids: tuple[str
     sweep_name = None if run_ids else sweep_name or load_section(SweepConfig, "sweep", params).name
     summary = run_evaluation(cfg, data_dir or data_cfg.out_dir, experiment=experiment, sweep=sweep_name,
                              run_ids=run_ids, backend=data_cfg.backend, normalize=data_cfg.normalize,
-                             num_threads=data_cfg.num_threads)
+                             num_threads=data_cfg.num_threads, aug=data_cfg.aug)
     _print_rows(f"Errors (%) on {summary['compared']} beside the paper, mean +- std over seeds", [{
         "net": f"plain-{e['depth']}" if e["shortcut"] == "plain" else f"ResNet-{e['depth']} {e['shortcut']}",
         "n": e["runs"],
@@ -362,25 +377,230 @@ def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[st
 @click.option("--depth", type=int, default=20, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--iterations", type=int, default=60, show_default=True, help="Per mode.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "bf16"]),
+              help="Repeat for several (default: fp32); the first runs every mode, the others bare only.")
+@click.option("--memory-format", "memory_formats", multiple=True, type=click.Choice(["channels_last", "nchw"]),
+              help="Repeat for several (default: channels_last); the first runs every mode, the others bare only.")
 @click.option("--mode", "modes", multiple=True, type=click.Choice(["bare", "ray-1", "ray-2"]),
               help="Repeat for several (default: all three).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench_train(params_file: str | None, data_dir: str | None, depth: int, batch_size: int, iterations: int,
-                precision: str, modes: tuple[str, ...], as_json: bool) -> None:
-    """Images/s of the Ray Train path (1 and 2 workers) vs the bare single-process loop, side by side."""
+                precisions: tuple[str, ...], memory_formats: tuple[str, ...], modes: tuple[str, ...],
+                as_json: bool) -> None:
+    """Images/s of the Ray Train path (1 and 2 workers) vs the bare single-process loop, and of the bare
+    loop in fp32/bf16 and channels_last/NCHW, side by side."""
     from resnet_pipeline.data import load_data_config
     from resnet_pipeline.training.bench import bench_train as run_bench
 
     cfg = load_data_config(params_file)
     report = run_bench(data_dir or cfg.out_dir, depth=depth, batch_size=batch_size, iterations=iterations,
-                       precision=precision, modes=modes or ("bare", "ray-1", "ray-2"))
+                       precisions=precisions or ("fp32",), memory_formats=memory_formats or ("channels_last",),
+                       modes=modes or ("bare", "ray-1", "ray-2"))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    _print_rows(f"Training throughput, ResNet-{depth}, batch {batch_size}, {precision}, {iterations} iterations "
-                f"({report['machine']['cpu']}, {report['machine']['cores']} cores)", report["results"],
-                ("mode", "images_per_s", "vs_bare", "wall_s", "overhead_s"))
+    _print_bench_train(report)
+
+
+def _print_bench_train(report: dict) -> None:
+    _print_rows(f"Training throughput, ResNet-{report['depth']}, batch {report['batch_size']}, "
+                f"{report['iterations']} iterations ({report['machine']['cpu']}, {report['machine']['cores']} cores)",
+                report["results"], ("mode", "precision", "memory_format", "images_per_s", "vs_bare", "wall_s",
+                                    "overhead_s"))
+
+
+@bench.command("depths")
+@click.option("--cifar-depths", default="20,32,44,56,110", show_default=True)
+@click.option("--imagenet-depths", default="18,34,50", show_default=True)
+@click.option("--imagenet-input", type=int, default=64, show_default=True, help="Side of the ImageNet nets' input.")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--seconds", type=float, default=5.0, show_default=True, help="Timed seconds per net and round.")
+@click.option("--rounds", type=int, default=2, show_default=True, help="Rounds; the median is reported.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def bench_depths(cifar_depths: str, imagenet_depths: str, imagenet_input: int, batch_size: int, seconds: float,
+                 rounds: int, as_json: bool) -> None:
+    """Images/s and effective GFLOP/s of bare training steps for each depth (synthetic data)."""
+    from resnet_pipeline.training.bench import bench_depths as run_bench
+
+    report = run_bench(cifar_depths=tuple(_int_list(cifar_depths, "--cifar-depths")),
+                       imagenet_depths=tuple(_int_list(imagenet_depths, "--imagenet-depths")),
+                       imagenet_input=imagenet_input, batch_size=batch_size, seconds=seconds, rounds=rounds)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print_bench_depths(report)
+
+
+def _print_bench_depths(report: dict) -> None:
+    _print_rows(f"Training steps per depth, batch {report['batch_size']}, {report['precision']}, "
+                f"{report['memory_format']}; peak {report['peak']['gflops']:.0f} GFLOP/s = {report['peak']['formula']}",
+                report["results"], ("family", "depth", "input_size", "mult_adds", "images_per_s", "gflops",
+                                    "peak_fraction", "gflops_per_cpu_s", "core_peak_fraction"))
+
+
+@bench.command("overhead")
+@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
+              help="Params file (default: params.yaml): data.out is the default dataset.")
+@click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
+@click.option("--trials", type=int, default=3, show_default=True)
+@click.option("--iterations", type=int, default=1, show_default=True, help="Per trial.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def bench_overhead(params_file: str | None, data_dir: str | None, trials: int, iterations: int,
+                   as_json: bool) -> None:
+    """Per-trial overhead of a sweep: a real sweep of tiny trials, each trial's time split up."""
+    from resnet_pipeline.data import load_data_config
+    from resnet_pipeline.training.bench import bench_overhead as run_bench
+
+    report = run_bench(data_dir or load_data_config(params_file).out_dir, trials=trials, iterations=iterations)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print_bench_overhead(report)
+
+
+def _print_bench_overhead(report: dict) -> None:
+    _print_rows(f"Sweep of {report['trials']} trials x {report['iterations']} iteration(s): ray.init "
+                f"{report['ray_start_s']:.1f} s, sweep set-up and summary {report['sweep_fixed_s']:.1f} s, "
+                f"overhead per trial {report['overhead_per_trial_s']:.1f} s (median after the first)",
+                report["results"], ("run_name", "gap_s", "to_first_step_s", "steps_s", "evaluation_s",
+                                    "model_logging_s", "end_s", "wall_s", "overhead_s"))
+
+
+@bench.command("all")
+@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
+              help="Params file (default: params.yaml); data.out, data.normalize, data.num_threads.")
+@click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def bench_all(params_file: str | None, data_dir: str | None, as_json: bool) -> None:
+    """`bench data`, `bench train` (fp32/bf16 x channels_last/NCHW) and `bench depths` with their defaults."""
+    from resnet_pipeline.data import load_data_config
+    from resnet_pipeline.data.bench import bench_data as run_data
+    from resnet_pipeline.training.bench import bench_depths as run_depths
+    from resnet_pipeline.training.bench import bench_train as run_train
+
+    cfg = load_data_config(params_file)
+    data = data_dir or cfg.out_dir
+    report = {"data": run_data(data, num_threads=cfg.num_threads, normalize=cfg.normalize),
+              "train": run_train(data, precisions=("fp32", "bf16"), memory_formats=("channels_last", "nchw")),
+              "depths": run_depths()}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print_rows("Data loaders, training augmentation", report["data"]["results"],
+                ("backend", "images_per_s", "images_per_cpu_s"))
+    _print_bench_train(report["train"])
+    _print_bench_depths(report["depths"])
+
+
+@main.group()
+@click.option("--state-dir", type=click.Path(file_okay=False), default=".cluster", show_default=True,
+              help="Where `up` records the PIDs it starts, the logs and the default tracking store.")
+@click.pass_context
+def cluster(ctx: click.Context, state_dir: str) -> None:
+    """A one-machine Ray cluster (head + MLflow tracking server): up, status, env, logs, down."""
+    from pathlib import Path
+
+    ctx.obj = Path(state_dir).resolve()
+
+
+@cluster.command("up")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface of the Ray dashboard (job submission); 0.0.0.0 to take jobs from other machines.")
+@click.option("--mlflow-host", default="127.0.0.1", show_default=True,
+              help="Interface of the MLflow server; on several nodes, one the workers reach.")
+@click.option("--num-cpus", type=int, default=None, help="Logical CPUs of the head (default: max(cores, 4)).")
+@click.option("--port", type=int, default=6379, show_default=True, help="Ray GCS port (workers join here).")
+@click.option("--dashboard-port", type=int, default=8265, show_default=True, help="Ray dashboard / job port.")
+@click.option("--mlflow-port", type=int, default=5000, show_default=True, help="MLflow server port.")
+@click.option("--backend-store-uri", default=None,
+              help="MLflow's database (default: sqlite in the state folder), e.g. postgresql://...")
+@click.option("--artifacts-destination", default=None,
+              help="Where the server stores artifacts (default: mlartifacts/ in the state folder), e.g. s3://...")
+@click.pass_obj
+def cluster_up(state_dir, host: str, mlflow_host: str, num_cpus: int | None, port: int, dashboard_port: int,
+               mlflow_port: int, backend_store_uri: str | None, artifacts_destination: str | None) -> None:
+    """Start `ray start --head --block` and `mlflow server` in the background, token auth on."""
+    from resnet_pipeline import cluster as cl
+
+    state = cl.up(state_dir, host=host, mlflow_host=mlflow_host, num_cpus=num_cpus, port=port,
+                  dashboard_port=dashboard_port, mlflow_port=mlflow_port, backend_store_uri=backend_store_uri,
+                  artifacts_destination=artifacts_destination)
+    p = state["processes"]
+    click.echo(f"Ray head (PID {p['ray']['pid']}): dashboard {state['dashboard']}, workers join <this host>:{port}\n"
+               f"MLflow server (PID {p['mlflow']['pid']}): {state['tracking_uri']}\n"
+               f"token: {state['token_path']} (RAY_AUTH_TOKEN_PATH; `ray get-auth-token` prints it)\n"
+               f"state and logs: {state_dir}\n"
+               f"next: python cli.py submit -- python cli.py sweep ...   or   eval \"$(python cli.py cluster env)\"")
+
+
+@cluster.command("down")
+@click.pass_obj
+def cluster_down(state_dir) -> None:
+    """Stop exactly the processes `up` started (by recorded PID), and their children."""
+    from resnet_pipeline import cluster as cl
+
+    pids = cl.down(state_dir)
+    click.echo(f"stopped {len(pids)} process(es)" if pids else f"nothing recorded as running in {state_dir}")
+
+
+@cluster.command("status")
+@click.pass_obj
+def cluster_status(state_dir) -> None:
+    """Whether the recorded head and tracking server run, and their addresses."""
+    from resnet_pipeline import cluster as cl
+
+    click.echo(json.dumps(cl.status(state_dir), indent=2))
+
+
+@cluster.command("env")
+@click.pass_obj
+def cluster_env(state_dir) -> None:
+    """Shell exports for plain `ray job submit` and MLflow clients: eval "$(python cli.py cluster env)"."""
+    import shlex
+
+    from resnet_pipeline import cluster as cl
+
+    for k, v in cl.client_env(state_dir).items():
+        click.echo(f"export {k}={shlex.quote(v)}")
+
+
+@cluster.command("logs")
+@click.argument("job_id", required=False)
+@click.option("--follow", is_flag=True, help="Stream until the job ends.")
+@click.option("--address", default=None,
+              help="Dashboard URL (default: the recorded head, else $RAY_API_SERVER_ADDRESS).")
+@click.pass_obj
+def cluster_logs(state_dir, job_id: str | None, follow: bool, address: str | None) -> None:
+    """A job's logs (default: the last one submitted from here)."""
+    from resnet_pipeline import cluster as cl
+
+    sys.exit(cl.job_command("logs", job_id, state_dir=state_dir, address=address, follow=follow))
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--address", default=None,
+              help="Head dashboard URL, e.g. http://HEAD:8265 (default: `cluster up`'s, else $RAY_API_SERVER_ADDRESS).")
+@click.option("--tracking-uri", default=None,
+              help="MLflow URI for the job (default: `cluster up`'s server, else $MLFLOW_TRACKING_URI).")
+@click.option("--project-dir", default=None,
+              help="Absolute folder where the job's relative paths resolve (default: here); on several nodes, shared.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Stream the job's logs until it ends.")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=".cluster", show_default=True,
+              help="State folder of `cluster up`.")
+def submit(command: tuple[str, ...], address: str | None, tracking_uri: str | None, project_dir: str | None,
+           wait: bool, state_dir: str) -> None:
+    """Run COMMAND on the Ray cluster with `ray job submit`: this checkout as the working dir (less
+    .rayignore), the tracking URI and project folder as env_vars. E.g. submit -- python cli.py sweep"""
+    from pathlib import Path
+
+    from resnet_pipeline import cluster as cl
+
+    job_id, rc = cl.submit(list(command), state_dir=Path(state_dir), address=address, tracking_uri=tracking_uri,
+                           project_dir=project_dir, wait=wait)
+    if not wait and rc == 0:
+        click.echo(f"job {job_id}; follow it: python cli.py cluster logs --follow")
+    sys.exit(rc)
 
 
 if __name__ == "__main__":

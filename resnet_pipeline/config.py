@@ -11,8 +11,6 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
-import yaml
-
 T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +23,8 @@ class ConfigError(ValueError):
 
 def load_params(path: str | Path | None = None) -> dict[str, Any]:
     """Read a params.yaml file into a dict of sections."""
+    import yaml  # here, not at import time: the training loop runs where only torch is installed
+
     path = Path(path) if path is not None else DEFAULT_PARAMS
     if not path.is_file():
         raise ConfigError(f"params file not found: {path} (pass --params with an existing YAML file)")
@@ -55,7 +55,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         raise ConfigError(f"{name}: {value!r} is not one of the accepted types {inner}")
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{name}: {value!r} is not valid; choose one of {', '.join(map(repr, args))}")
+            hint = ' (YAML reads unquoted on/off as true/false: write "on" or "off")' if isinstance(value, bool) else ""
+            raise ConfigError(f"{name}: {value!r} is not valid; choose one of {', '.join(map(repr, args))}{hint}")
         return value
     if origin in (list, tuple):
         if isinstance(value, str):

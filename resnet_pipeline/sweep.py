@@ -15,6 +15,7 @@ import datetime as dt
 import itertools
 import json
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ class SweepConfig:
 
     depths: list[int] = field(default_factory=lambda: [20, 32, 44, 56, 110])
     shortcuts: list[str] = field(default_factory=lambda: ["plain", "A"])
+    # Nets beyond the grid, as "<shortcut>-<depth>" (e.g. the ImageNet Table 3 rows "B-50", "C-34").
+    include: list[str] = field(default_factory=list)
     seeds: int = 1  # trials use seeds train.seed .. train.seed + seeds - 1
     name: str = "cifar10-table6"
     max_concurrent: int = 0  # 0: as many as the cluster's CPUs (or GPUs) allow
@@ -39,8 +42,9 @@ class SweepConfig:
     out: str = "metrics/sweep"  # summary.json and summary.csv (a DVC metrics output)
 
     def validate(self) -> None:
+        self.included()  # raises on a malformed entry
         try:
-            infer_family(self.depths)
+            infer_family(self.all_depths)
         except ValueError as exc:
             raise ConfigError(f"sweep.depths: {exc}") from None
         if not self.shortcuts:
@@ -56,8 +60,28 @@ class SweepConfig:
             raise ConfigError(f"sweep.name: must be a non-empty name without '/', got {self.name!r}")
 
     @property
+    def all_depths(self) -> list[int]:
+        return list(dict.fromkeys([*self.depths, *(d for _, d in self.included())]))
+
+    @property
     def family(self) -> str:
-        return infer_family(self.depths)
+        return infer_family(self.all_depths)
+
+    def included(self) -> list[tuple[str, int]]:
+        """``include`` as (shortcut, depth) pairs."""
+        pairs = []
+        for entry in self.include:
+            shortcut, _, depth = str(entry).rpartition("-")
+            if shortcut not in SHORTCUTS or not depth.isdigit():
+                raise ConfigError(f"sweep.include: {entry!r} is not valid; use '<shortcut>-<depth>' with a shortcut "
+                                  f"from {', '.join(SHORTCUTS)}, e.g. 'B-50'")
+            pairs.append((shortcut, int(depth)))
+        return pairs
+
+    def nets(self) -> list[tuple[int, str]]:
+        """(depth, shortcut) of every net: the grid, then ``include``, without repeats."""
+        grid = [(d, s) for d, s in itertools.product(self.depths, self.shortcuts)]
+        return list(dict.fromkeys([*grid, *((d, s) for s, d in self.included())]))
 
 
 @dataclass(frozen=True)
@@ -72,8 +96,8 @@ class Trial:
 
 
 # Settings that do not change what a trial computes: bookkeeping, fault tolerance, naming.
-_NOT_RESULT_SHAPING = {"run_name", "experiment", "storage_path", "max_failures", "inject_failure_at", "log_every",
-                       "keep_checkpoints", "checkpoint_every"}
+_NOT_RESULT_SHAPING = {"run_name", "experiment", "storage_path", "max_failures", "inject_failure_at", "inject_failure",
+                       "log_every", "keep_checkpoints", "checkpoint_every"}
 
 
 def config_digest(train: TrainConfig, model_cfg: ModelConfig, data: dict[str, Any]) -> str:
@@ -88,7 +112,7 @@ def config_digest(train: TrainConfig, model_cfg: ModelConfig, data: dict[str, An
 def plan(sweep: SweepConfig, train: TrainConfig) -> list[Trial]:
     sweep.validate()
     return [Trial(d, s, train.seed + i, sweep.family)
-            for d, s, i in itertools.product(sweep.depths, sweep.shortcuts, range(sweep.seeds))]
+            for (d, s), i in itertools.product(sweep.nets(), range(sweep.seeds))]
 
 
 def _model_cfg(base: ModelConfig, trial: Trial) -> ModelConfig:
@@ -138,23 +162,25 @@ def estimate(trials: list[Trial], model_cfg: ModelConfig, train: TrainConfig, nu
     return rows
 
 
-def _data_shape(data_dir: Path) -> tuple[int, int]:
+def _data_shape(data_dir: Path, aug: dict[str, Any] | None = None) -> tuple[int, int, str]:
+    """(classes, the side of the model's input, cifar|imagenet kind) of a prepared dataset."""
     from resnet_pipeline.data import load_manifest
-    from resnet_pipeline.data.loader import loader_spec
+    from resnet_pipeline.data.loader import eval_geometry, loader_spec
 
     manifest = load_manifest(data_dir)
-    spec = loader_spec(data_dir, "val", train=False, batch_size=1, normalize="per_channel")  # shape only
-    return len(manifest["classes"]), spec.image_size[0] if spec.image_size else spec.crop_size
+    spec = loader_spec(data_dir, "val", train=False, batch_size=1, normalize="per_channel",  # shape only
+                       **eval_geometry(aug))
+    return len(manifest["classes"]), spec.input_size, spec.kind
 
 
 def dry_run(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path,
-            measure: bool = True) -> dict[str, Any]:
+            measure: bool = True, aug: dict[str, Any] | None = None) -> dict[str, Any]:
     from resnet_pipeline.training.driver import check_data_dir
 
     trials = plan(sweep, train)
     train.validate()
     data_path = check_data_dir(data_dir)
-    num_classes, input_size = _data_shape(data_path)
+    num_classes, input_size, _ = _data_shape(data_path, aug)
     rate = calibrate(input_size, train.per_worker_batch) if measure else None
     rows = estimate(trials, model_cfg, train, num_classes, input_size, rate)
     total = sum(r["estimated_s"] for r in rows) if rate else None
@@ -175,7 +201,8 @@ def _trial_fn(config: dict[str, Any]) -> None:
     model_cfg = ModelConfig(**{**base["model"], "depth": t["depth"], "shortcut": t["shortcut"],
                                "family": t["family"]})
     train(train_cfg, model_cfg, base["data_dir"], backend=base["backend"], normalize=base["normalize"],
-          num_threads=base["num_threads"], tracking_uri=base["tracking_uri"], parent_run_id=base["parent_run_id"],
+          num_threads=base["num_threads"], aug=base["aug"], tracking_uri=base["tracking_uri"],
+          parent_run_id=base["parent_run_id"],
           snapshot={**base["snapshot"], "sweep_trial": t}, callbacks=[TuneReportCallback()])
 
 
@@ -185,11 +212,10 @@ def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConf
     import ray
     from ray import tune
 
-    from resnet_pipeline.training.ray_launch import init_ray
-
-    from resnet_pipeline.training.ray_launch import TRIAL_CPUS
+    from resnet_pipeline.training.ray_launch import TRIAL_CPUS, check_storage, init_ray
 
     init_ray(train.workers, sweep.max_concurrent or 1)
+    check_storage(storage)
     cpus = ray.cluster_resources().get("CPU", 1)
     per_trial = train.workers + TRIAL_CPUS  # the trial's driver function holds a CPU beside its workers
     if per_trial > cpus:
@@ -211,13 +237,20 @@ def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConf
         run_config=tune.RunConfig(name=f"{sweep.name}-tune-{dt.datetime.now():%Y%m%d-%H%M%S}",
                                   storage_path=str(storage), verbose=0),
     )
-    results = tuner.fit()
+    from resnet_pipeline.training.driver import sigterm_as_interrupt
+
+    # Ctrl-C (and SIGTERM) stop the sweep with KeyboardInterrupt, as they stop `train`; Tune's own
+    # handler would end tuner.fit() normally, and the stage would look complete to DVC.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    with sigterm_as_interrupt():
+        results = tuner.fit()
     return {r.config["trial"]["run_name"]: str(r.error) for r in results if r.error}
 
 
 def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, *,
               backend: str = "auto", normalize: str = "per_pixel", num_threads: int = 2,
-              tracking_uri: str | None = None, snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
+              aug: dict[str, Any] | None = None, tracking_uri: str | None = None,
+              snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
     from resnet_pipeline import tracking
     from resnet_pipeline.training.driver import check_data_dir, environment_tags, resolve_storage
 
@@ -226,13 +259,18 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
     for t in trials:
         _model_cfg(model_cfg, t).validate()
     data_path = check_data_dir(data_dir)
-    num_classes, input_size = _data_shape(data_path)
+    from resnet_pipeline.training.ray_launch import check_local_capacity
+
+    check_local_capacity(train.workers, train.use_gpu)
+    num_classes, input_size, kind = _data_shape(data_path, aug)
     storage = resolve_storage(train.storage_path)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     snap = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in (snapshot or {}).items()}
     snap.update(sweep=dataclasses.asdict(sweep), train=dataclasses.asdict(train), model=dataclasses.asdict(model_cfg))
-    digest = config_digest(train, model_cfg, {"data_dir": str(data_path), "backend": backend,
-                                              "normalize": normalize})
+    shaping_data = {"data_dir": str(data_path), "backend": backend, "normalize": normalize}
+    if aug and kind == "imagenet":  # the crops only shape ImageNet-kind runs
+        shaping_data["aug"] = dict(aug)
+    digest = config_digest(train, model_cfg, shaping_data)
     parent_id, previous = tracking.start_run(uri, train.experiment, sweep.name, snap,
                                              {**environment_tags(train.workers), "sweep": sweep.name,
                                               "trials": str(len(trials)), "config_digest": digest},
@@ -248,9 +286,12 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
               f"{len(trials) - len(todo)} already finished, {len(todo)} to run")
         errors: dict[str, str] = {}
         if todo:
-            base = {"train": dataclasses.asdict(train), "model": dataclasses.asdict(model_cfg),
+            # The storage path made absolute here: Tune runs each trial in its own working directory.
+            base = {"train": {**dataclasses.asdict(train), "storage_path": str(storage)},
+                    "model": dataclasses.asdict(model_cfg),
                     "data_dir": str(data_path), "backend": backend, "normalize": normalize,
-                    "num_threads": num_threads, "tracking_uri": uri, "parent_run_id": parent_id, "snapshot": snap}
+                    "num_threads": num_threads, "aug": dict(aug or {}), "tracking_uri": uri,
+                    "parent_run_id": parent_id, "snapshot": snap}
             errors = _run_tune(todo, base, sweep, train, storage)
             # A trial that Tune stopped without an error (ASHA) was interrupted, not failed: its run
             # ended RUNNING (actor killed) or FAILED (the stop reached the trainer) and becomes KILLED.
@@ -271,6 +312,10 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
                 "out": str(out)}
     except KeyboardInterrupt:
         status = tracking.KILLED
+        # The trials still running die with Ray; their runs end KILLED and resume by name next time.
+        for r in tracking.child_runs(uri, parent_id):
+            if r.info.status == tracking.RUNNING:
+                tracking.end_run(uri, r.info.run_id, tracking.KILLED)
         raise
     finally:
         tracking.end_run(uri, parent_id, status)

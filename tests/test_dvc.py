@@ -14,7 +14,7 @@ import yaml
 
 from resnet_pipeline.config import PROJECT_ROOT
 
-from conftest import _write_colour_classes
+from conftest import _write_colour_classes, write_images
 
 
 def _copy_repo(dest: Path) -> None:
@@ -56,10 +56,28 @@ def demo_repo(tmp_path_factory) -> Path:
                            checkpoint_every=20)
     params["sweep"].update(depths=[8], shortcuts=["plain", "A"])
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    _shrink_imagenet(repo, tmp_path_factory.mktemp("imagenet"))
     _git(repo, "init", "-q")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "test copy")
     return repo
+
+
+def _shrink_imagenet(repo: Path, source: Path) -> None:
+    """An ImageNet-layout folder (train/ and val/ by class, JPEG and PNG of mixed sizes over 64 px),
+    and the imagenet pipeline's params cut to one tiny net: the same stages, crops of 32 px."""
+    sizes = [(96, 72), (80, 120), (72, 72)]
+    for c, size in enumerate(sizes):
+        for s, (split, count) in enumerate((("train", 24), ("val", 8))):
+            write_images(source / split / f"n0000{c}", count, size=size, fmt="JPEG" if c % 2 == 0 else "PNG",
+                         seed=100 * s + c, prefix=split)
+    params_path = repo / "pipelines/imagenet/params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["data"].update(source=str(source), num_threads=2, crop_size=32, resize_range=[40, 56], eval_resize=40)
+    params["train"].update(iterations=12, batch_size=16, workers=1, log_every=4, eval_every=6, checkpoint_every=6,
+                           plateau_patience=1)
+    params["sweep"].update(depths=[18], shortcuts=["A"], include=[])  # Table 2: ResNet-18 (option A)
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +108,26 @@ def test_changed_training_param_reruns_only_what_depends_on_it(demo_repo: Path, 
     params["train"]["lr"] = 0.05
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     out = _dvc(demo_repo, "repro", "pipelines/demo/dvc.yaml")
-    assert "Running stage 'pipelines/demo/dvc.yaml:sweep'" in out
+    for stage in ("sweep", "evaluate", "report"):
+        assert f"Running stage 'pipelines/demo/dvc.yaml:{stage}'" in out
     assert "Running stage 'pipelines/demo/dvc.yaml:prepare'" not in out
     summary = json.loads((demo_repo / "metrics/demo/sweep/summary.json").read_text())
     assert all(r["status"] == "FINISHED" for r in summary["trials"])
     # New runs for the new lr, not the old ones reused.
     assert "4 trials" not in out and "2 already finished" not in out
+
+
+def test_imagenet_pipeline_runs_on_generated_data(demo_repo: Path) -> None:
+    out = _dvc(demo_repo, "repro", "pipelines/imagenet/dvc.yaml")
+    for stage in ("prepare", "sweep", "evaluate", "report"):
+        assert f"Running stage 'pipelines/imagenet/dvc.yaml:{stage}'" in out
+    manifest = json.loads((demo_repo / "data/prepared/imagenet/manifest.json").read_text())
+    assert manifest["splits"]["train"]["count"] == 72 and manifest["splits"]["val"]["count"] == 24
+    metrics = json.loads((demo_repo / "metrics/imagenet/sweep/metrics.json").read_text())
+    assert set(metrics) == {"A-18"}
+    details = json.loads((demo_repo / "metrics/imagenet/evaluation/summary.json").read_text())
+    assert details["compared"] == "val_10crop"  # Sec. 3.4: 10-crop testing on ImageNet-kind data
+    (row,) = details["table"]
+    assert (row["depth"], row["shortcut"], row["runs"]) == (18, "A", 1)
+    assert 0.0 <= row["top1_error_mean"] <= 1.0 and row["paper_top1_error"] == pytest.approx(0.2788)
+    assert (demo_repo / "reports/imagenet-tables2-4/report.md").is_file()

@@ -92,6 +92,9 @@ def test_rerun_skips_finished_trials_and_resumes_the_rest(sweep_setup: dict, cap
     (dict(depths=[]), r"no depths"),
     (dict(shortcuts=["A", "D"]), r"unknown 'D'"),
     (dict(seeds=0), r"sweep.seeds"),
+    (dict(include=["D-20"]), r"sweep.include: 'D-20' is not valid"),
+    (dict(include=["B-fifty"]), r"sweep.include"),
+    (dict(include=["B-34"]), r"mix"),
 ])
 def test_bad_sweep_fails_before_ray(changes: dict, match: str, tmp_path: Path) -> None:
     import ray
@@ -102,6 +105,15 @@ def test_bad_sweep_fails_before_ray(changes: dict, match: str, tmp_path: Path) -
                   ModelConfig(), tmp_path / "no-data", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert ray.is_initialized() == was_running
     assert not (tmp_path / "mlflow.db").exists()  # no run was created
+
+
+def test_include_adds_nets_beyond_the_grid() -> None:
+    # pipelines/imagenet: Table 2's grid, then Table 3's rows; a repeat of a grid net is dropped.
+    sweep = SweepConfig(depths=[18, 34], shortcuts=["plain", "A"], include=["B-34", "C-34", "B-152", "A-34"], seeds=2)
+    trials = plan(sweep, TrainConfig(seed=5))
+    nets = list(dict.fromkeys((t.depth, t.shortcut) for t in trials))
+    assert nets == [(18, "plain"), (18, "A"), (34, "plain"), (34, "A"), (34, "B"), (34, "C"), (152, "B")]
+    assert len(trials) == 14 and {t.seed for t in trials} == {5, 6} and {t.family for t in trials} == {"imagenet"}
 
 
 def test_imagenet_depths_plan_on_cifar_sized_data(tiny_data: Path) -> None:

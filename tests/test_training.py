@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import pytest
@@ -47,6 +46,24 @@ def test_warmup_ends_on_training_error_or_cap() -> None:
     restored = _schedule(warmup=True)
     restored.load_state_dict(s.state_dict())
     assert restored.lr_at(101) == 0.1
+
+
+def test_plateau_divides_the_lr_after_patience_validations_without_progress() -> None:
+    s = _schedule(milestones=[], plateau_patience=2, plateau_threshold=0.01)
+    for error in (0.50, 0.40, 0.395, 0.39):  # 0.395 and 0.39 improve by less than the threshold
+        s.observe_val_error(error)
+    assert s.lr_at(10**6) == pytest.approx(0.01)  # Sec. 3.4: divided by 10 on a plateau
+    s.observe_val_error(0.30)
+    s.observe_val_error(0.31)
+    assert s.lr_at(0) == pytest.approx(0.01)  # a new best resets the count; one stale check is not enough
+    restored = _schedule(milestones=[], plateau_patience=2, plateau_threshold=0.01)
+    restored.load_state_dict(s.state_dict())
+    restored.observe_val_error(0.30)  # the second stale check in a row, counted across the restore
+    assert restored.lr_at(0) == pytest.approx(0.001)
+    off = _schedule(milestones=[])
+    for error in (0.5, 0.5, 0.5):
+        off.observe_val_error(error)
+    assert off.lr_at(0) == pytest.approx(0.1)
 
 
 def test_warmup_auto_follows_the_paper_and_lr_scaling() -> None:
@@ -146,15 +163,16 @@ RAY_TINY = {**TINY, "workers": 2, "iterations": 80, "eval_every": 40, "checkpoin
 
 @pytest.fixture(scope="module")
 def ray_runs(tiny_data: Path, tmp_path_factory, ray_session) -> dict:
-    """One uninterrupted 2-worker run and one whose rank-0 worker raises at iteration 30."""
+    """One uninterrupted 2-worker run, one whose rank-0 worker raises at iteration 30 and one whose
+    rank-0 worker process is killed (SIGKILL) at iteration 50."""
     from resnet_pipeline.training.driver import train
 
     root = tmp_path_factory.mktemp("ray_train")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     runs = {}
-    for name, inject in (("clean", None), ("faulty", 30)):
+    for name, inject, how in (("clean", None, "raise"), ("faulty", 30, "raise"), ("sigkilled", 50, "sigkill")):
         cfg = TrainConfig(**RAY_TINY, storage_path=str(root / "results"), run_name=name, experiment="test-train",
-                          inject_failure_at=inject, max_failures=1)
+                          inject_failure_at=inject, inject_failure=how, max_failures=1)
         runs[name] = train(cfg, ModelConfig(depth=8), tiny_data, backend="dali-cpu", num_threads=2,
                            tracking_uri=uri)
     return runs
@@ -171,9 +189,11 @@ def test_two_worker_run_learns(ray_runs: dict) -> None:
     assert m["final_train_error"] < 0.5
 
 
-def test_worker_failure_restarts_from_checkpoint_bit_exactly(ray_runs: dict) -> None:
-    assert (Path(ray_runs["faulty"]["run_dir"]) / ".failure_injected").exists()  # it did fail once
-    clean, faulty = _final_weights(ray_runs["clean"]), _final_weights(ray_runs["faulty"])
+@pytest.mark.parametrize("run", ["faulty", "sigkilled"])
+def test_worker_failure_restarts_from_checkpoint_bit_exactly(ray_runs: dict, run: str) -> None:
+    assert (Path(ray_runs[run]["run_dir"]) / ".failure_injected").exists()  # it did fail once
+    assert ray_runs[run]["metrics"]["final_train_error"] == ray_runs["clean"]["metrics"]["final_train_error"]
+    clean, faulty = _final_weights(ray_runs["clean"]), _final_weights(ray_runs[run])
     for name, w in clean.items():
         assert torch.equal(w, faulty[name]), name
 

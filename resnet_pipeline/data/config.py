@@ -6,7 +6,7 @@ holds other variants; CLI flags only override.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -69,10 +69,24 @@ class DataConfig:
     demo_test_per_class: int = 60
     demo_image_size: int = 32
     demo_seed: int = 0
+    # ImageNet-kind data (images larger than 64 px or of mixed sizes; Sec. 3.4): training resizes the
+    # shorter side to a random value in resize_range and takes a random crop_size crop; evaluation
+    # resizes it to eval_resize and takes the centre crop (or 10 crops). color_aug: the standard
+    # colour (PCA lighting) augmentation of [21], in training only.
+    crop_size: int = 224
+    resize_range: list[int] = field(default_factory=lambda: [256, 480])
+    eval_resize: int = 256
+    color_aug: bool = False
 
     @property
     def out_dir(self) -> Path:
         return Path(self.out if self.out else default_out(self.dataset))
+
+    @property
+    def aug(self) -> dict[str, Any]:
+        """The ImageNet-kind geometry, as `make_loader` keywords (CIFAR-kind loaders ignore it)."""
+        return {"crop_size": self.crop_size, "resize_range": tuple(self.resize_range),
+                "eval_resize": self.eval_resize, "color_aug": self.color_aug}
 
     def validate(self) -> None:
         """Raise ConfigError naming the key and its valid values."""
@@ -98,6 +112,17 @@ class DataConfig:
                 raise ConfigError(f"data.{key}: {getattr(self, key)} is not valid; use an integer >= 1")
         if not 16 <= self.demo_image_size <= 256:
             raise ConfigError(f"data.demo_image_size: {self.demo_image_size} is not valid; use 16..256")
+        if (len(self.resize_range) != 2 or not all(isinstance(v, int) for v in self.resize_range)
+                or not 0 < self.resize_range[0] <= self.resize_range[1]):
+            raise ConfigError(f"data.resize_range: {self.resize_range} is not valid; use [low, high] with "
+                              "0 < low <= high, e.g. [256, 480]")
+        for key in ("crop_size", "eval_resize"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.{key}: {getattr(self, key)} is not valid; use an integer >= 1")
+        if self.crop_size > min(self.resize_range[0], self.eval_resize):
+            raise ConfigError(f"data.crop_size: {self.crop_size} is larger than the resized shorter side "
+                              f"(data.resize_range {self.resize_range}, data.eval_resize {self.eval_resize}); "
+                              "use a crop_size <= both")
 
 
 def load_data_config(params: str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> DataConfig:

@@ -34,7 +34,7 @@ import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Protocol
+from typing import Any, Iterator, Literal, Protocol
 
 import numpy as np
 
@@ -83,6 +83,11 @@ class LoaderSpec:
     @property
     def num_samples(self) -> int:
         return len(self.files)
+
+    @property
+    def input_size(self) -> int:
+        """The side of the images the model sees: the stored size (CIFAR kind) or the crop."""
+        return self.image_size[0] if self.kind == "cifar" and self.image_size else self.crop_size
 
     def shard_bounds(self, shard_id: int | None = None) -> tuple[int, int]:
         """[begin, end) of a shard, DALI's rule."""
@@ -159,6 +164,11 @@ def resolve_backend(backend: str = "auto") -> str:
     if backend == "dali-gpu" and not cuda_available():
         raise ConfigError("data.backend: dali-gpu needs a CUDA GPU and none is visible; use dali-cpu or auto")
     return backend
+
+
+def eval_geometry(aug: dict[str, Any] | None) -> dict[str, Any]:
+    """The keywords of ImageNet-kind geometry ``aug`` that evaluation uses (no colour augmentation)."""
+    return {k: v for k, v in (aug or {}).items() if k in ("crop_size", "resize_range", "eval_resize")}
 
 
 def make_loader(data_dir: str | Path, split: str, *, train: bool, batch_size: int, backend: str = "auto",

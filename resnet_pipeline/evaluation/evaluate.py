@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 
 from resnet_pipeline.config import ConfigError
 from resnet_pipeline.evaluation.config import CHAMPION, SUMMARY, EvaluateConfig
+from resnet_pipeline.data.loader import eval_geometry
 from resnet_pipeline.evaluation.runs import RunInfo
 
 Log = Callable[[str], None]
@@ -47,9 +48,10 @@ class ModelEvaluation:
 
 def evaluate_model(model, data_dir: str | Path, classes: list[str], *, split: str = "test", normalize: str,
                    backend: str = "auto", num_threads: int = 2, batch_size: int = 256, ten_crop: bool = False,
-                   device=None) -> ModelEvaluation:
+                   aug: dict[str, Any] | None = None, device=None) -> ModelEvaluation:
     """Evaluate one model on the validation split and on ``split`` (single view, and 10-crop when
-    ``ten_crop``), recording the 3x3 layers' responses (Figure 7) during the single-view pass."""
+    ``ten_crop``), recording the 3x3 layers' responses (Figure 7) during the single-view pass.
+    ``aug``: ImageNet-kind crop_size and eval_resize (`make_loader` keywords)."""
     import torch
 
     from resnet_pipeline.data import make_loader
@@ -61,7 +63,7 @@ def evaluate_model(model, data_dir: str | Path, classes: list[str], *, split: st
 
     def loader(name: str, crops: bool = False):
         return make_loader(data_dir, name, train=False, batch_size=batch_size, backend=backend,
-                           num_threads=num_threads, normalize=normalize, ten_crop=crops)
+                           num_threads=num_threads, normalize=normalize, ten_crop=crops, **eval_geometry(aug))
 
     passes: dict[str, dict[str, Any]] = {}
     with ResponseRecorder(model) as recorder:
@@ -75,7 +77,8 @@ def evaluate_model(model, data_dir: str | Path, classes: list[str], *, split: st
     return ModelEvaluation(passes, recorder.stds(), predicted, labels.tolist())
 
 
-def _check_data(data_dir: str | Path, cfg: EvaluateConfig) -> tuple[Path, dict[str, Any], str]:
+def _check_data(data_dir: str | Path, cfg: EvaluateConfig,
+                aug: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any], str]:
     """(folder, manifest, kind) of the prepared dataset, with the splits evaluation needs."""
     from resnet_pipeline.data import load_manifest
     from resnet_pipeline.data.loader import loader_spec
@@ -87,7 +90,7 @@ def _check_data(data_dir: str | Path, cfg: EvaluateConfig) -> tuple[Path, dict[s
             hint = "; set evaluate.split: val" if split == "test" else ""
             raise ConfigError(f"--data {path}: the prepared dataset has no {split!r} split "
                               f"(it has {', '.join(manifest['splits'])}){hint}")
-    kind = loader_spec(path, "val", train=False, batch_size=1, normalize="per_channel").kind
+    kind = loader_spec(path, "val", train=False, batch_size=1, normalize="per_channel", **eval_geometry(aug)).kind
     if cfg.ten_crop == "on" and kind != "imagenet":
         raise ConfigError(f"evaluate.ten_crop: 'on' needs ImageNet-kind data, but {path} holds small fixed-size "
                           "images (CIFAR kind, tested on a single view as in Sec. 4.2); use auto or off")
@@ -123,11 +126,12 @@ def environment(device) -> dict[str, Any]:
 
 def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path, *, experiment: str, sweep: str | None = None,
                    run_ids: Sequence[str] = (), backend: str = "auto", normalize: str = "per_pixel",
-                   num_threads: int = 2, tracking_uri: str | None = None, log: Log = print) -> dict[str, Any]:
+                   num_threads: int = 2, aug: dict[str, Any] | None = None, tracking_uri: str | None = None,
+                   log: Log = print) -> dict[str, Any]:
     """Evaluate a sweep's finished trials (or ``run_ids``); write the outputs; return the summary.
 
-    Everything that can be checked is checked before any model is loaded. ``normalize`` is used
-    for runs that did not log the `data.normalize` they trained with.
+    Everything that can be checked is checked before any model is loaded. ``normalize`` and
+    ``aug`` (ImageNet-kind crop sizes) are used for runs that did not log the `data.*` they trained with.
     """
     from resnet_pipeline import tracking
     from resnet_pipeline.evaluation.files import atomic_dir, write_json_atomic
@@ -136,7 +140,7 @@ def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path, *, experiment: str
 
     cfg.validate()
     _check_output_folders(cfg)
-    data_path, manifest, kind = _check_data(data_dir, cfg)
+    data_path, manifest, kind = _check_data(data_dir, cfg, aug)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     resolved = resolve_runs(uri, experiment, sweep, run_ids)
     registry = cfg.resolved_registry_name(manifest["dataset"])
@@ -160,6 +164,7 @@ def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path, *, experiment: str
             row, layer_stds = _evaluate_run(
                 uri, info, cfg, data_path, manifest, histories[info.run_id], details_dir, plots_dir,
                 backend=backend, normalize=info.normalize or normalize, num_threads=num_threads, ten_crop=ten_crop,
+                aug={**eval_geometry(aug), **info.aug},
                 device=device, registry=registry, sweep=sweep, log=log)
             rows.append(row)
             responses[info.run_id] = layer_stds
@@ -196,7 +201,8 @@ def _final_iteration(history: dict[str, list[tuple[int, float]]]) -> int:
 
 def _evaluate_run(uri: str, info: RunInfo, cfg: EvaluateConfig, data_path: Path, manifest: dict[str, Any],
                   history: dict[str, list[tuple[int, float]]], details_dir: Path, plots_dir: Path, *, backend: str,
-                  normalize: str, num_threads: int, ten_crop: bool, device, registry: str, sweep: str | None,
+                  normalize: str, num_threads: int, ten_crop: bool, aug: dict[str, Any], device, registry: str,
+                  sweep: str | None,
                   log: Log) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Evaluate one run, write its files, log them to the run, register its model; (row, responses)."""
     from resnet_pipeline.evaluation.degradation import final_error
@@ -207,10 +213,10 @@ def _evaluate_run(uri: str, info: RunInfo, cfg: EvaluateConfig, data_path: Path,
     from resnet_pipeline.models import count_params
 
     classes = list(manifest["classes"])
-    prep = Preprocessing.from_dataset(data_path, normalize)
-    model = load_trained_model(uri, info, len(classes), prep.input_size, prep.stem_input_size)
+    prep = Preprocessing.from_dataset(data_path, normalize, aug)
+    model = load_trained_model(uri, info, len(classes), prep.input_size)
     ev = evaluate_model(model, data_path, classes, split=cfg.split, normalize=normalize, backend=backend,
-                        num_threads=num_threads, batch_size=cfg.batch_size, ten_crop=ten_crop, device=device)
+                        num_threads=num_threads, batch_size=cfg.batch_size, ten_crop=ten_crop, aug=aug, device=device)
     split = cfg.split
     compared = f"{split}_10crop" if ten_crop else split
     name = safe_name(info.run_name)

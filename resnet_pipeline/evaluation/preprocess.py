@@ -48,13 +48,14 @@ class Preprocessing:
     format_version: int = FORMAT_VERSION
 
     @classmethod
-    def from_dataset(cls, data_dir: str | Path, normalize: str) -> "Preprocessing":
-        """Read from a prepared dataset, with the loaders' own resolution of kind and sizes."""
+    def from_dataset(cls, data_dir: str | Path, normalize: str, aug: dict[str, Any] | None = None) -> "Preprocessing":
+        """Read from a prepared dataset, with the loaders' own resolution of kind and sizes
+        (``aug``: ImageNet-kind crop_size and eval_resize, as given to `make_loader`)."""
         from resnet_pipeline.data import load_manifest
-        from resnet_pipeline.data.loader import loader_spec
+        from resnet_pipeline.data.loader import eval_geometry, loader_spec
 
         manifest = load_manifest(data_dir)
-        spec = loader_spec(data_dir, "val", train=False, batch_size=1, normalize=normalize)
+        spec = loader_spec(data_dir, "val", train=False, batch_size=1, normalize=normalize, **eval_geometry(aug))
         return cls(dataset=manifest["dataset"], classes=list(manifest["classes"]), kind=spec.kind,
                    normalize=normalize, mean=[float(m) for m in spec.mean], std=[float(s) for s in spec.std],
                    image_size=list(spec.image_size) if spec.image_size else None, crop_size=spec.crop_size,
@@ -64,13 +65,7 @@ class Preprocessing:
     @property
     def input_size(self) -> int:
         """The side of the images the model sees: the stored size (CIFAR kind) or the crop."""
-        return self.image_size[0] if self.kind == "cifar" and self.image_size else self.crop_size
-
-    @property
-    def stem_input_size(self) -> int:
-        """The input size training passed to `build_model` (whose stem depends on it): the stored
-        height when all images share one size, else the crop (training/worker.py's rule)."""
-        return self.image_size[0] if self.image_size else self.crop_size
+        return self.image_size[0] if self.kind == "cifar" and self.image_size else self.crop_size  # LoaderSpec's rule
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

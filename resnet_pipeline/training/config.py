@@ -18,6 +18,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     milestones: list[int] = field(default_factory=lambda: [32_000, 48_000])
     lr_decay: float = 0.1
+    # ImageNet (Sec. 3.4): "divided by 10 when the error plateaus". When > 0, the lr is also
+    # multiplied by lr_decay after this many validations in a row without a new best validation
+    # error (by at least plateau_threshold); 0: fixed milestones only.
+    plateau_patience: int = 0
+    plateau_threshold: float = 0.001
     # Linear scaling (arXiv 1706.02677): lr x batch_size / base_batch_size.
     lr_scaling: Literal["none", "linear"] = "none"
     base_batch_size: int = 128
@@ -54,6 +59,8 @@ class TrainConfig:
     run_name: str | None = None
     # Chaos testing: the rank-0 worker raises once at this iteration (see docs/reliability.md).
     inject_failure_at: int | None = None
+    # How it fails: an exception, or SIGKILL of its own process (as the OOM killer does).
+    inject_failure: Literal["raise", "sigkill"] = "raise"
 
     def validate(self) -> None:
         positive = ("iterations", "batch_size", "base_batch_size", "workers", "log_every", "eval_every",
@@ -72,6 +79,10 @@ class TrainConfig:
             raise ConfigError(f"train.lr_decay: must be in (0, 1], got {self.lr_decay}")
         if list(self.milestones) != sorted(self.milestones) or any(m <= 0 for m in self.milestones):
             raise ConfigError(f"train.milestones: must be increasing positive iterations, got {self.milestones}")
+        if self.plateau_patience < 0:
+            raise ConfigError(f"train.plateau_patience: must be >= 0 (0: off), got {self.plateau_patience}")
+        if not 0 <= self.plateau_threshold < 1:
+            raise ConfigError(f"train.plateau_threshold: must be in [0, 1), got {self.plateau_threshold}")
         if self.batch_size % self.workers:
             raise ConfigError(
                 f"train.batch_size {self.batch_size} is not divisible by train.workers {self.workers}: the global "

@@ -82,15 +82,24 @@ def check_data_dir(data_dir: str | Path) -> Path:
 
 
 def resolve_storage(storage_path: str) -> Path:
-    p = Path(storage_path)
+    """``train.storage_path`` made absolute here, on the driver (Ray workers change directory)."""
+    if "://" in storage_path:
+        # Checkpoints are written with file I/O (training/checkpoint.py), which an URI would bypass.
+        raise ConfigError(f"train.storage_path {storage_path!r}: object-store URIs are not supported yet; mount the "
+                          "bucket at the same path on every node (e.g. mountpoint-s3, gcsfuse) and give that path")
+    p = Path(storage_path).expanduser()
     return p if p.is_absolute() else (Path.cwd() / p).resolve()
 
 
 def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, *, backend: str = "auto",
-          normalize: str = "per_pixel", num_threads: int = 2, launcher: str = "auto",
+          normalize: str = "per_pixel", num_threads: int = 2, aug: dict[str, Any] | None = None,
+          launcher: str = "auto",
           tracking_uri: str | None = None, snapshot: dict[str, Any] | None = None,
           parent_run_id: str | None = None, callbacks: list | None = None) -> dict[str, Any]:
-    """Train one model. Returns a summary dict (run id, name, metrics, checkpoint folder)."""
+    """Train one model. Returns a summary dict (run id, name, metrics, checkpoint folder).
+
+    ``aug``: ImageNet-kind geometry (`DataConfig.aug`: crop_size, resize_range, eval_resize,
+    color_aug); None keeps the loader's defaults."""
     from resnet_pipeline import tracking
 
     train_cfg.validate()
@@ -101,7 +110,7 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
     # Before Ray starts: the loader settings fit this dataset (e.g. per-pixel mean needs fixed-size
     # images) and every worker gets at least one batch.
     spec = loader_spec(data_path, "train", train=True, batch_size=train_cfg.per_worker_batch,
-                       num_shards=train_cfg.workers, normalize=normalize)
+                       num_shards=train_cfg.workers, normalize=normalize, **(aug or {}))
     if len(spec) == 0:
         raise ConfigError(f"train.batch_size {train_cfg.batch_size} over {train_cfg.workers} workers is larger than "
                           f"the training split of {data_path} ({spec.num_samples} images)")
@@ -113,11 +122,15 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
             launcher = "local"
     if launcher == "local" and train_cfg.workers != 1:
         raise ConfigError(f"train.workers={train_cfg.workers} needs Ray (not installed); use --workers 1")
+    if launcher == "ray":
+        from resnet_pipeline.training.ray_launch import check_local_capacity
+
+        check_local_capacity(train_cfg.workers, train_cfg.use_gpu)
 
     run_name = train_cfg.run_name or default_run_name(model_cfg, train_cfg.seed)
     storage = resolve_storage(train_cfg.storage_path)
     run_dir = storage / run_name
-    src = DataSource(str(data_path), backend, normalize, max(1, num_threads // train_cfg.workers))
+    src = DataSource(str(data_path), backend, normalize, max(1, num_threads // train_cfg.workers), dict(aug or {}))
     snapshot = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
                 for k, v in (snapshot or {"model": model_cfg}).items()}
     snapshot.update(train={**dataclasses.asdict(train_cfg), "run_name": run_name}, model=dataclasses.asdict(model_cfg))

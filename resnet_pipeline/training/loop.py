@@ -14,8 +14,9 @@ import dataclasses
 import math
 import os
 import random
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -159,6 +160,9 @@ class DataSource:
     backend: str = "auto"
     normalize: str = "per_pixel"
     num_threads: int = 1
+    # ImageNet-kind geometry (`make_loader`'s crop_size, resize_range, eval_resize, color_aug);
+    # empty: the loader's defaults (Sec. 3.4's 224 crops).
+    aug: dict[str, Any] = field(default_factory=dict)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -171,14 +175,16 @@ def make_train_loader(src: DataSource, batch: int, rank: int, world: int, seed: 
 
     return make_loader(src.data_dir, "train", train=True, batch_size=batch, backend=src.backend, shard_id=rank,
                        num_shards=world, seed=epoch_seed(seed, epoch), num_threads=src.num_threads,
-                       normalize=src.normalize)
+                       normalize=src.normalize, **src.aug)
 
 
 def make_eval_loader(src: DataSource, split: str, batch: int, rank: int, world: int):
     from resnet_pipeline.data import make_loader
+    from resnet_pipeline.data.loader import eval_geometry
 
     return make_loader(src.data_dir, split, train=False, batch_size=batch, backend=src.backend, shard_id=rank,
-                       num_shards=world, num_threads=src.num_threads, normalize=src.normalize)
+                       num_shards=world, num_threads=src.num_threads, normalize=src.normalize,
+                       **eval_geometry(src.aug))
 
 
 def unwrap(model: nn.Module) -> ResNet:
@@ -221,7 +227,7 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
         raise ValueError(f"train.batch_size {cfg.batch_size} is larger than the training split "
                          f"({probe.num_samples} images over {world_size} workers)")
     epoch_len = len(probe)  # batches per epoch per rank, the same every epoch
-    input_size = probe.spec.image_size[0] if probe.spec.image_size else probe.spec.crop_size
+    input_size = probe.spec.input_size
     model = build_model(model_cfg, num_classes=probe.num_classes, input_size=input_size)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.peak_lr, momentum=cfg.momentum,
@@ -229,7 +235,8 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
     schedule = PaperSchedule(optimizer, cfg.peak_lr, cfg.milestones, cfg.lr_decay,
                              warmup=cfg.warmup_enabled(model_cfg.depth), warmup_lr=cfg.warmup_lr,
                              warmup_until_error=cfg.warmup_until_error,
-                             warmup_max_iterations=cfg.warmup_max_iterations)
+                             warmup_max_iterations=cfg.warmup_max_iterations,
+                             plateau_patience=cfg.plateau_patience, plateau_threshold=cfg.plateau_threshold)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ckpts = CheckpointManager(run_dir / "checkpoints", cfg.keep_checkpoints)
 
@@ -291,6 +298,8 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
             lr = schedule.step(iteration)
             if cfg.inject_failure_at == iteration and rank == 0 and not failure_marker.exists():
                 failure_marker.touch()
+                if cfg.inject_failure == "sigkill":
+                    os.kill(os.getpid(), signal.SIGKILL)
                 raise InjectedFailure(f"injected failure at iteration {iteration} (train.inject_failure_at)")
             loss, wrong = train_step(model, images, labels, optimizer, scaler, amp_dtype,
                                      skip_nonfinite=cfg.nonfinite == "skip")
@@ -331,6 +340,7 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
             if evaluating:
                 val = evaluate(model, val_loader, device, amp_dtype)
                 val_error = val["top1_error"]
+                schedule.observe_val_error(val_error)
                 report({"val_loss": val["loss"], "val_error": val["top1_error"],
                         "val_top5_error": val["top5_error"]}, iteration)
                 window_start = time.perf_counter()  # evaluation time is not training throughput

@@ -89,10 +89,10 @@ def run_worker(config: dict[str, Any], rank: int = 0, world_size: int = 1, devic
 
 
 def model_input_size(src: DataSource) -> int:
-    from resnet_pipeline.data.loader import loader_spec
+    from resnet_pipeline.data.loader import eval_geometry, loader_spec
 
-    spec = loader_spec(src.data_dir, "val", train=False, batch_size=1, normalize=src.normalize)
-    return spec.image_size[0] if spec.image_size else spec.crop_size
+    return loader_spec(src.data_dir, "val", train=False, batch_size=1, normalize=src.normalize,
+                       **eval_geometry(src.aug)).input_size
 
 
 def worker_config(train_cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str,
