@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test
+.PHONY: install demo test cluster-up cluster-demo cluster-logs cluster-down
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,3 +20,19 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Cluster mode on this machine (README, "Run on a cluster"): a Ray head and an MLflow tracking server
+# in the background (PIDs, logs and the tracking store in .cluster/), the demo sweep as a Ray job, its
+# logs, and a stop of exactly what cluster-up started.
+cluster-up: install
+	$(PY) cli.py cluster up
+
+cluster-demo: install
+	test -f data/prepared/demo/manifest.json || $(PY) cli.py prepare --params pipelines/demo/params.yaml
+	$(PY) cli.py submit --no-wait -- python cli.py sweep --params pipelines/demo/params.yaml
+
+cluster-logs:
+	$(PY) cli.py cluster logs --follow
+
+cluster-down:
+	$(PY) cli.py cluster down

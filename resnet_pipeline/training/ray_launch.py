@@ -48,6 +48,57 @@ def check_capacity(workers: int, use_gpu: bool, cpus_per_worker: float = 1) -> N
                           f"{total.get('GPU', 0):g}; lower train.workers or set train.use_gpu: off")
 
 
+def check_local_capacity(workers: int, use_gpu: str) -> None:
+    """Before Ray or MLflow start: a local Ray instance is sized to the request (init_ray), so it would
+    start more workers than this machine has cores (or GPUs) and crawl; refuse that. A cluster
+    ($RAY_ADDRESS, or one already connected) is checked by check_capacity once connected."""
+    import sys
+
+    import torch
+
+    ray = sys.modules.get("ray")
+    if os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):
+        return
+    gpus = torch.cuda.device_count()
+    on_gpus = use_gpu == "on" or (use_gpu == "auto" and gpus > 0)
+    unit, have = ("GPUs", gpus) if on_gpus else ("CPU cores", os.cpu_count() or 1)
+    if workers > have:
+        raise ConfigError(f"train.workers={workers} needs {workers} {unit} but this machine has {have} and no Ray "
+                          f"cluster is given (RAY_ADDRESS); lower train.workers or set RAY_ADDRESS to a cluster "
+                          f"that has them")
+
+
+def check_storage(storage_path: Path) -> None:
+    """On a cluster of several nodes, ``storage_path`` must be one folder every node sees: Ray Train
+    restores a restarted worker group, possibly on other nodes, from the checkpoints there.
+
+    One node: nothing to check (the single-machine default is local). Several: a marker file
+    written here must be visible from every alive node, else ConfigError names the nodes.
+    """
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return
+    storage_path.mkdir(parents=True, exist_ok=True)
+    marker = storage_path / f".shared-check-{uuid.uuid4().hex}"
+    marker.write_text("written by the driver; every node must see this file\n")
+    try:
+        exists = ray.remote(num_cpus=0)(os.path.exists)
+        seen = ray.get([exists.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                        .remote(str(marker)) for n in nodes], timeout=120)
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok]
+    if blind:
+        raise ConfigError(f"train.storage_path is required on a cluster of {len(nodes)} nodes: {storage_path} is not "
+                          f"visible from node(s) {', '.join(blind)}; set train.storage_path (or --storage-path) to a "
+                          "folder every node mounts at the same path (e.g. NFS)")
+
+
 def _ray_worker_fn(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -86,6 +137,7 @@ def fit_with_ray(config: dict[str, Any], workers: int, use_gpu: str, run_name: s
     init_ray(workers)
     gpu = use_gpu_resolved(use_gpu)
     check_capacity(workers, gpu)
+    check_storage(storage_path)
     trainer = TorchTrainer(
         _ray_worker_fn,
         train_loop_config=config,
