@@ -35,10 +35,16 @@ def predict(paths: Sequence[str | Path], model_uri: str, *, tracking_uri: str | 
 
     if top_k < 1:
         raise ConfigError(f"top_k: must be >= 1, got {top_k}")
-    images = read_images(paths)
     uri = tracking.resolve_tracking_uri(tracking_uri)
+    if not model_uri.startswith(("models:/", "runs:/")):
+        raise ConfigError(f"--model {model_uri!r}: give a models:/ or runs:/ URI of this project's MLflow store "
+                          f"({uri}); models from elsewhere are not loaded (a pickled model runs code when loaded)")
+    images = read_images(paths)
     with tempfile.TemporaryDirectory() as tmp:
         local = tracking.download_model(uri, model_uri, tmp)
+        if not (local / "data" / "model.pt2").is_file():
+            raise ConfigError(f"model {model_uri!r} is not in the pt2 (torch.export) format that training logs; "
+                              "refusing to load it (a pickled model runs code when loaded)")
         prep_file = local / PREPROCESSING_FILE
         if not prep_file.is_file():
             raise ConfigError(f"model {model_uri!r} has no {PREPROCESSING_FILE} (class names and the evaluation "
