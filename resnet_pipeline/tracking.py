@@ -181,8 +181,11 @@ def log_model(uri: str, run_id: str, model: Any, input_example: Any) -> str:
     with ctx, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No complete tensor found")  # torch.export, CPU weights
         # Explicit requirements: MLflow's inference would re-import the model in a subprocess (seconds).
+        # No serving-input validation: it reloads the saved program and predicts again, about a third
+        # of this call's time (docs/benchmarks.md); the output above already came from this model.
         info = mlflow.pytorch.log_model(model, name="model", input_example=input_example, signature=signature,
-                                        serialization_format="pt2", pip_requirements=_requirements())
+                                        serialization_format="pt2", pip_requirements=_requirements(),
+                                        validate_serving_input=False)
     # Closing our own start_run context marks the run FINISHED; the driver owns the status.
     set_running(uri, run_id)
     return info.model_uri
@@ -332,3 +335,8 @@ def set_alias(uri: str, name: str, alias: str, version: str | int) -> None:
 def model_versions(uri: str, name: str) -> list:
     """Every version of registered model ``name`` (empty when it does not exist)."""
     return list(_retry(lambda: _client(uri).search_model_versions(f"name = '{name}'")))
+
+
+def metric_timestamps(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, wall-clock time in seconds since the epoch) of each logged value of ``key``."""
+    return [(m.step, m.timestamp / 1000) for m in _retry(lambda: _client(uri).get_metric_history(run_id, key))]

@@ -1,8 +1,13 @@
-"""`python cli.py bench train`: the Ray Train path against the bare single-process loop.
+"""Training benchmarks: `python cli.py bench train | depths | overhead`.
 
-Same model, batch, precision, data loader and cores, side by side in one run (these machines are
-shared and noisy, so only ratios measured together mean much). Throughput is the median of the
-per-window images/s after the first window (which includes warm-up); start-up is reported apart.
+- `bench_train`: the Ray Train path against the bare single-process loop, and the bare loop across
+  precisions (fp32/bf16) and memory formats (channels_last/NCHW). Same model, batch, data loader
+  and cores, side by side in one run (these machines are shared and noisy, so only ratios measured
+  together mean much). Throughput is the median of the per-window images/s after the first window
+  (which includes warm-up); start-up is reported apart.
+- `bench_depths`: bare training steps on synthetic tensors (no loader) for each depth, with the
+  effective GFLOP/s (images/s x 3 x 2 x multiply-adds; backward ~ 2x forward) against the CPU's peak.
+- `bench_overhead`: what a sweep costs per trial beyond its training steps and evaluation.
 """
 
 from __future__ import annotations
@@ -18,32 +23,71 @@ from typing import Any
 from resnet_pipeline.models import ModelConfig
 from resnet_pipeline.training.config import TrainConfig
 
+PRECISIONS = ("fp32", "bf16")
+MEMORY_FORMATS = ("channels_last", "nchw")
+
 
 def _steady(speeds: list[float]) -> float:
     return statistics.median(speeds[1:] if len(speeds) > 2 else speeds)
 
 
+class _Enough(Exception):
+    """Raised from the report callback to end a timed bare run once it has enough windows."""
+
+
 def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128, iterations: int = 60,
-                log_every: int = 10, precision: str = "fp32", channels_last: bool = True,
-                modes: tuple[str, ...] = ("bare", "ray-1", "ray-2"), backend: str = "dali-cpu") -> dict[str, Any]:
+                log_every: int = 10, precisions: tuple[str, ...] = ("fp32",),
+                memory_formats: tuple[str, ...] = ("channels_last",),
+                modes: tuple[str, ...] = ("bare", "ray-1", "ray-2"), backend: str = "dali-cpu",
+                variant_seconds: float = 45.0) -> dict[str, Any]:
+    """Images/s of each mode at the first precision and memory format, then of the bare loop at
+    every other combination.
+
+    The other combinations log every iteration and stop after ``variant_seconds`` once they have 3
+    windows: bf16 is emulated on CPUs without AVX512-BF16/AMX and runs 20-100x slower than fp32
+    there. ``vs_bare`` is each row against the bare loop at the first combination.
+    """
     from resnet_pipeline.training.driver import check_data_dir, train
     from resnet_pipeline.training.loop import DataSource, fit
 
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ValueError(f"unknown precision {p!r}; valid are {', '.join(PRECISIONS)}")
+    for f in memory_formats:
+        if f not in MEMORY_FORMATS:
+            raise ValueError(f"unknown memory format {f!r}; valid are {', '.join(MEMORY_FORMATS)}")
     data = check_data_dir(data_dir)
     cores = os.cpu_count() or 1
     base = TrainConfig(iterations=iterations, batch_size=batch_size, log_every=log_every, eval_every=iterations,
-                       checkpoint_every=iterations, milestones=[iterations * 10], precision=precision,
-                       channels_last=channels_last, experiment="bench-train")
+                       checkpoint_every=iterations, milestones=[iterations * 10], precision=precisions[0],
+                       channels_last=memory_formats[0] == "channels_last", experiment="bench-train")
     model_cfg = ModelConfig(depth=depth)
+    runs = [(m, precisions[0], memory_formats[0]) for m in modes]
+    if "bare" in modes:
+        runs += [("bare", p, f) for p in precisions for f in memory_formats
+                 if (p, f) != (precisions[0], memory_formats[0])]
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        for mode in modes:
+        for i, (mode, precision, fmt) in enumerate(runs):
             start = time.perf_counter()
+            variant = (precision, fmt) != (precisions[0], memory_formats[0])
             if mode == "bare":
                 speeds: list[float] = []
-                cfg = dataclasses.replace(base, workers=1, threads_per_worker=cores)
-                fit(cfg, model_cfg, DataSource(str(data), backend, num_threads=1), Path(tmp) / mode,
-                    report=lambda m, step: speeds.append(m["images_per_s"]) if "images_per_s" in m else None)
+
+                def report(m: dict[str, float], step: int, speeds=speeds, start=start, variant=variant) -> None:
+                    if "images_per_s" in m:
+                        speeds.append(m["images_per_s"])
+                        if variant and len(speeds) >= 3 and time.perf_counter() - start > variant_seconds:
+                            raise _Enough
+
+                cfg = dataclasses.replace(base, workers=1, threads_per_worker=cores, precision=precision,
+                                          channels_last=fmt == "channels_last",
+                                          log_every=1 if variant else log_every)
+                try:
+                    fit(cfg, model_cfg, DataSource(str(data), backend, num_threads=1), Path(tmp) / f"bare{i}",
+                        report=report)
+                except _Enough:
+                    pass
             else:
                 from resnet_pipeline import tracking
 
@@ -55,13 +99,198 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
                                                                "images_per_s")]
             wall = time.perf_counter() - start
             ips = _steady(speeds)
-            results.append({"mode": mode, "images_per_s": ips, "wall_s": wall,
-                            "train_s": iterations * batch_size / ips, "overhead_s": wall - iterations * batch_size / ips})
+            row = {"mode": mode, "precision": precision, "memory_format": fmt, "images_per_s": ips,
+                   "windows": len(speeds), "wall_s": wall, "train_s": None, "overhead_s": None}
+            if not variant:  # a full run: start-up and evaluation are what the wall time adds
+                row.update(train_s=iterations * batch_size / ips, overhead_s=wall - iterations * batch_size / ips)
+            results.append(row)
     bare = next((r["images_per_s"] for r in results if r["mode"] == "bare"), None)
     for r in results:
         r["vs_bare"] = r["images_per_s"] / bare if bare else None
     from resnet_pipeline.data.bench import machine_info
 
-    return {"depth": depth, "batch_size": batch_size, "iterations": iterations, "precision": precision,
-            "channels_last": channels_last, "backend": backend, "data_dir": str(data), "machine": machine_info(),
+    return {"depth": depth, "batch_size": batch_size, "iterations": iterations, "precisions": list(precisions),
+            "memory_formats": list(memory_formats), "backend": backend, "data_dir": str(data),
+            "variant_seconds": variant_seconds, "machine": {**machine_info(), "load": load_average()},
             "results": results}
+
+
+# --- depths ------------------------------------------------------------------------------------
+
+def load_average() -> tuple[float, float, float] | None:
+    """1, 5 and 15 minute load averages: how busy the shared machine was."""
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+def cpu_peak() -> dict[str, Any]:
+    """Estimated fp32 peak of this CPU: cores x clock x FLOPs per cycle per core.
+
+    FLOPs per cycle assume two FMA pipes per core (Zen 2+, Intel since Haswell): 2 x 8 lanes x 2
+    with AVX2+FMA = 32, 64 with AVX-512, 16 with AVX alone, 8 with SSE. The clock is the "cpu MHz"
+    that /proc/cpuinfo reports (the nominal clock in a VM; boost clocks would raise the peak).
+    """
+    flags: set[str] = set()
+    mhz = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags" and not flags:
+                flags = set(value.split())
+            elif key.strip() == "cpu MHz" and mhz is None:
+                mhz = float(value)
+    except OSError:
+        pass
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 16 if "avx" in flags else 8
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ghz = (mhz or 0) / 1000
+    return {"cores": cores, "ghz": ghz, "flops_per_cycle": per_cycle, "gflops": cores * ghz * per_cycle or None,
+            "formula": f"{cores} cores x {ghz:.3f} GHz x {per_cycle} FLOP/cycle (fp32 FMA)",
+            "amx": "amx_tile" in flags, "avx512_bf16": "avx512_bf16" in flags}
+
+
+def _timed_steps(step, batch: int, seconds: float, min_steps: int) -> tuple[float, float]:
+    """(images/s, images per CPU-second of this process) of ``step()`` (which must finish its work
+    before returning) over at least ``seconds`` and ``min_steps`` steps."""
+    steps, start, cpu_start = 0, time.perf_counter(), time.process_time()
+    while steps < min_steps or time.perf_counter() - start < seconds:
+        step()
+        steps += 1
+    return steps * batch / (time.perf_counter() - start), steps * batch / (time.process_time() - cpu_start)
+
+
+def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
+                 imagenet_depths: tuple[int, ...] = (18, 34, 50), imagenet_input: int = 64,
+                 batch_size: int = 128, precision: str = "fp32", channels_last: bool = True,
+                 seconds: float = 5.0, min_steps: int = 2, rounds: int = 2) -> dict[str, Any]:
+    """Images/s of bare training steps (`loop.train_step`, SGD) on synthetic tensors per depth.
+
+    CIFAR nets at 32x32 with 10 classes; ImageNet nets (Table 1 stem and stages) at
+    ``imagenet_input`` with 1000 classes. Every model gets one untimed warm-up step, then the models
+    take turns for ``rounds`` rounds of at least ``seconds`` each; the median round is reported.
+    """
+    import torch
+
+    from resnet_pipeline.models import count_params, resnet_cifar, resnet_imagenet, resnet_mult_adds
+    from resnet_pipeline.training.loop import resolve_precision, train_step
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    amp_dtype = resolve_precision(precision, torch.device("cpu"))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    gen = torch.Generator().manual_seed(0)
+    nets = [("cifar", d, 32, 10) for d in cifar_depths] + [("imagenet", d, imagenet_input, 1000)
+                                                           for d in imagenet_depths]
+    entries = []
+    for family, depth, size, classes in nets:
+        model = (resnet_cifar(depth, classes) if family == "cifar" else resnet_imagenet(depth, classes)).to(
+            memory_format=fmt)
+        x = torch.randn(batch_size, 3, size, size, generator=gen).contiguous(memory_format=fmt)
+        y = torch.randint(0, classes, (batch_size,), generator=gen)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        entries.append({"family": family, "depth": depth, "input_size": size, "params": count_params(model),
+                        "mult_adds": resnet_mult_adds(model, size), "rates": [],
+                        "step": lambda m=model, x=x, y=y, o=opt, s=scaler: train_step(m, x, y, o, s, amp_dtype)[0].item()})
+    for e in entries:
+        e["step"]()  # warm-up: first allocations, oneDNN primitive creation
+    for _ in range(rounds):
+        for e in entries:
+            e["rates"].append(_timed_steps(e["step"], batch_size, seconds, min_steps))
+    peak = cpu_peak()
+    results = []
+    for e in entries:
+        ips = statistics.median(r[0] for r in e["rates"])
+        per_cpu_s = statistics.median(r[1] for r in e["rates"])
+        flop = 3 * 2 * e["mult_adds"] / 1e9  # GFLOP per image: forward + backward ~ 3 forwards, 2 per mult-add
+        results.append({"family": e["family"], "depth": e["depth"], "input_size": e["input_size"],
+                        "params": e["params"], "mult_adds": e["mult_adds"], "images_per_s": ips,
+                        "rounds_images_per_s": [r[0] for r in e["rates"]], "images_per_cpu_s": per_cpu_s,
+                        "gflops": ips * flop, "peak_fraction": ips * flop / peak["gflops"] if peak["gflops"] else None,
+                        # per CPU-second against one core's peak: less sensitive to other jobs' load
+                        "gflops_per_cpu_s": per_cpu_s * flop,
+                        "core_peak_fraction": per_cpu_s * flop * peak["cores"] / peak["gflops"] if peak["gflops"] else None})
+    from resnet_pipeline.data.bench import machine_info
+
+    return {"batch_size": batch_size, "precision": precision,
+            "memory_format": "channels_last" if channels_last else "nchw", "seconds_per_round": seconds,
+            "rounds": rounds, "threads": torch.get_num_threads(), "peak": peak,
+            "machine": {**machine_info(), "load": load_average()}, "results": results}
+
+
+# --- sweep overhead ----------------------------------------------------------------------------
+
+def bench_overhead(data_dir: str | Path, *, trials: int = 3, iterations: int = 1, batch_size: int = 128,
+                   depth: int = 20, backend: str = "dali-cpu") -> dict[str, Any]:
+    """Run a real sweep (`sweep.run_sweep`, one worker per trial) of ``trials`` tiny trials and split
+    each trial's wall time, from MLflow's timestamps, into:
+
+    - ``gap_s``: previous trial's end (or the sweep's start) to this trial's MLflow run start: Tune
+      starting the trial, imports, validation, creating the MLflow run;
+    - ``to_first_step_s``: run start to the first logged training window, less the steps in it: Ray
+      Train's controller and worker group, loaders (DALI pipeline builds), the model;
+    - ``steps_s``: the training steps (``iterations`` x batch / images/s);
+    - ``evaluation_s``: validation, checkpoint and the test pass;
+    - ``model_logging_s``: logging the model to MLflow (torch.export);
+    - ``end_s``: the last metric to the run's end (worker group shutdown, run status).
+
+    ``overhead_s`` is everything but steps and evaluation. Ray's own start (``ray.init``) is timed
+    once, apart; the sweep's set-up (parent run, summary) is reported as ``sweep_fixed_s``.
+    """
+    import ray
+
+    from resnet_pipeline import tracking
+    from resnet_pipeline.sweep import SweepConfig, run_sweep
+    from resnet_pipeline.training.driver import check_data_dir
+    from resnet_pipeline.training.ray_launch import init_ray
+
+    data = check_data_dir(data_dir)
+    if ray.is_initialized():
+        raise RuntimeError("bench overhead times Ray's start: run it in a process where Ray is not running yet")
+    start = time.time()
+    init_ray(workers=1)
+    ray_start = time.time() - start
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+            uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+            sweep = SweepConfig(depths=[depth], shortcuts=["A"], seeds=trials, name="bench-overhead",
+                                out=str(Path(tmp) / "metrics"))
+            train = TrainConfig(iterations=iterations, batch_size=batch_size, milestones=[iterations * 10],
+                                log_every=iterations, eval_every=iterations, checkpoint_every=iterations,
+                                workers=1, precision="fp32", experiment="bench-overhead",
+                                storage_path=str(Path(tmp) / "results"))
+            sweep_start = time.time()
+            summary = run_sweep(sweep, train, ModelConfig(depth=depth), data, backend=backend, num_threads=2,
+                                tracking_uri=uri)
+            sweep_wall = time.time() - sweep_start
+            runs = sorted((tracking.get_run(uri, t["run_id"]) for t in summary["trials"] if t["run_id"]),
+                          key=lambda r: r.info.start_time)
+            previous_end = sweep_start
+            for run in runs:
+                rid = run.info.run_id
+                run_start, run_end = run.info.start_time / 1000, run.info.end_time / 1000
+                first = min(tracking.metric_timestamps(uri, rid, "train_loss"))[1]
+                test = max(tracking.metric_timestamps(uri, rid, "test_error"))[1]
+                final = max(tracking.metric_timestamps(uri, rid, "final_test_error"))[1]
+                ips = tracking.metric_history(uri, rid, "images_per_s")[0][1]
+                steps = iterations * batch_size / ips
+                row = {"run_name": run.info.run_name, "status": run.info.status,
+                       "gap_s": run_start - previous_end, "to_first_step_s": first - run_start - steps,
+                       "steps_s": steps, "evaluation_s": test - first, "model_logging_s": final - test,
+                       "end_s": run_end - final, "wall_s": run_end - previous_end}
+                row["overhead_s"] = row["wall_s"] - steps - row["evaluation_s"]
+                rows.append(row)
+                previous_end = run_end
+            trial_time = sum(r["wall_s"] for r in rows)
+    finally:
+        ray.shutdown()  # the instance this benchmark started
+    later = rows[1:] or rows  # the first trial also pays for Tune's start
+    from resnet_pipeline.data.bench import machine_info
+
+    return {"trials": trials, "iterations": iterations, "batch_size": batch_size, "depth": depth, "backend": backend,
+            "data_dir": str(data), "ray_start_s": ray_start, "sweep_wall_s": sweep_wall,
+            "sweep_fixed_s": sweep_wall - trial_time,
+            "overhead_per_trial_s": statistics.median(r["overhead_s"] for r in later),
+            "machine": {**machine_info(), "load": load_average()}, "results": rows}

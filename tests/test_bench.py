@@ -1,0 +1,84 @@
+"""Benchmarks at toy sizes: `bench depths` and `bench train` axes, and the GPU script's CPU smoke mode."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from resnet_pipeline.config import PROJECT_ROOT
+
+
+def test_bench_depths_reports_effective_flops() -> None:
+    from resnet_pipeline.training.bench import bench_depths
+
+    report = bench_depths(cifar_depths=(8,), imagenet_depths=(18,), imagenet_input=32, batch_size=4, seconds=0,
+                          min_steps=1, rounds=1)
+    peak = report["peak"]
+    assert peak["gflops"] == peak["cores"] * peak["ghz"] * peak["flops_per_cycle"] > 0
+    assert [(r["family"], r["depth"]) for r in report["results"]] == [("cifar", 8), ("imagenet", 18)]
+    for r in report["results"]:
+        assert r["images_per_s"] > 0 and r["mult_adds"] > 0
+        assert abs(r["gflops"] - r["images_per_s"] * 6 * r["mult_adds"] / 1e9) < 1e-9 * r["gflops"]
+        assert abs(r["peak_fraction"] - r["gflops"] / peak["gflops"]) < 1e-12
+
+
+def test_bench_train_precision_and_memory_format_axes(tiny_data: Path) -> None:
+    from resnet_pipeline.training.bench import bench_train
+
+    report = bench_train(tiny_data, depth=8, batch_size=8, iterations=4, log_every=2, precisions=("fp32", "bf16"),
+                         memory_formats=("channels_last", "nchw"), modes=("bare",), variant_seconds=0)
+    rows = [(r["mode"], r["precision"], r["memory_format"]) for r in report["results"]]
+    assert rows == [("bare", "fp32", "channels_last"), ("bare", "fp32", "nchw"), ("bare", "bf16", "channels_last"),
+                    ("bare", "bf16", "nchw")]
+    assert report["results"][0]["vs_bare"] == 1.0 and report["results"][0]["overhead_s"] is not None
+    for r in report["results"][1:]:  # timed variants: one-iteration windows, stopped after three
+        assert r["images_per_s"] > 0 and r["windows"] == 3 and r["overhead_s"] is None
+
+
+def _tiny_cifar_archive(path: Path) -> Path:
+    """The layout of cifar10-jpeg.tar.gz: cifar10-jpeg/{train,test}/<class>/NNNN.jpg."""
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for split, n in (("train", 8), ("test", 3)):
+            for c in ("cat", "dog"):
+                for i in range(n):
+                    buf = io.BytesIO()
+                    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="JPEG")
+                    info = tarfile.TarInfo(f"cifar10-jpeg/{split}/{c}/{i:04d}.jpg")
+                    info.size = buf.tell()
+                    buf.seek(0)
+                    tar.addfile(info, buf)
+    return path
+
+
+def test_gpu_bench_smoke_on_cpu_imports_only_torch(tmp_path: Path) -> None:
+    """The GPU script's every part at toy sizes, in a fresh interpreter that must not import Ray,
+    MLflow, DALI or YAML (the GPU machine has only PyTorch)."""
+    archive = _tiny_cifar_archive(tmp_path / "cifar.tar.gz")
+    out = tmp_path / "gpu_bench.json"
+    code = ("import importlib.util, json, sys\n"
+            f"spec = importlib.util.spec_from_file_location('gpu_bench', {str(PROJECT_ROOT / 'scripts/gpu_bench.py')!r})\n"
+            "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+            f"mod.main(['--device', 'cpu', '--smoke', '--cifar', {str(archive)!r}, '--out', {str(out)!r}])\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow', 'yaml', 'click')\n"
+            "             or m.startswith('nvidia.dali'))\n"
+            "print('FORBIDDEN', json.dumps(bad))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "FORBIDDEN []"
+    summary = json.loads(out.read_text())
+    assert [(t["net"], t["mode"]) for t in summary["throughput"]] == [("resnet20", "eager"), ("resnet50", "eager")]
+    assert all(t["images_per_s"] > 0 for t in summary["throughput"])
+    cifar = summary["cifar"]
+    assert "error" not in cifar, cifar
+    assert cifar["completed"] and cifar["iterations"] == 4 and cifar["train_images"] == 16
+    assert cifar["test_images"] == 6 and 0 <= cifar["test_error"] <= 1
