@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
+
+from resnet_pipeline.config import PROJECT_ROOT
 
 
 def write_images(folder: Path, count: int, *, size: tuple[int, int] = (32, 32), fmt: str = "JPEG",
@@ -111,3 +117,75 @@ def ray_session() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+# --- a temporary git + DVC copy of the repository (tests/test_dvc.py, tests/test_reliability.py) --
+
+def copy_repo(dest: Path) -> None:
+    """The project's files as a fresh clone would have them (tracked + untracked, not ignored)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=PROJECT_ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = PROJECT_ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.email=test@example.com", "-c", "user.name=test", *args], cwd=repo,
+                   check=True, capture_output=True)
+
+
+def dvc(repo: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=1500)
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def demo_repo(tmp_path_factory) -> Path:
+    """A git copy of the repository whose demo sweep is 2 single-worker trials of 40 iterations,
+    deterministic, on easy data (seconds of training per trial), and whose imagenet pipeline is one
+    tiny net on a generated ImageNet-layout folder."""
+    repo = tmp_path_factory.mktemp("repo")
+    copy_repo(repo)
+    source = tmp_path_factory.mktemp("colours")
+    _write_colour_classes(source, {"train": 64, "test": 16})
+    params_path = repo / "pipelines/demo/params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["data"].update(dataset="imagefolder", source=str(source), val_fraction=0.25)
+    params["train"].update(iterations=40, batch_size=32, milestones=[1000], log_every=10, eval_every=20,
+                           checkpoint_every=10, workers=1, threads_per_worker=1, precision="fp32", deterministic=True)
+    params["sweep"].update(depths=[8], shortcuts=["plain", "A"])
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    _shrink_imagenet(repo, tmp_path_factory.mktemp("imagenet"))
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "test copy")
+    return repo
+
+
+def _shrink_imagenet(repo: Path, source: Path) -> None:
+    """An ImageNet-layout folder (train/ and val/ by class, JPEG and PNG of mixed sizes over 64 px),
+    and the imagenet pipeline's params cut to one tiny net: the same stages, crops of 32 px."""
+    sizes = [(96, 72), (80, 120), (72, 72)]
+    for c, size in enumerate(sizes):
+        for s, (split, count) in enumerate((("train", 24), ("val", 8))):
+            write_images(source / split / f"n0000{c}", count, size=size, fmt="JPEG" if c % 2 == 0 else "PNG",
+                         seed=100 * s + c, prefix=split)
+    params_path = repo / "pipelines/imagenet/params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["data"].update(source=str(source), num_threads=2, crop_size=32, resize_range=[40, 56], eval_resize=40)
+    params["train"].update(iterations=12, batch_size=16, workers=1, log_every=4, eval_every=6, checkpoint_every=6,
+                           plateau_patience=1)
+    params["sweep"].update(depths=[18], shortcuts=["A"], include=[])  # Table 2: ResNet-18 (option A)
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def first_repro(demo_repo: Path) -> str:
+    return dvc(demo_repo, "repro", "pipelines/demo/dvc.yaml")

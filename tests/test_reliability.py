@@ -390,6 +390,9 @@ def test_predict_loads_only_pt2_models_from_the_projects_store(tmp_path: Path) -
 
 # --- `dvc repro` of a sweep interrupted by Ctrl-C, then its driver SIGKILLed, then re-run ------
 
+EXPERIMENT = "resnet-demo-faults"  # the runs of this test only, apart from test_dvc.py's
+
+
 def _descendants(proc: psutil.Process) -> set:
     try:
         return set(proc.children(recursive=True))
@@ -398,7 +401,7 @@ def _descendants(proc: psutil.Process) -> set:
 
 
 class _Repro:
-    """`dvc repro` of the demo pipeline's sweep stage, in its own session (as a terminal would run
+    """`dvc repro` of the demo pipeline, in its own session (as a terminal would run
     it), with every process it starts remembered so that exactly those can be checked and ended."""
 
     def __init__(self, repo: Path, log: Path) -> None:
@@ -406,7 +409,7 @@ class _Repro:
         for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
             env.pop(key, None)
         self.log = log
-        self.proc = psutil.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "pipelines/demo/dvc.yaml:sweep"],
+        self.proc = psutil.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "pipelines/demo/dvc.yaml"],
                                  cwd=repo, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                  start_new_session=True)
         self.seen: set = set()
@@ -468,7 +471,7 @@ def _runs(uri: str) -> dict:
         return {}
     client = MlflowClient(uri)
     try:
-        exp = tracking._retry(lambda: client.get_experiment_by_name("resnet-demo"))
+        exp = tracking._retry(lambda: client.get_experiment_by_name(EXPERIMENT))
         return {r.info.run_name: r for r in tracking._retry(lambda: client.search_runs([exp.experiment_id]))} \
             if exp else {}
     except Exception as exc:  # the store is still being created
@@ -482,39 +485,22 @@ def _ckpt(repo: Path, trial: str) -> int:
     return its[-1] if its else 0
 
 
-@pytest.fixture(scope="module")
-def sweep_repo(tmp_path_factory) -> Path:
-    """A git+DVC copy of the repository whose demo sweep is 2 single-worker trials of 40 iterations,
-    deterministic, on easy data (seconds per trial)."""
-    from test_dvc import _copy_repo, _git
-
-    from conftest import _write_colour_classes
-
-    repo = tmp_path_factory.mktemp("repo")
-    _copy_repo(repo)
-    source = tmp_path_factory.mktemp("colours")
-    _write_colour_classes(source, {"train": 64, "test": 16})
+@pytest.mark.slow
+def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(demo_repo: Path, first_repro: str,
+                                                                         tmp_path: Path) -> None:
+    """On the demo pipeline that test_dvc.py ran: a changed training parameter (lr, and a fresh MLflow
+    experiment to read the runs from) re-runs sweep, evaluate and report, not prepare. Ctrl-C once the
+    first trial has finished and the second has a checkpoint; re-run; SIGKILL of the sweep's driver
+    once the second trial has checkpointed again; re-run: the pipeline completes, the finished trial
+    never runs again, no MLflow run is left RUNNING, and the interrupted trial's final weights equal
+    those of the same training run without Ray and without interruption."""
+    repo, uri = demo_repo, f"sqlite:///{demo_repo / 'mlflow.db'}"
+    figures: dict = {}
     params_path = repo / "pipelines/demo/params.yaml"
     params = yaml.safe_load(params_path.read_text())
-    params["data"].update(dataset="imagefolder", source=str(source), val_fraction=0.25)
-    params["train"].update(iterations=40, batch_size=32, milestones=[1000], log_every=10, eval_every=20,
-                           checkpoint_every=10, workers=1, threads_per_worker=1, precision="fp32", deterministic=True)
-    params["sweep"].update(depths=[8], shortcuts=["plain", "A"])
+    params["train"].update(lr=0.05, experiment=EXPERIMENT)
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "test copy")
-    return repo
-
-
-@pytest.mark.slow
-def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(sweep_repo: Path, tmp_path: Path) -> None:
-    """Ctrl-C once the first trial has finished and the second has a checkpoint; re-run; SIGKILL of the
-    sweep's driver once the second trial has checkpointed again; re-run: the stage completes, the
-    finished trial never runs again, no MLflow run is left RUNNING, and the interrupted trial's
-    final weights equal those of the same training run without Ray and without interruption."""
-    repo, uri = sweep_repo, f"sqlite:///{sweep_repo / 'mlflow.db'}"
-    figures: dict = {}
+    old_checkpoints = set((repo / "results" / "demo").glob("*/checkpoints/ckpt_*.pt"))
 
     def trials() -> dict:
         return {n: r for n, r in _runs(uri).items() if "mlflow.parentRunId" in r.data.tags}
@@ -524,7 +510,7 @@ def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(sweep_r
     state: dict = {}
 
     def first_done_and_second_checkpointed() -> bool:
-        if not list((repo / "results" / "demo").glob("*/checkpoints/ckpt_*.pt")):
+        if not set((repo / "results" / "demo").glob("*/checkpoints/ckpt_*.pt")) - old_checkpoints:
             return False  # not yet: the driver creates the store before any trial starts
         runs = trials()
         done = [n for n, r in runs.items() if r.info.status == "FINISHED"]
@@ -568,6 +554,10 @@ def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(sweep_r
     assert not third.leftovers()
     out = third.log.read_text()
     assert "2 trials, 1 already finished, 1 to run" in out, out[-3000:]
+    for stage in ("sweep", "evaluate", "report"):
+        assert f"Running stage 'pipelines/demo/dvc.yaml:{stage}'" in out, out[-3000:]
+    assert not any("Running stage 'pipelines/demo/dvc.yaml:prepare'" in r.log.read_text()
+                   for r in (first, second, third))
 
     runs = _runs(uri)
     assert {n: r.info.status for n, r in runs.items()} == {"demo": "FINISHED", finished: "FINISHED",
