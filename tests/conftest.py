@@ -160,7 +160,7 @@ def demo_repo(tmp_path_factory) -> Path:
     params["data"].update(dataset="imagefolder", source=str(source), val_fraction=0.25)
     params["train"].update(iterations=40, batch_size=32, milestones=[1000], log_every=10, eval_every=20,
                            checkpoint_every=10, workers=1, threads_per_worker=1, precision="fp32", deterministic=True)
-    params["sweep"].update(depths=[8], shortcuts=["plain", "A"])
+    params["sweep"].update(depths=[8], shortcuts=["plain", "A"], max_concurrent=1)  # one after the other
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     _shrink_imagenet(repo, tmp_path_factory.mktemp("imagenet"))
     git(repo, "init", "-q")
