@@ -135,14 +135,17 @@ def train(params_file: str | None, data_dir: str | None, depth: int | None, shor
 @click.option("--name", default=None, help="Sweep name; the same name again resumes the sweep.")
 @click.option("--max-concurrent", type=int, default=None, help="Trials at once (default: from the cluster).")
 @click.option("--asha/--no-asha", default=None, help="ASHA early stopping on validation error.")
+@click.option("--trial-launcher", type=click.Choice(["auto", "in-trial", "ray-train"]), default=None,
+              help="Train in the Tune trial's process (one worker) or on a Ray Train worker group; "
+                   "auto: in-trial for one worker.")
 @click.option("--storage-path", default=None,
               help="Override train.storage_path (checkpoints, Ray results); on several nodes, a folder all share.")
 @click.option("--dry-run", is_flag=True, help="List the trials and estimate their compute; train nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (or dry run) as JSON.")
 def sweep(params_file: str | None, data_dir: str | None, depths: str | None, shortcuts: str | None,
           include: str | None, seeds: int | None, iterations: int | None, name: str | None,
-          max_concurrent: int | None, asha: bool | None, storage_path: str | None, dry_run: bool,
-          as_json: bool) -> None:
+          max_concurrent: int | None, asha: bool | None, trial_launcher: str | None, storage_path: str | None,
+          dry_run: bool, as_json: bool) -> None:
     """Ray Tune over depth x shortcut x seed, one MLflow child run per trial under a parent run."""
     from resnet_pipeline.config import load_params, load_section
     from resnet_pipeline.data import load_data_config
@@ -154,7 +157,7 @@ def sweep(params_file: str | None, data_dir: str | None, depths: str | None, sho
     data_cfg = load_data_config(params_file)
     sweep_cfg = load_section(SweepConfig, "sweep", params, depths=_int_list(depths, "--depths"),
                              shortcuts=_str_list(shortcuts), include=_str_list(include), seeds=seeds, name=name,
-                             max_concurrent=max_concurrent, asha=asha)
+                             max_concurrent=max_concurrent, asha=asha, trial_launcher=trial_launcher)
     model_cfg = load_section(ModelConfig, "model", params)
     train_cfg = load_section(TrainConfig, "train", params, iterations=iterations, storage_path=storage_path)
     data = data_dir or data_cfg.out_dir
@@ -444,14 +447,21 @@ def _print_bench_depths(report: dict) -> None:
 @click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
 @click.option("--trials", type=int, default=3, show_default=True)
 @click.option("--iterations", type=int, default=1, show_default=True, help="Per trial.")
+@click.option("--launcher", "launchers", multiple=True, type=click.Choice(["in-trial", "ray-train"]),
+              help="Trial launcher(s) to time, one sweep each, in one Ray instance (default: both).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench_overhead(params_file: str | None, data_dir: str | None, trials: int, iterations: int,
-                   as_json: bool) -> None:
-    """Per-trial overhead of a sweep: a real sweep of tiny trials, each trial's time split up."""
+                   launchers: tuple[str, ...], as_json: bool) -> None:
+    """Per-trial overhead of a sweep: real sweeps of tiny trials, each trial's time split up."""
+    import contextlib
+
     from resnet_pipeline.data import load_data_config
     from resnet_pipeline.training.bench import bench_overhead as run_bench
 
-    report = run_bench(data_dir or load_data_config(params_file).out_dir, trials=trials, iterations=iterations)
+    # With --json, stdout carries the JSON only; the sweeps' own output goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        report = run_bench(data_dir or load_data_config(params_file).out_dir, trials=trials, iterations=iterations,
+                           launchers=launchers or ("in-trial", "ray-train"))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -459,11 +469,13 @@ def bench_overhead(params_file: str | None, data_dir: str | None, trials: int, i
 
 
 def _print_bench_overhead(report: dict) -> None:
-    _print_rows(f"Sweep of {report['trials']} trials x {report['iterations']} iteration(s): ray.init "
-                f"{report['ray_start_s']:.1f} s, sweep set-up and summary {report['sweep_fixed_s']:.1f} s, "
-                f"overhead per trial {report['overhead_per_trial_s']:.1f} s (median after the first)",
-                report["results"], ("run_name", "gap_s", "to_first_step_s", "steps_s", "evaluation_s",
-                                    "model_logging_s", "end_s", "wall_s", "overhead_s"))
+    click.echo(f"ray.init {report['ray_start_s']:.1f} s")
+    for sweep in report["sweeps"]:
+        _print_rows(f"Sweep of {report['trials']} trials x {report['iterations']} iteration(s), trial launcher "
+                    f"{sweep['launcher']}: sweep set-up and summary {sweep['sweep_fixed_s']:.1f} s, overhead per "
+                    f"trial {sweep['overhead_per_trial_s']:.1f} s (median after the first)",
+                    sweep["results"], ("run_name", "gap_s", "to_first_step_s", "steps_s", "evaluation_s",
+                                       "model_logging_s", "end_s", "wall_s", "overhead_s"))
 
 
 @bench.command("all")

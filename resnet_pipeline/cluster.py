@@ -29,6 +29,7 @@ from typing import Any
 from resnet_pipeline.config import PROJECT_ROOT, ConfigError
 
 STATE_FILE = "cluster.json"
+JOB_LOGS = "job-logs"  # driver logs of the jobs, copied here by `down`
 # Relative paths of a submitted command resolve against this folder (cli.main changes into it):
 # the job itself runs in Ray's unpacked copy of the code, which holds no data.
 PROJECT_DIR_ENV = "RESNET_PROJECT_DIR"
@@ -276,9 +277,22 @@ def down(state_dir: Path | None = None, timeout_s: float = 30) -> list[int]:
             pass
     psutil.wait_procs(alive, timeout=10)
     if state.get("temp_dir"):
+        save_job_logs(Path(state["temp_dir"]), state_dir / JOB_LOGS)
         shutil.rmtree(state["temp_dir"], ignore_errors=True)  # Ray's session logs of this head
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     return [p.pid for p in everything]
+
+
+def save_job_logs(temp_dir: Path, dest: Path) -> list[Path]:
+    """Copy each job's driver log out of the head's Ray temp folder (which `down` deletes) to
+    ``dest/<job id>.log``, where `cluster logs` finds it once the head is gone."""
+    saved = []
+    for log in sorted(temp_dir.glob("session_*/logs/job-driver-*.log")):
+        dest.mkdir(parents=True, exist_ok=True)
+        target = dest / f"{log.name.removeprefix('job-driver-')}"
+        shutil.copyfile(log, target)
+        saved.append(target)
+    return saved
 
 
 def status(state_dir: Path | None = None) -> dict[str, Any]:
@@ -379,6 +393,10 @@ def job_command(action: str, job_id: str | None, *, state_dir: Path | None = Non
     job_id = job_id or (last.read_text().strip() if last.is_file() else None)
     if not job_id:
         raise ClusterError("no job id given and none submitted from here yet (python cli.py submit -- ...)")
+    saved = state_dir / JOB_LOGS / f"{job_id}.log"
+    if action == "logs" and address is None and read_state(state_dir) is None and saved.is_file():
+        sys.stdout.write(saved.read_text())  # the head `cluster up` started is down; its copy of the log
+        return 0
     env = {**os.environ, **client_env(state_dir, address)}
     cmd = [_bin("ray"), "job", action, "--address", env["RAY_API_SERVER_ADDRESS"], job_id]
     if follow and action == "logs":

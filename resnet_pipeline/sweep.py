@@ -1,7 +1,8 @@
 """Ray Tune over depth x shortcut x seed: one MLflow parent run, one child run per trial.
 
-Each trial is a training run (`training.driver.train`): a Tune driver function that runs a
-TorchTrainer with `TuneReportCallback`, so a trial can itself use several workers. Everything is
+Each trial is a training run (`training.driver.train`) in a Tune trial process. A trial of one
+worker trains in that process and reports to Tune directly; a trial of several workers runs a Ray
+Train TorchTrainer with `TuneReportCallback` (`sweep.trial_launcher`). Everything is
 validated before Ray starts. Trials are named `<sweep>-<family><depth>-<shortcut>-seed<seed>`, so
 re-running the same sweep finds its finished trials in MLflow (skipped) and its unfinished ones'
 checkpoints (resumed). A trial's name carries a digest of everything that shapes its result (the
@@ -27,6 +28,9 @@ from resnet_pipeline.models import SHORTCUTS, ModelConfig, infer_family
 from resnet_pipeline.training.config import TrainConfig
 
 
+TRIAL_LAUNCHERS = ("auto", "in-trial", "ray-train")
+
+
 @dataclass
 class SweepConfig:
     """The `sweep` section of params.yaml."""
@@ -40,6 +44,10 @@ class SweepConfig:
     max_concurrent: int = 0  # 0: as many as the cluster's CPUs (or GPUs) allow
     asha: bool = False  # ASHA early stopping on validation error
     out: str = "metrics/sweep"  # summary.json and summary.csv (a DVC metrics output)
+    # in-trial: the Tune trial's process trains (one worker; Tune retries a failed trial, which resumes
+    # from its checkpoints); ray-train: a Ray Train worker group per trial (restarts failed workers);
+    # auto: in-trial for train.workers 1, else ray-train.
+    trial_launcher: str = "auto"
 
     def validate(self) -> None:
         self.included()  # raises on a malformed entry
@@ -58,6 +66,16 @@ class SweepConfig:
             raise ConfigError(f"sweep.max_concurrent: must be >= 0 (0: automatic), got {self.max_concurrent}")
         if not self.name or "/" in self.name:
             raise ConfigError(f"sweep.name: must be a non-empty name without '/', got {self.name!r}")
+        if self.trial_launcher not in TRIAL_LAUNCHERS:
+            raise ConfigError(f"sweep.trial_launcher: {self.trial_launcher!r} is not valid; use one of "
+                              f"{', '.join(TRIAL_LAUNCHERS)}")
+
+    def in_trial(self, workers: int) -> bool:
+        """Whether each trial trains in its own Tune process (no Ray Train worker group)."""
+        if self.trial_launcher == "in-trial" and workers != 1:
+            raise ConfigError(f"sweep.trial_launcher: in-trial runs one worker per trial, but train.workers is "
+                              f"{workers}; use auto or ray-train")
+        return self.trial_launcher == "in-trial" or (self.trial_launcher == "auto" and workers == 1)
 
     @property
     def all_depths(self) -> list[int]:
@@ -111,6 +129,7 @@ def config_digest(train: TrainConfig, model_cfg: ModelConfig, data: dict[str, An
 
 def plan(sweep: SweepConfig, train: TrainConfig) -> list[Trial]:
     sweep.validate()
+    sweep.in_trial(train.workers)  # raises when the launcher cannot run train.workers
     return [Trial(d, s, train.seed + i, sweep.family)
             for (d, s), i in itertools.product(sweep.nets(), range(sweep.seeds))]
 
@@ -191,8 +210,9 @@ def dry_run(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, data
 # --- running -----------------------------------------------------------------------------------
 
 def _trial_fn(config: dict[str, Any]) -> None:
-    """A Tune trial: one training run (a TorchTrainer reporting to Tune through TuneReportCallback)."""
-    from ray.tune.integration.ray_train import TuneReportCallback
+    """A Tune trial: one training run, in this process (reporting with tune.report) or on a Ray Train
+    worker group (a TorchTrainer reporting to Tune through TuneReportCallback)."""
+    from ray import tune
 
     from resnet_pipeline.training.driver import train
 
@@ -200,27 +220,42 @@ def _trial_fn(config: dict[str, Any]) -> None:
     train_cfg = TrainConfig(**{**base["train"], "seed": t["seed"], "run_name": t["run_name"]})
     model_cfg = ModelConfig(**{**base["model"], "depth": t["depth"], "shortcut": t["shortcut"],
                                "family": t["family"]})
+    if base["in_trial"]:
+        launch: dict[str, Any] = {"launcher": "local", "on_report": tune.report}
+    else:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        launch = {"launcher": "ray", "callbacks": [TuneReportCallback()]}
     train(train_cfg, model_cfg, base["data_dir"], backend=base["backend"], normalize=base["normalize"],
           num_threads=base["num_threads"], aug=base["aug"], tracking_uri=base["tracking_uri"],
-          parent_run_id=base["parent_run_id"],
-          snapshot={**base["snapshot"], "sweep_trial": t}, callbacks=[TuneReportCallback()])
+          parent_run_id=base["parent_run_id"], snapshot={**base["snapshot"], "sweep_trial": t}, **launch)
 
 
 def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConfig, train: TrainConfig,
-              storage: Path) -> dict[str, str]:
+              storage: str | Path) -> dict[str, str]:
     """Run the trials; returns the errors by trial run name (empty when no trial raised)."""
     import ray
     from ray import tune
 
-    from resnet_pipeline.training.ray_launch import TRIAL_CPUS, check_storage, init_ray
+    from resnet_pipeline.training.ray_launch import (TRIAL_CPUS, check_storage, init_ray, ray_storage,
+                                                     use_gpu_resolved)
 
-    init_ray(train.workers, sweep.max_concurrent or 1)
+    in_trial = base["in_trial"]
+    # An in-trial trial is its one worker; a Ray Train trial's driver function holds a CPU beside its workers.
+    trial_cpus = 0 if in_trial else TRIAL_CPUS
+    init_ray(train.workers, sweep.max_concurrent or 1, trial_cpus=trial_cpus)
     check_storage(storage)
-    cpus = ray.cluster_resources().get("CPU", 1)
-    per_trial = train.workers + TRIAL_CPUS  # the trial's driver function holds a CPU beside its workers
+    resources = ray.cluster_resources()
+    cpus = resources.get("CPU", 1)
+    per_trial = train.workers + trial_cpus
     if per_trial > cpus:
         raise ConfigError(f"train.workers={train.workers} needs {per_trial} CPUs per trial (workers + the trial's "
                           f"driver) but the Ray cluster has {cpus:g}; lower train.workers or add nodes")
+    trial_resources = {"CPU": 1}
+    if in_trial and use_gpu_resolved(train.use_gpu):
+        if resources.get("GPU", 0) < 1:
+            raise ConfigError(f"train.use_gpu={train.use_gpu} but the Ray cluster has no GPU; set train.use_gpu: off")
+        trial_resources["GPU"] = 1
     concurrent = sweep.max_concurrent or max(1, int(cpus // per_trial))
     scheduler = None
     if sweep.asha:
@@ -231,11 +266,15 @@ def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConf
         scheduler = ASHAScheduler(time_attr="iteration", metric="val_error", mode="min", max_t=train.iterations + 1,
                                   grace_period=min(train.eval_every, train.iterations), reduction_factor=2)
     tuner = tune.Tuner(
-        tune.with_resources(_trial_fn, {"CPU": TRIAL_CPUS}),
+        tune.with_resources(_trial_fn, trial_resources),
         param_space={"base": base, "trial": tune.grid_search(todo)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, scheduler=scheduler),
+        # reuse_actors: the next trial runs in the finished one's process, its imports already done.
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, scheduler=scheduler, reuse_actors=True),
         run_config=tune.RunConfig(name=f"{sweep.name}-tune-{dt.datetime.now():%Y%m%d-%H%M%S}",
-                                  storage_path=str(storage), verbose=0),
+                                  **ray_storage(storage), verbose=0,
+                                  # In-trial, a crashed trial is retried by Tune (it resumes from its
+                                  # checkpoints); Ray Train restarts its own workers.
+                                  failure_config=tune.FailureConfig(max_failures=train.max_failures if in_trial else 0)),
     )
     from resnet_pipeline.training.driver import sigterm_as_interrupt
 
@@ -266,7 +305,10 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
     storage = resolve_storage(train.storage_path)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     snap = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in (snapshot or {}).items()}
-    snap.update(sweep=dataclasses.asdict(sweep), train=dataclasses.asdict(train), model=dataclasses.asdict(model_cfg))
+    from resnet_pipeline.training.checkpoint import display
+
+    snap.update(sweep=dataclasses.asdict(sweep), model=dataclasses.asdict(model_cfg),
+                train={**dataclasses.asdict(train), "storage_path": display(train.storage_path)})
     shaping_data = {"data_dir": str(data_path), "backend": backend, "normalize": normalize}
     if aug and kind == "imagenet":  # the crops only shape ImageNet-kind runs
         shaping_data["aug"] = dict(aug)
@@ -291,7 +333,7 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
                     "model": dataclasses.asdict(model_cfg),
                     "data_dir": str(data_path), "backend": backend, "normalize": normalize,
                     "num_threads": num_threads, "aug": dict(aug or {}), "tracking_uri": uri,
-                    "parent_run_id": parent_id, "snapshot": snap}
+                    "parent_run_id": parent_id, "snapshot": snap, "in_trial": sweep.in_trial(train.workers)}
             errors = _run_tune(todo, base, sweep, train, storage)
             # A trial that Tune stopped without an error (ASHA) was interrupted, not failed: its run
             # ended RUNNING (actor killed) or FAILED (the stop reached the trainer) and becomes KILLED.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import socket
@@ -117,6 +118,33 @@ def ray_session() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_store() -> Iterator[dict]:
+    """A real S3 API on 127.0.0.1 (moto's server) with one bucket. ``uri`` carries the endpoint and
+    test credentials itself, so that the processes of the shared Ray instance reach it too."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", aws_access_key_id="test",
+                          aws_secret_access_key="test", region_name="us-east-1")
+    client.create_bucket(Bucket="ckpt")
+    try:
+        yield {"client": client, "bucket": "ckpt",
+               "uri": f"s3://test:test@ckpt/results?endpoint_override={host}:{port}&scheme=http&region=us-east-1"}
+    finally:
+        server.stop()
+
+
+def s3_keys(store: dict, prefix: str = "") -> list[str]:
+    """The objects under ``prefix``, without the empty "folder/" markers pyarrow leaves."""
+    pages = store["client"].get_paginator("list_objects_v2").paginate(Bucket=store["bucket"], Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/"))
 
 
 # --- a temporary git + DVC copy of the repository (tests/test_dvc.py, tests/test_reliability.py) --

@@ -82,6 +82,11 @@ def head(tmp_path_factory) -> Iterator[dict]:
     assert recorded and not [p.pid for p in recorded if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not _leftovers([str(state), temp_dir])
     assert cluster.read_state(state) is None
+    # The last job's log outlives the head: `down` saved it, and `cluster logs` prints that copy.
+    job_id = (state / "last_job").read_text().strip()
+    saved = (state / cluster.JOB_LOGS / f"{job_id}.log").read_text()
+    logs = _cli("cluster", "--state-dir", str(state), "logs", env=env, timeout=60)
+    assert logs.returncode == 0 and saved and logs.stdout == saved, logs.stdout[-2000:] + logs.stderr
 
 
 def _wait_job(head: dict, job_id: str, timeout_s: float = 480) -> tuple[str, str]:

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import s3_keys
 from resnet_pipeline.config import ConfigError
 from resnet_pipeline.models import ModelConfig
 from resnet_pipeline.sweep import SweepConfig, dry_run, plan, run_sweep
 from resnet_pipeline.training import TrainConfig
+from resnet_pipeline.training.checkpoint import join
 
 TRAIN = dict(iterations=20, batch_size=32, milestones=[1000], log_every=10, eval_every=20, checkpoint_every=10,
              workers=2, precision="fp32", threads_per_worker=1, experiment="test-sweep")
@@ -95,6 +97,8 @@ def test_rerun_skips_finished_trials_and_resumes_the_rest(sweep_setup: dict, cap
     (dict(include=["D-20"]), r"sweep.include: 'D-20' is not valid"),
     (dict(include=["B-fifty"]), r"sweep.include"),
     (dict(include=["B-34"]), r"mix"),
+    (dict(trial_launcher="in-trial"), r"sweep.trial_launcher: in-trial runs one worker per trial, but train.workers is 2"),
+    (dict(trial_launcher="threads"), r"sweep.trial_launcher: 'threads' is not valid; use one of auto, in-trial"),
 ])
 def test_bad_sweep_fails_before_ray(changes: dict, match: str, tmp_path: Path) -> None:
     import ray
@@ -127,11 +131,16 @@ def test_imagenet_depths_plan_on_cifar_sized_data(tiny_data: Path) -> None:
     assert 0.5e9 < r50["mult_adds"] < 2e9 and r50["train_mult_adds"] == r50["mult_adds"] * 3 * 64_000 * 32
 
 
-def test_asha_stops_trials_without_leaving_runs_open(tiny_data: Path, tmp_path: Path, ray_session) -> None:
-    """Whatever ASHA decides, every child run ends FINISHED or KILLED (tagged stopped_early), never RUNNING."""
+def test_asha_stops_trials_without_leaving_runs_open(tiny_data: Path, tmp_path: Path, ray_session,
+                                                     s3_store: dict) -> None:
+    """Whatever ASHA decides, every child run ends FINISHED or KILLED (tagged stopped_early), never RUNNING.
+    Storage in S3: Tune's experiment state and the trials' checkpoints go there."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sweep = SweepConfig(depths=[8], shortcuts=["A"], seeds=2, name="asha", asha=True, out=str(tmp_path / "m"))
-    train = TrainConfig(**{**TRAIN, "iterations": 40}, storage_path=str(tmp_path / "results"))
+    # One worker: trials train in their Tune process (the sweep_setup grid covers Ray Train trials).
+    storage = join(s3_store["uri"], "asha")
+    train = TrainConfig(**{**TRAIN, "iterations": 40, "workers": 1}, storage_path=storage)
+    assert sweep.in_trial(train.workers)
     summary = run_sweep(sweep, train, ModelConfig(), tiny_data, backend="dali-cpu", num_threads=2, tracking_uri=uri)
     client = _client(uri)
     assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
@@ -139,3 +148,27 @@ def test_asha_stops_trials_without_leaving_runs_open(tiny_data: Path, tmp_path: 
     assert len(children) == 2 and any(r.info.status == "FINISHED" for r in children)
     for r in children:
         assert r.info.status == "FINISHED" or (r.info.status == "KILLED" and r.data.tags["stopped_early"] == "true")
+    keys = s3_keys(s3_store, "results/asha/")
+    for r in children:  # every trial checkpointed (checkpoint_every 10) into the bucket
+        assert any(k.startswith(f"results/asha/{r.info.run_name}/checkpoints/ckpt_") for k in keys), r.info.run_name
+    assert any(k.startswith("results/asha/asha-tune-") for k in keys)  # Tune's experiment state
+    assert not (tmp_path / "results").exists()
+
+
+def test_killed_one_worker_trial_is_retried_by_tune_and_resumes(tiny_data: Path, tmp_path: Path,
+                                                                ray_session) -> None:
+    """An in-trial trial whose process is SIGKILLed mid-run is retried by Tune (train.max_failures) and
+    resumes from its checkpoint: the run finishes in the same MLflow run, with the curve unbroken."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = SweepConfig(depths=[8], shortcuts=["A"], name="retry", out=str(tmp_path / "m"))
+    train = TrainConfig(**{**TRAIN, "iterations": 30, "eval_every": 30, "workers": 1},
+                        storage_path=str(tmp_path / "results"), inject_failure_at=15, inject_failure="sigkill",
+                        max_failures=1)
+    summary = run_sweep(sweep, train, ModelConfig(), tiny_data, backend="dali-cpu", num_threads=1, tracking_uri=uri)
+    (trial,) = summary["trials"]
+    assert summary["errors"] == [] and trial["status"] == "FINISHED"
+    client = _client(uri)
+    run = client.get_run(trial["run_id"])
+    assert (tmp_path / "results" / run.info.run_name / "checkpoints" / ".failure_injected").exists()  # it was killed
+    assert [h.step for h in client.get_metric_history(trial["run_id"], "train_error")] == [10, 20, 30]
+    assert len(client.search_runs([run.info.experiment_id])) == 2  # the parent and this one child, no duplicate

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import s3_keys
 from resnet_pipeline.config import ConfigError
 from resnet_pipeline.models import ModelConfig
 from resnet_pipeline.training import CheckpointManager, PaperSchedule, TrainConfig, load_checkpoint
+from resnet_pipeline.training.checkpoint import display, join
 from resnet_pipeline.training.loop import DataSource, NonFiniteLossError, fit
 
 # ResNet-8 (n=1) keeps every run to seconds; the code paths are those of ResNet-20..1202.
@@ -100,13 +102,36 @@ class _Unpicklable:
         raise RuntimeError("disk full (simulated)")
 
 
-def test_checkpoint_round_trip_keep_last_and_best(tmp_path: Path) -> None:
-    mgr = CheckpointManager(tmp_path, keep_last=2)
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_checkpoint_round_trip_keep_last_and_best(where: str, tmp_path: Path, request) -> None:
+    if where == "s3":
+        store = request.getfixturevalue("s3_store")
+        directory = join(store["uri"], "unit", "checkpoints")
+    else:
+        directory = tmp_path
+    mgr = CheckpointManager(directory, keep_last=2)
+    assert mgr.load_latest() is None and mgr.best_error() is None
     for it, err in [(10, 0.5), (20, 0.3), (30, 0.4)]:
         mgr.save({"iteration": it, "w": torch.full((3,), float(it))}, it, val_error=err)
     assert mgr.iterations() == [20, 30]  # the last two
     assert load_checkpoint(mgr.best_path)["iteration"] == 20 and mgr.best_error() == 0.3
     assert torch.equal(mgr.load_latest()["w"], torch.full((3,), 30.0))
+    assert mgr.mark_once(".failure_injected") and not mgr.mark_once(".failure_injected")
+    if where == "s3":  # the objects themselves, as S3 lists them
+        assert s3_keys(store, "results/unit/") == [f"results/unit/checkpoints/{n}" for n in (
+            ".failure_injected", "best.json", "best.pt", "ckpt_00000020.pt", "ckpt_00000030.pt")]
+        assert display(mgr.best_path) == "s3://ckpt/results/unit/checkpoints/best.pt"  # no credentials shown
+
+
+def test_unwritable_object_store_fails_before_anything_starts(s3_store: dict) -> None:
+    from resnet_pipeline.training.driver import resolve_storage
+
+    bad = s3_store["uri"].replace("@ckpt/", "@no-such-bucket/")
+    with pytest.raises(ConfigError, match=r"train.storage_path s3://no-such-bucket/results: cannot write there") as e:
+        resolve_storage(bad)
+    assert "test:test" not in str(e.value) and "AWS_ENDPOINT_URL" in str(e.value)
+    assert resolve_storage(s3_store["uri"]) == s3_store["uri"]
+    assert not s3_keys(s3_store, "results/.write-check")  # the probe object is gone
 
 
 def test_failed_write_leaves_previous_checkpoint_usable(tmp_path: Path) -> None:
@@ -162,24 +187,29 @@ RAY_TINY = {**TINY, "workers": 2, "iterations": 80, "eval_every": 40, "checkpoin
 
 
 @pytest.fixture(scope="module")
-def ray_runs(tiny_data: Path, tmp_path_factory, ray_session) -> dict:
-    """One uninterrupted 2-worker run, one whose rank-0 worker raises at iteration 30 and one whose
-    rank-0 worker process is killed (SIGKILL) at iteration 50."""
+def ray_runs(tiny_data: Path, tmp_path_factory, ray_session, s3_store: dict) -> dict:
+    """One uninterrupted 2-worker run, one whose rank-0 worker raises at iteration 30, one whose
+    rank-0 worker process is killed (SIGKILL) at iteration 50, and the same SIGKILL with
+    ``storage_path`` in S3 (checkpoints and Ray's run state there)."""
     from resnet_pipeline.training.driver import train
 
     root = tmp_path_factory.mktemp("ray_train")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     runs = {}
-    for name, inject, how in (("clean", None, "raise"), ("faulty", 30, "raise"), ("sigkilled", 50, "sigkill")):
-        cfg = TrainConfig(**RAY_TINY, storage_path=str(root / "results"), run_name=name, experiment="test-train",
+    for name, inject, how, storage in (("clean", None, "raise", root / "results"),
+                                       ("faulty", 30, "raise", root / "results"),
+                                       ("sigkilled", 50, "sigkill", root / "results"),
+                                       ("s3-sigkilled", 50, "sigkill", s3_store["uri"])):
+        cfg = TrainConfig(**RAY_TINY, storage_path=str(storage), run_name=name, experiment="test-train",
                           inject_failure_at=inject, inject_failure=how, max_failures=1)
         runs[name] = train(cfg, ModelConfig(depth=8), tiny_data, backend="dali-cpu", num_threads=2,
                            tracking_uri=uri)
+        runs[name]["checkpoints"] = join(storage, name, "checkpoints")
     return runs
 
 
 def _final_weights(summary: dict) -> dict[str, torch.Tensor]:
-    return CheckpointManager(Path(summary["run_dir"]) / "checkpoints").load_latest()["model"]
+    return CheckpointManager(summary["checkpoints"]).load_latest()["model"]
 
 
 def test_two_worker_run_learns(ray_runs: dict) -> None:
@@ -189,9 +219,9 @@ def test_two_worker_run_learns(ray_runs: dict) -> None:
     assert m["final_train_error"] < 0.5
 
 
-@pytest.mark.parametrize("run", ["faulty", "sigkilled"])
+@pytest.mark.parametrize("run", ["faulty", "sigkilled", "s3-sigkilled"])
 def test_worker_failure_restarts_from_checkpoint_bit_exactly(ray_runs: dict, run: str) -> None:
-    assert (Path(ray_runs[run]["run_dir"]) / ".failure_injected").exists()  # it did fail once
+    assert ".failure_injected" in CheckpointManager(ray_runs[run]["checkpoints"]).store.names()  # it did fail once
     assert ray_runs[run]["metrics"]["final_train_error"] == ray_runs["clean"]["metrics"]["final_train_error"]
     clean, faulty = _final_weights(ray_runs["clean"]), _final_weights(ray_runs[run])
     for name, w in clean.items():

@@ -222,26 +222,26 @@ def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
 # --- sweep overhead ----------------------------------------------------------------------------
 
 def bench_overhead(data_dir: str | Path, *, trials: int = 3, iterations: int = 1, batch_size: int = 128,
-                   depth: int = 20, backend: str = "dali-cpu") -> dict[str, Any]:
-    """Run a real sweep (`sweep.run_sweep`, one worker per trial) of ``trials`` tiny trials and split
-    each trial's wall time, from MLflow's timestamps, into:
+                   depth: int = 20, backend: str = "dali-cpu",
+                   launchers: tuple[str, ...] = ("in-trial", "ray-train")) -> dict[str, Any]:
+    """For each trial launcher (`sweep.trial_launcher`), one after the other in one Ray instance, run
+    a real sweep (`sweep.run_sweep`, one worker per trial) of ``trials`` tiny trials and split each
+    trial's wall time, from MLflow's timestamps, into:
 
     - ``gap_s``: previous trial's end (or the sweep's start) to this trial's MLflow run start: Tune
-      starting the trial, imports, validation, creating the MLflow run;
+      starting (or reusing) the trial's process, imports, validation, creating the MLflow run;
     - ``to_first_step_s``: run start to the first logged training window, less the steps in it: Ray
-      Train's controller and worker group, loaders (DALI pipeline builds), the model;
+      Train's controller and worker group (ray-train only), loaders (DALI pipeline builds), the model;
     - ``steps_s``: the training steps (``iterations`` x batch / images/s);
     - ``evaluation_s``: validation, checkpoint and the test pass;
     - ``model_logging_s``: logging the model to MLflow (torch.export);
     - ``end_s``: the last metric to the run's end (worker group shutdown, run status).
 
     ``overhead_s`` is everything but steps and evaluation. Ray's own start (``ray.init``) is timed
-    once, apart; the sweep's set-up (parent run, summary) is reported as ``sweep_fixed_s``.
+    once, apart; each sweep's set-up (parent run, summary) is reported as ``sweep_fixed_s``.
     """
     import ray
 
-    from resnet_pipeline import tracking
-    from resnet_pipeline.sweep import SweepConfig, run_sweep
     from resnet_pipeline.training.driver import check_data_dir
     from resnet_pipeline.training.ray_launch import init_ray
 
@@ -251,46 +251,56 @@ def bench_overhead(data_dir: str | Path, *, trials: int = 3, iterations: int = 1
     start = time.time()
     init_ray(workers=1)
     ray_start = time.time() - start
-    rows = []
+    sweeps = []
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
-            uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-            sweep = SweepConfig(depths=[depth], shortcuts=["A"], seeds=trials, name="bench-overhead",
-                                out=str(Path(tmp) / "metrics"))
-            train = TrainConfig(iterations=iterations, batch_size=batch_size, milestones=[iterations * 10],
-                                log_every=iterations, eval_every=iterations, checkpoint_every=iterations,
-                                workers=1, precision="fp32", experiment="bench-overhead",
-                                storage_path=str(Path(tmp) / "results"))
-            sweep_start = time.time()
-            summary = run_sweep(sweep, train, ModelConfig(depth=depth), data, backend=backend, num_threads=2,
-                                tracking_uri=uri)
-            sweep_wall = time.time() - sweep_start
-            runs = sorted((tracking.get_run(uri, t["run_id"]) for t in summary["trials"] if t["run_id"]),
-                          key=lambda r: r.info.start_time)
-            previous_end = sweep_start
-            for run in runs:
-                rid = run.info.run_id
-                run_start, run_end = run.info.start_time / 1000, run.info.end_time / 1000
-                first = min(tracking.metric_timestamps(uri, rid, "train_loss"))[1]
-                test = max(tracking.metric_timestamps(uri, rid, "test_error"))[1]
-                final = max(tracking.metric_timestamps(uri, rid, "final_test_error"))[1]
-                ips = tracking.metric_history(uri, rid, "images_per_s")[0][1]
-                steps = iterations * batch_size / ips
-                row = {"run_name": run.info.run_name, "status": run.info.status,
-                       "gap_s": run_start - previous_end, "to_first_step_s": first - run_start - steps,
-                       "steps_s": steps, "evaluation_s": test - first, "model_logging_s": final - test,
-                       "end_s": run_end - final, "wall_s": run_end - previous_end}
-                row["overhead_s"] = row["wall_s"] - steps - row["evaluation_s"]
-                rows.append(row)
-                previous_end = run_end
-            trial_time = sum(r["wall_s"] for r in rows)
+        for launcher in launchers:
+            sweeps.append(_overhead_sweep(data, launcher, trials, iterations, batch_size, depth, backend))
     finally:
         ray.shutdown()  # the instance this benchmark started
-    later = rows[1:] or rows  # the first trial also pays for Tune's start
     from resnet_pipeline.data.bench import machine_info
 
     return {"trials": trials, "iterations": iterations, "batch_size": batch_size, "depth": depth, "backend": backend,
-            "data_dir": str(data), "ray_start_s": ray_start, "sweep_wall_s": sweep_wall,
-            "sweep_fixed_s": sweep_wall - trial_time,
-            "overhead_per_trial_s": statistics.median(r["overhead_s"] for r in later),
-            "machine": {**machine_info(), "load": load_average()}, "results": rows}
+            "data_dir": str(data), "ray_start_s": ray_start, "sweeps": sweeps,
+            "machine": {**machine_info(), "load": load_average()}}
+
+
+def _overhead_sweep(data: Path, launcher: str, trials: int, iterations: int, batch_size: int, depth: int,
+                    backend: str) -> dict[str, Any]:
+    from resnet_pipeline import tracking
+    from resnet_pipeline.sweep import SweepConfig, run_sweep
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        sweep = SweepConfig(depths=[depth], shortcuts=["A"], seeds=trials, name=f"bench-overhead-{launcher}",
+                            out=str(Path(tmp) / "metrics"), max_concurrent=1, trial_launcher=launcher)
+        train = TrainConfig(iterations=iterations, batch_size=batch_size, milestones=[iterations * 10],
+                            log_every=iterations, eval_every=iterations, checkpoint_every=iterations,
+                            workers=1, precision="fp32", experiment="bench-overhead",
+                            storage_path=str(Path(tmp) / "results"))
+        sweep_start = time.time()
+        summary = run_sweep(sweep, train, ModelConfig(depth=depth), data, backend=backend, num_threads=2,
+                            tracking_uri=uri)
+        sweep_wall = time.time() - sweep_start
+        runs = sorted((tracking.get_run(uri, t["run_id"]) for t in summary["trials"] if t["run_id"]),
+                      key=lambda r: r.info.start_time)
+        previous_end = sweep_start
+        for run in runs:
+            rid = run.info.run_id
+            run_start, run_end = run.info.start_time / 1000, run.info.end_time / 1000
+            first = min(tracking.metric_timestamps(uri, rid, "train_loss"))[1]
+            test = max(tracking.metric_timestamps(uri, rid, "test_error"))[1]
+            final = max(tracking.metric_timestamps(uri, rid, "final_test_error"))[1]
+            ips = tracking.metric_history(uri, rid, "images_per_s")[0][1]
+            steps = iterations * batch_size / ips
+            row = {"launcher": launcher, "run_name": run.info.run_name, "status": run.info.status,
+                   "gap_s": run_start - previous_end, "to_first_step_s": first - run_start - steps,
+                   "steps_s": steps, "evaluation_s": test - first, "model_logging_s": final - test,
+                   "end_s": run_end - final, "wall_s": run_end - previous_end}
+            row["overhead_s"] = row["wall_s"] - steps - row["evaluation_s"]
+            rows.append(row)
+            previous_end = run_end
+        trial_time = sum(r["wall_s"] for r in rows)
+    later = rows[1:] or rows  # the first trial also pays for Tune's start
+    return {"launcher": launcher, "sweep_wall_s": sweep_wall, "sweep_fixed_s": sweep_wall - trial_time,
+            "overhead_per_trial_s": statistics.median(r["overhead_s"] for r in later), "results": rows}

@@ -1,8 +1,12 @@
 """Atomic checkpoints: keep the last N and the best on validation error.
 
-A checkpoint file appears complete or not at all: it is written to a temporary file in the same
-folder, flushed to disk, then renamed over its final name (a rename within one filesystem is
-atomic). A crash or a full disk mid-write leaves the previous checkpoints untouched.
+Checkpoints live in a local (or shared, e.g. NFS) folder, or under an object-store URI
+(``s3://bucket/prefix``, ``gs://...``; anything ``pyarrow.fs.FileSystem.from_uri`` opens, with the
+store's usual credentials, e.g. ``AWS_*`` variables and ``AWS_ENDPOINT_URL`` for S3-compatible
+stores). Either way a checkpoint appears complete or not at all: in a folder it is written to a
+temporary file, flushed to disk, then renamed over its final name (a rename within one filesystem is
+atomic); in an object store it is one upload, which the store publishes only once complete. A crash
+or a full disk mid-write leaves the previous checkpoints untouched. pyarrow is imported only for URIs.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 import os
 import re
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -23,6 +27,27 @@ BEST = "best.pt"
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message names the file."""
+
+
+def is_uri(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+def join(base: str | Path, *parts: str) -> str | Path:
+    """``base/parts`` for a folder (a Path) or a URI (a str; its query, if any, stays at the end)."""
+    if not is_uri(base):
+        return Path(base).joinpath(*parts)
+    head, sep, query = str(base).partition("?")
+    return "/".join([head.rstrip("/"), *parts]) + sep + query
+
+
+def display(location: str | Path) -> str:
+    """``location`` for messages and logs: a URI without credentials or query."""
+    if not is_uri(location):
+        return str(location)
+    scheme, _, rest = str(location).partition("://")
+    rest = rest.partition("?")[0]
+    return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -39,57 +64,114 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
+def _serialize(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)  # serialise fully in memory first: a failure here touches no file
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+class _Folder:
+    """Files of one folder on a local or shared filesystem."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def names(self) -> list[str]:
+        return [p.name for p in self.path.iterdir()] if self.path.is_dir() else []
+
+    def read(self, name: str) -> bytes:
+        return (self.path / name).read_bytes()
+
+    def write(self, name: str, data: bytes) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path / name, data)
+
+    def delete(self, name: str) -> None:
+        (self.path / name).unlink(missing_ok=True)
+
+
+class _ObjectPrefix:
+    """Objects under one prefix of an object store, through pyarrow's filesystems."""
+
+    def __init__(self, uri: str) -> None:
+        import pyarrow.fs
+
+        self.fs, self.root = pyarrow.fs.FileSystem.from_uri(uri)
+
+    def names(self) -> list[str]:
+        import pyarrow.fs
+
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, allow_not_found=True))
+        return [PurePosixPath(i.path).name for i in infos if i.type == pyarrow.fs.FileType.File]
+
+    def read(self, name: str) -> bytes:
+        import pyarrow.fs
+
+        key = f"{self.root}/{name}"
+        if self.fs.get_file_info(key).type != pyarrow.fs.FileType.File:
+            raise FileNotFoundError(key)
+        with self.fs.open_input_stream(key) as f:
+            return f.read()
+
+    def write(self, name: str, data: bytes) -> None:
+        with self.fs.open_output_stream(f"{self.root}/{name}") as f:  # published on close, whole
+            f.write(data)
+
+    def delete(self, name: str) -> None:
+        try:
+            self.fs.delete_file(f"{self.root}/{name}")
+        except FileNotFoundError:
+            pass
+
+
+def _store(location: str | Path) -> _Folder | _ObjectPrefix:
+    return _ObjectPrefix(str(location)) if is_uri(location) else _Folder(location)
 
 
 class CheckpointManager:
-    """Checkpoints of one run in ``directory``: ``ckpt_<iteration>.pt`` and ``best.pt``."""
+    """Checkpoints of one run in ``directory`` (a folder or a URI): ``ckpt_<iteration>.pt``, ``best.pt``."""
 
     def __init__(self, directory: str | Path, keep_last: int = 2) -> None:
-        self.directory = Path(directory)
+        self.directory = directory if is_uri(directory) else Path(directory)
         self.keep_last = keep_last
+        self.store = _store(self.directory)
 
     def iterations(self) -> list[int]:
-        if not self.directory.is_dir():
-            return []
-        return sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _NAME.match(p.name)))
+        return sorted(int(m.group(1)) for name in self.store.names() if (m := _NAME.match(name)))
 
-    def path(self, iteration: int) -> Path:
-        return self.directory / f"ckpt_{iteration:08d}.pt"
+    def path(self, iteration: int) -> str | Path:
+        return join(self.directory, _name(iteration))
 
     @property
-    def best_path(self) -> Path:
-        return self.directory / BEST
+    def best_path(self) -> str | Path:
+        return join(self.directory, BEST)
 
     def best_error(self) -> float | None:
-        meta = self.directory / "best.json"
-        return json.loads(meta.read_text())["val_error"] if meta.is_file() else None
+        try:
+            return json.loads(self.store.read("best.json"))["val_error"]
+        except FileNotFoundError:
+            return None
 
-    def save(self, state: dict[str, Any], iteration: int, val_error: float | None = None) -> Path:
+    def save(self, state: dict[str, Any], iteration: int, val_error: float | None = None) -> str | Path:
         """Write the checkpoint of ``iteration``; also as best.pt when ``val_error`` is a new best."""
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.path(iteration)
-            atomic_torch_save(state, path)
+            data = _serialize(state)
+            self.store.write(_name(iteration), data)
             best = self.best_error()
             if val_error is not None and (best is None or val_error < best):
-                atomic_torch_save(state, self.best_path)
-                atomic_write_bytes(self.directory / "best.json",
-                                   json.dumps({"iteration": iteration, "val_error": val_error}).encode())
+                self.store.write(BEST, data)
+                self.store.write("best.json", json.dumps({"iteration": iteration, "val_error": val_error}).encode())
         except OSError as exc:
             latest = self.latest()
             raise CheckpointError(
-                f"cannot write checkpoint for iteration {iteration} to {self.directory}: {exc.strerror or exc}; "
-                f"the previous checkpoint ({latest or 'none'}) is intact"
+                f"cannot write checkpoint for iteration {iteration} to {display(self.directory)}: "
+                f"{exc.strerror or exc}; the previous checkpoint ({display(latest) if latest else 'none'}) is intact"
             ) from exc
         for old in self.iterations()[: -self.keep_last]:
-            self.path(old).unlink(missing_ok=True)
-        return path
+            self.store.delete(_name(old))
+        return self.path(iteration)
 
-    def latest(self) -> Path | None:
+    def latest(self) -> str | Path | None:
         its = self.iterations()
         return self.path(its[-1]) if its else None
 
@@ -98,14 +180,35 @@ class CheckpointManager:
         latest = self.latest()
         return load_checkpoint(latest, map_location) if latest else None
 
+    def mark_once(self, name: str) -> bool:
+        """True, and ``name`` created beside the checkpoints, unless it already existed."""
+        if name in self.store.names():
+            return False
+        self.store.write(name, b"")
+        return True
+
+
+def _name(iteration: int) -> str:
+    return f"ckpt_{iteration:08d}.pt"
+
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
+    if is_uri(path):
+        head, sep, query = str(path).partition("?")
+        parent, _, name = head.rpartition("/")
+        store: _Folder | _ObjectPrefix = _ObjectPrefix(parent + sep + query)
+    else:
+        store, name = _Folder(Path(path).parent), Path(path).name
+    try:
+        data = store.read(name)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {display(path)}") from None
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {display(path)} is unreadable ({exc})") from exc
     try:
         # Our own files only (never a downloaded one): they hold numpy's RNG state, which
         # weights_only=True refuses.
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
     except Exception as exc:  # torch raises several types for a damaged file
-        raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); delete it to resume from an older one") from exc
+        raise CheckpointError(f"checkpoint {display(path)} is unreadable ({exc}); delete it to resume from an older "
+                              "one") from exc

@@ -12,11 +12,12 @@ import signal
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from resnet_pipeline.config import PROJECT_ROOT, ConfigError
 from resnet_pipeline.models import ModelConfig
 from resnet_pipeline.training.config import TrainConfig
+from resnet_pipeline.training.checkpoint import display, join
 from resnet_pipeline.training.loop import DataSource
 
 
@@ -81,12 +82,27 @@ def check_data_dir(data_dir: str | Path) -> Path:
     return path
 
 
-def resolve_storage(storage_path: str) -> Path:
-    """``train.storage_path`` made absolute here, on the driver (Ray workers change directory)."""
-    if "://" in storage_path:
-        # Checkpoints are written with file I/O (training/checkpoint.py), which an URI would bypass.
-        raise ConfigError(f"train.storage_path {storage_path!r}: object-store URIs are not supported yet; mount the "
-                          "bucket at the same path on every node (e.g. mountpoint-s3, gcsfuse) and give that path")
+def resolve_storage(storage_path: str) -> str | Path:
+    """``train.storage_path`` made absolute here, on the driver (Ray workers change directory); an
+    object-store URI is checked by writing and deleting a small object, before anything starts."""
+    from resnet_pipeline.training.checkpoint import is_uri
+
+    if is_uri(storage_path):
+        import uuid
+
+        from resnet_pipeline.training.checkpoint import _store
+
+        probe = f".write-check-{uuid.uuid4().hex}"
+        try:
+            store = _store(storage_path)
+            store.write(probe, b"")
+            store.delete(probe)
+        except (OSError, ValueError, ImportError) as exc:
+            raise ConfigError(f"train.storage_path {display(storage_path)}: cannot write there ({exc}); give a "
+                              "folder, or a URI pyarrow opens (s3://bucket/prefix, gs://bucket/prefix) with the "
+                              "store's credentials in the environment (for S3: AWS_ACCESS_KEY_ID, "
+                              "AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for S3-compatible stores)") from None
+        return storage_path
     p = Path(storage_path).expanduser()
     return p if p.is_absolute() else (Path.cwd() / p).resolve()
 
@@ -95,8 +111,13 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
           normalize: str = "per_pixel", num_threads: int = 2, aug: dict[str, Any] | None = None,
           launcher: str = "auto",
           tracking_uri: str | None = None, snapshot: dict[str, Any] | None = None,
-          parent_run_id: str | None = None, callbacks: list | None = None) -> dict[str, Any]:
+          parent_run_id: str | None = None, callbacks: list | None = None,
+          on_report: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train one model. Returns a summary dict (run id, name, metrics, checkpoint folder).
+
+    ``launcher``: "ray" (a Ray Train worker group; ``callbacks`` are its RunConfig callbacks),
+    "local" (this process trains; ``on_report`` gets the metrics Ray Train would get), or "auto"
+    (Ray when installed).
 
     ``aug``: ImageNet-kind geometry (`DataConfig.aug`: crop_size, resize_range, eval_resize,
     color_aug); None keeps the loader's defaults."""
@@ -129,24 +150,26 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
 
     run_name = train_cfg.run_name or default_run_name(model_cfg, train_cfg.seed)
     storage = resolve_storage(train_cfg.storage_path)
-    run_dir = storage / run_name
+    run_dir = join(storage, run_name)
     src = DataSource(str(data_path), backend, normalize, max(1, num_threads // train_cfg.workers), dict(aug or {}))
     snapshot = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
                 for k, v in (snapshot or {"model": model_cfg}).items()}
-    snapshot.update(train={**dataclasses.asdict(train_cfg), "run_name": run_name}, model=dataclasses.asdict(model_cfg))
+    # Logged and printed without the credentials a storage URI may carry; the workers get it whole.
+    shown = {**dataclasses.asdict(train_cfg), "run_name": run_name, "storage_path": display(train_cfg.storage_path)}
+    snapshot.update(train=shown, model=dataclasses.asdict(model_cfg))
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tags = {**environment_tags(train_cfg.workers), "depth": str(model_cfg.depth),
             "shortcut": model_cfg.resolved_shortcut(), "family": model_cfg.resolved_family(),
-            "seed": str(train_cfg.seed), "run_dir": str(run_dir)}
+            "seed": str(train_cfg.seed), "run_dir": display(run_dir)}
     run_id, previous = tracking.start_run(uri, train_cfg.experiment, run_name, snapshot, tags, parent_run_id)
-    summary = {"run_id": run_id, "run_name": run_name, "run_dir": str(run_dir), "tracking_uri": uri}
+    summary = {"run_id": run_id, "run_name": run_name, "run_dir": display(run_dir), "tracking_uri": uri}
     if previous == tracking.FINISHED:
         print(f"run '{run_name}' already finished (MLflow run {run_id}); nothing to do")
         metrics = tracking.get_run(uri, run_id).data.metrics
         return {**summary, "metrics": metrics, "resumed": False}
     print(f"{'resuming' if previous else 'starting'} run '{run_name}' (MLflow run {run_id}, {uri})")
-    print("resolved config: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(train_cfg).items()))
+    print("resolved config: " + ", ".join(f"{k}={v}" for k, v in shown.items() if k != "run_name"))
     print("model: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(model_cfg).items()))
 
     from resnet_pipeline.training.worker import run_worker, worker_config
@@ -161,7 +184,7 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
                 fit_with_ray(config, train_cfg.workers, train_cfg.use_gpu, run_name, storage,
                              train_cfg.max_failures, callbacks)
             else:
-                run_worker(config)
+                run_worker(config, report_to=on_report)
         status = tracking.FINISHED
     except KeyboardInterrupt:
         status = tracking.KILLED

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnet_pipeline.models import ModelConfig, ResNet, build_model
-from resnet_pipeline.training.checkpoint import CheckpointManager
+from resnet_pipeline.training.checkpoint import CheckpointManager, join
 from resnet_pipeline.training.config import TrainConfig
 from resnet_pipeline.training.schedule import PaperSchedule
 
@@ -196,18 +196,18 @@ class FitResult:
     iteration: int
     metrics: dict[str, float]
     model: ResNet
-    checkpoint_dir: Path
+    checkpoint_dir: str | Path  # a folder, or a URI
 
 
 def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str | Path, *, rank: int = 0,
         world_size: int = 1, device: torch.device | None = None, report: Report | None = None,
         config_snapshot: dict[str, Any] | None = None) -> FitResult:
-    """Train to ``cfg.iterations``, resuming from the newest checkpoint in ``run_dir/checkpoints``.
+    """Train to ``cfg.iterations``, resuming from the newest checkpoint in ``run_dir/checkpoints``
+    (``run_dir``: a folder, or an object-store URI such as ``s3://bucket/prefix/run``).
 
     ``report(metrics, iteration)`` is called on every rank at each logging window and evaluation,
     with the same (all-reduced) metrics, the same number of times on every rank.
     """
-    run_dir = Path(run_dir)
     device = device or resolve_device(cfg.use_gpu)
     threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // world_size)
     torch.set_num_threads(threads)
@@ -238,7 +238,7 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
                              warmup_max_iterations=cfg.warmup_max_iterations,
                              plateau_patience=cfg.plateau_patience, plateau_threshold=cfg.plateau_threshold)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ckpts = CheckpointManager(run_dir / "checkpoints", cfg.keep_checkpoints)
+    ckpts = CheckpointManager(join(run_dir, "checkpoints"), cfg.keep_checkpoints)
 
     iteration, epoch, batch_in_epoch, nonfinite_skipped = 0, 0, 0, 0
     state = ckpts.load_latest(map_location=device)
@@ -282,7 +282,6 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
     first_bad = torch.full((2,), -1.0, dtype=torch.float64, device=device)  # iteration, loss value
     window_start, window_iters = time.perf_counter(), 0
     metrics: dict[str, float] = {}
-    failure_marker = run_dir / ".failure_injected"
 
     while iteration < cfg.iterations:
         loader = probe if epoch == 0 and probe is not None else make_train_loader(
@@ -296,8 +295,7 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
             lr = schedule.step(iteration)
-            if cfg.inject_failure_at == iteration and rank == 0 and not failure_marker.exists():
-                failure_marker.touch()
+            if cfg.inject_failure_at == iteration and rank == 0 and ckpts.mark_once(".failure_injected"):
                 if cfg.inject_failure == "sigkill":
                     os.kill(os.getpid(), signal.SIGKILL)
                 raise InjectedFailure(f"injected failure at iteration {iteration} (train.inject_failure_at)")

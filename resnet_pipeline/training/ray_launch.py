@@ -17,9 +17,10 @@ from resnet_pipeline.config import ConfigError
 TRIAL_CPUS = 1
 
 
-def init_ray(workers: int, concurrent_trials: int = 1) -> None:
+def init_ray(workers: int, concurrent_trials: int = 1, trial_cpus: int = TRIAL_CPUS) -> None:
     """Connect to $RAY_ADDRESS, or start a local Ray instance sized for ``concurrent_trials`` trials
-    of ``workers`` workers (logical CPUs are accounting only; threads are set per worker)."""
+    of ``workers`` workers plus ``trial_cpus`` for each trial's own process (logical CPUs are
+    accounting only; threads are set per worker)."""
     import ray
 
     if ray.is_initialized():
@@ -28,7 +29,7 @@ def init_ray(workers: int, concurrent_trials: int = 1) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **quiet)
         return
-    num_cpus = max(os.cpu_count() or 1, concurrent_trials * (workers + TRIAL_CPUS))
+    num_cpus = max(os.cpu_count() or 1, concurrent_trials * (workers + trial_cpus))
     # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls; it
     # listens on 127.0.0.1 only.
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
@@ -68,35 +69,62 @@ def check_local_capacity(workers: int, use_gpu: str) -> None:
                           f"that has them")
 
 
-def check_storage(storage_path: Path) -> None:
-    """On a cluster of several nodes, ``storage_path`` must be one folder every node sees: Ray Train
+def check_storage(storage_path: str | Path) -> None:
+    """On a cluster of several nodes, ``storage_path`` must be one place every node sees: Ray Train
     restores a restarted worker group, possibly on other nodes, from the checkpoints there.
 
-    One node: nothing to check (the single-machine default is local). Several: a marker file
-    written here must be visible from every alive node, else ConfigError names the nodes.
+    One node: nothing to check (the single-machine default is local). Several: a marker written
+    here (a file in the folder, or an object under the URI) must be visible from every alive node,
+    else ConfigError names the nodes.
     """
     import uuid
 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from resnet_pipeline.training.checkpoint import _store, display, is_uri
+
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) <= 1:
         return
-    storage_path.mkdir(parents=True, exist_ok=True)
-    marker = storage_path / f".shared-check-{uuid.uuid4().hex}"
-    marker.write_text("written by the driver; every node must see this file\n")
+    marker = f".shared-check-{uuid.uuid4().hex}"
+    store = _store(storage_path)
+    store.write(marker, b"written by the driver; every node must see this\n")
     try:
-        exists = ray.remote(num_cpus=0)(os.path.exists)
-        seen = ray.get([exists.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                        .remote(str(marker)) for n in nodes], timeout=120)
+        sees = ray.remote(num_cpus=0)(_sees)
+        seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                        .remote(str(storage_path), marker) for n in nodes], timeout=120)
     finally:
-        marker.unlink(missing_ok=True)
+        store.delete(marker)
     blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok]
     if blind:
-        raise ConfigError(f"train.storage_path is required on a cluster of {len(nodes)} nodes: {storage_path} is not "
-                          f"visible from node(s) {', '.join(blind)}; set train.storage_path (or --storage-path) to a "
-                          "folder every node mounts at the same path (e.g. NFS)")
+        how = ("an object-store URI every node can reach with the same credentials" if is_uri(storage_path) else
+               "a folder every node mounts at the same path (e.g. NFS), or an object-store URI (s3://bucket/prefix)")
+        raise ConfigError(f"train.storage_path is required on a cluster of {len(nodes)} nodes: "
+                          f"{display(storage_path)} is not visible from node(s) {', '.join(blind)}; set "
+                          f"train.storage_path (or --storage-path) to {how}")
+
+
+def _sees(storage_path: str, name: str) -> bool:
+    from resnet_pipeline.training.checkpoint import _store
+
+    try:
+        return name in _store(storage_path).names()
+    except OSError:  # e.g. no credentials for the object store on this node
+        return False
+
+
+def ray_storage(storage_path: str | Path) -> dict[str, Any]:
+    """RunConfig's storage arguments: a folder as is; a URI resolved here to a pyarrow filesystem and
+    a path in it (Ray would re-parse the URI, and its query, on every process)."""
+    from resnet_pipeline.training.checkpoint import is_uri
+
+    if not is_uri(storage_path):
+        return {"storage_path": str(storage_path)}
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(str(storage_path))
+    return {"storage_path": path, "storage_filesystem": fs}
 
 
 def _ray_worker_fn(config: dict[str, Any]) -> None:
@@ -115,7 +143,7 @@ def _ray_worker_fn(config: dict[str, Any]) -> None:
         pass
     ctx = ray.train.get_context()
     run_worker(config, rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
-               device=ray.train.torch.get_device(), ray_report=True)
+               device=ray.train.torch.get_device(), report_to=ray.train.report)
 
 
 def use_gpu_resolved(use_gpu: str) -> bool:
@@ -128,7 +156,7 @@ def use_gpu_resolved(use_gpu: str) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def fit_with_ray(config: dict[str, Any], workers: int, use_gpu: str, run_name: str, storage_path: Path,
+def fit_with_ray(config: dict[str, Any], workers: int, use_gpu: str, run_name: str, storage_path: str | Path,
                  max_failures: int, extra_callbacks: list | None = None) -> dict[str, Any]:
     """Run the worker group to completion; returns the last reported metrics of rank 0."""
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -143,7 +171,7 @@ def fit_with_ray(config: dict[str, Any], workers: int, use_gpu: str, run_name: s
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name=run_name, storage_path=str(storage_path),
+        run_config=RunConfig(name=run_name, **ray_storage(storage_path),
                              failure_config=FailureConfig(max_failures=max_failures),
                              callbacks=extra_callbacks or None, logging_config=LoggingConfig("WARNING")),
     )

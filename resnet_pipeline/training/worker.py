@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -18,10 +18,10 @@ class Reporter:
     """Called by `fit` on every rank; rank 0 prints a progress line and logs to MLflow."""
 
     def __init__(self, rank: int, total: int, tracking_uri: str | None, run_id: str | None,
-                 ray_report: bool = False) -> None:
+                 report_to: Callable[[dict[str, float]], None] | None = None) -> None:
         self.rank, self.total = rank, total
         self.tracking_uri, self.run_id = tracking_uri, run_id
-        self.ray_report = ray_report
+        self.report_to = report_to  # ray.train.report in a Ray Train worker, ray.tune.report in a Tune trial
         self.started = time.perf_counter()
         self.first_step: int | None = None
         self.latest: dict[str, float] = {}  # every metric's last value, so each Ray report carries all
@@ -36,10 +36,8 @@ class Reporter:
             self.print(metrics, step)
         # Ray (and through it Tune's schedulers, which rank trials on val_error) gets a report once
         # a validation error exists; every rank reaches this point equally often, as Ray requires.
-        if self.ray_report and "val_error" in self.latest:
-            import ray.train
-
-            ray.train.report({**self.latest, "iteration": step})
+        if self.report_to is not None and "val_error" in self.latest:
+            self.report_to({**self.latest, "iteration": step})
 
     def print(self, m: dict[str, float], step: int) -> None:
         if self.first_step is None:
@@ -67,14 +65,17 @@ def _fmt(seconds: float) -> str:
 
 
 def run_worker(config: dict[str, Any], rank: int = 0, world_size: int = 1, device=None,
-               ray_report: bool = False) -> FitResult:
-    """Train from a plain dict (what Ray ships to each worker) and, on rank 0, log the final model."""
+               report_to: Callable[[dict[str, float]], None] | None = None) -> FitResult:
+    """Train from a plain dict (what Ray ships to each worker) and, on rank 0, log the final model.
+
+    ``report_to`` receives every metric's latest value (plus ``iteration``) at each logging window
+    and evaluation once a validation error exists, on every rank."""
     train_cfg = TrainConfig(**config["train"])
     model_cfg = ModelConfig(**config["model"])
     src = DataSource(**config["data"])
     device = device or resolve_device(train_cfg.use_gpu)
     uri, run_id = config.get("tracking_uri"), config.get("run_id")
-    reporter = Reporter(rank, train_cfg.iterations, uri, run_id, ray_report)
+    reporter = Reporter(rank, train_cfg.iterations, uri, run_id, report_to)
     result = fit(train_cfg, model_cfg, src, config["run_dir"], rank=rank, world_size=world_size, device=device,
                  report=reporter, config_snapshot=config.get("snapshot"))
     if rank == 0 and run_id:
