@@ -97,7 +97,8 @@ def prepare(params_file: str | None, dataset: str | None, source: str | None, ou
 @click.option("--run-name", default=None, help="Run name; the same name again resumes an unfinished run.")
 @click.option("--experiment", default=None, help="Override train.experiment (the MLflow experiment).")
 @click.option("--storage-path", default=None,
-              help="Override train.storage_path (checkpoints, Ray results); on several nodes, a folder all share.")
+              help="Override train.storage_path (checkpoints, Ray results): a folder or s3://bucket/prefix; on "
+                   "several nodes, one all see.")
 def train(params_file: str | None, data_dir: str | None, depth: int | None, shortcut: str | None,
           iterations: int | None, batch_size: int | None, workers: int | None, lr: float | None, seed: int | None,
           run_name: str | None, experiment: str | None, storage_path: str | None) -> None:
@@ -139,7 +140,8 @@ def train(params_file: str | None, data_dir: str | None, depth: int | None, shor
               help="Train in the Tune trial's process (one worker) or on a Ray Train worker group; "
                    "auto: in-trial for one worker.")
 @click.option("--storage-path", default=None,
-              help="Override train.storage_path (checkpoints, Ray results); on several nodes, a folder all share.")
+              help="Override train.storage_path (checkpoints, Ray results): a folder or s3://bucket/prefix; on "
+                   "several nodes, one all see.")
 @click.option("--dry-run", is_flag=True, help="List the trials and estimate their compute; train nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (or dry run) as JSON.")
 def sweep(params_file: str | None, data_dir: str | None, depths: str | None, shortcuts: str | None,

@@ -277,7 +277,10 @@ def down(state_dir: Path | None = None, timeout_s: float = 30) -> list[int]:
             pass
     psutil.wait_procs(alive, timeout=10)
     if state.get("temp_dir"):
-        save_job_logs(Path(state["temp_dir"]), state_dir / JOB_LOGS)
+        try:
+            save_job_logs(Path(state["temp_dir"]), state_dir / JOB_LOGS)
+        except OSError as exc:  # keep stopping: the processes are gone, the state must go too
+            print(f"warning: could not save the job logs to {state_dir / JOB_LOGS}: {exc}", file=sys.stderr)
         shutil.rmtree(state["temp_dir"], ignore_errors=True)  # Ray's session logs of this head
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     return [p.pid for p in everything]

@@ -257,6 +257,9 @@ def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConf
             raise ConfigError(f"train.use_gpu={train.use_gpu} but the Ray cluster has no GPU; set train.use_gpu: off")
         trial_resources["GPU"] = 1
     concurrent = sweep.max_concurrent or max(1, int(cpus // per_trial))
+    if in_trial and not train.threads_per_worker:
+        # The trials at once share the cores: each gets its part (not all of them, as one worker would).
+        base["train"] = {**base["train"], "threads_per_worker": max(1, int(cpus // concurrent))}
     scheduler = None
     if sweep.asha:
         from ray.tune.schedulers import ASHAScheduler
@@ -269,7 +272,10 @@ def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConf
         tune.with_resources(_trial_fn, trial_resources),
         param_space={"base": base, "trial": tune.grid_search(todo)},
         # reuse_actors: the next trial runs in the finished one's process, its imports already done.
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, scheduler=scheduler, reuse_actors=True),
+        # Only for in-trial trials that end by themselves: a trial ASHA stops (or a Ray Train trial,
+        # whose thread waits on its controller) may not wind down within Tune's reset timeout.
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, scheduler=scheduler,
+                                    reuse_actors=in_trial and not sweep.asha),
         run_config=tune.RunConfig(name=f"{sweep.name}-tune-{dt.datetime.now():%Y%m%d-%H%M%S}",
                                   **ray_storage(storage), verbose=0,
                                   # In-trial, a crashed trial is retried by Tune (it resumes from its

@@ -107,8 +107,9 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    """One local Ray instance shared by every test that needs it (starting Ray costs seconds)."""
+def ray_session(s3_store: dict) -> Iterator[None]:
+    """One local Ray instance shared by every test that needs it (starting Ray costs seconds). It
+    starts after `s3_store`, so that its processes have the S3 endpoint and credentials."""
     import ray
 
     from resnet_pipeline.training.ray_launch import init_ray
@@ -122,8 +123,9 @@ def ray_session() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def s3_store() -> Iterator[dict]:
-    """A real S3 API on 127.0.0.1 (moto's server) with one bucket. ``uri`` carries the endpoint and
-    test credentials itself, so that the processes of the shared Ray instance reach it too."""
+    """A real S3 API on 127.0.0.1 (moto's server) with one bucket, reached as a user reaches MinIO:
+    ``AWS_ENDPOINT_URL`` and credentials in the environment, set before the shared Ray instance
+    starts (its processes inherit them), and a plain ``s3://ckpt/results`` URI."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -131,14 +133,21 @@ def s3_store() -> Iterator[dict]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", aws_access_key_id="test",
-                          aws_secret_access_key="test", region_name="us-east-1")
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1")
     client.create_bucket(Bucket="ckpt")
     try:
-        yield {"client": client, "bucket": "ckpt",
-               "uri": f"s3://test:test@ckpt/results?endpoint_override={host}:{port}&scheme=http&region=us-east-1"}
+        yield {"client": client, "bucket": "ckpt", "uri": "s3://ckpt/results"}
     finally:
         server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def s3_keys(store: dict, prefix: str = "") -> list[str]:

@@ -41,13 +41,28 @@ def join(base: str | Path, *parts: str) -> str | Path:
     return "/".join([head.rstrip("/"), *parts]) + sep + query
 
 
+# User info at the start of a URI's authority: "key:secret@" (the secret may hold an unescaped "/")
+# or "user@".
+_USERINFO = re.compile(r"[^/?@]*:[^?@]*@|[^/?@]*@")
+
+
 def display(location: str | Path) -> str:
-    """``location`` for messages and logs: a URI without credentials or query."""
+    """``location`` for messages and logs: a URI without credentials (user info) or query."""
     if not is_uri(location):
         return str(location)
     scheme, _, rest = str(location).partition("://")
-    rest = rest.partition("?")[0]
-    return f"{scheme}://{rest.rpartition('@')[2]}"
+    if m := _USERINFO.match(rest):
+        rest = rest[m.end():]
+    return f"{scheme}://{rest.partition('?')[0]}"
+
+
+def credentials_in(uri: str) -> bool:
+    """Whether a URI carries secrets (user info, or pyarrow's access_key/secret_key/session_token)."""
+    from urllib.parse import parse_qs
+
+    rest = str(uri).partition("://")[2]
+    return bool(_USERINFO.match(rest)) or bool(
+        {"access_key", "secret_key", "session_token"} & set(parse_qs(rest.partition("?")[2])))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -85,23 +85,29 @@ def check_data_dir(data_dir: str | Path) -> Path:
 def resolve_storage(storage_path: str) -> str | Path:
     """``train.storage_path`` made absolute here, on the driver (Ray workers change directory); an
     object-store URI is checked by writing and deleting a small object, before anything starts."""
-    from resnet_pipeline.training.checkpoint import is_uri
+    from resnet_pipeline.training.checkpoint import credentials_in, is_uri
 
     if is_uri(storage_path):
         import uuid
 
         from resnet_pipeline.training.checkpoint import _store
 
+        how = ("give a folder, or a URI pyarrow opens (s3://bucket/prefix, gs://bucket/prefix) with the store's "
+               "credentials in the environment (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, "
+               "and AWS_ENDPOINT_URL for S3-compatible stores)")
+        if credentials_in(storage_path):
+            # Tune and MLflow record the config; a secret in it would be written to their files.
+            raise ConfigError(f"train.storage_path {display(storage_path)}: credentials in the URI are not accepted, "
+                              f"since run records store it; {how}")
         probe = f".write-check-{uuid.uuid4().hex}"
         try:
             store = _store(storage_path)
             store.write(probe, b"")
             store.delete(probe)
         except (OSError, ValueError, ImportError) as exc:
-            raise ConfigError(f"train.storage_path {display(storage_path)}: cannot write there ({exc}); give a "
-                              "folder, or a URI pyarrow opens (s3://bucket/prefix, gs://bucket/prefix) with the "
-                              "store's credentials in the environment (for S3: AWS_ACCESS_KEY_ID, "
-                              "AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for S3-compatible stores)") from None
+            cause = str(exc).replace(str(storage_path), display(storage_path))
+            raise ConfigError(f"train.storage_path {display(storage_path)}: cannot write there ({cause}); "
+                              f"{how}") from None
         return storage_path
     p = Path(storage_path).expanduser()
     return p if p.is_absolute() else (Path.cwd() / p).resolve()
