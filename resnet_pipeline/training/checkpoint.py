@@ -139,7 +139,8 @@ class _ObjectPrefix:
             pass
 
 
-def _store(location: str | Path) -> _Folder | _ObjectPrefix:
+def open_store(location: str | Path) -> _Folder | _ObjectPrefix:
+    """The files of a folder, or the objects under a URI, behind one small interface."""
     return _ObjectPrefix(str(location)) if is_uri(location) else _Folder(location)
 
 
@@ -149,7 +150,7 @@ class CheckpointManager:
     def __init__(self, directory: str | Path, keep_last: int = 2) -> None:
         self.directory = directory if is_uri(directory) else Path(directory)
         self.keep_last = keep_last
-        self.store = _store(self.directory)
+        self.store = open_store(self.directory)
 
     def iterations(self) -> list[int]:
         return sorted(int(m.group(1)) for name in self.store.names() if (m := _NAME.match(name)))
@@ -192,8 +193,8 @@ class CheckpointManager:
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
         """The newest checkpoint, or None. An unreadable one raises (it is never skipped silently)."""
-        latest = self.latest()
-        return load_checkpoint(latest, map_location) if latest else None
+        its = self.iterations()
+        return _load(self.store, _name(its[-1]), self.path(its[-1]), map_location) if its else None
 
     def mark_once(self, name: str) -> bool:
         """True, and ``name`` created beside the checkpoints, unless it already existed."""
@@ -214,6 +215,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         store: _Folder | _ObjectPrefix = _ObjectPrefix(parent + sep + query)
     else:
         store, name = _Folder(Path(path).parent), Path(path).name
+    return _load(store, name, path, map_location)
+
+
+def _load(store: _Folder | _ObjectPrefix, name: str, path: str | Path,
+          map_location: str | torch.device) -> dict[str, Any]:
     try:
         data = store.read(name)
     except FileNotFoundError:

@@ -90,7 +90,7 @@ def resolve_storage(storage_path: str) -> str | Path:
     if is_uri(storage_path):
         import uuid
 
-        from resnet_pipeline.training.checkpoint import _store
+        from resnet_pipeline.training.checkpoint import open_store
 
         how = ("give a folder, or a URI pyarrow opens (s3://bucket/prefix, gs://bucket/prefix) with the store's "
                "credentials in the environment (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, "
@@ -101,7 +101,7 @@ def resolve_storage(storage_path: str) -> str | Path:
                               f"since run records store it; {how}")
         probe = f".write-check-{uuid.uuid4().hex}"
         try:
-            store = _store(storage_path)
+            store = open_store(storage_path)
             store.write(probe, b"")
             store.delete(probe)
         except (OSError, ValueError, ImportError) as exc:

@@ -82,13 +82,13 @@ def check_storage(storage_path: str | Path) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from resnet_pipeline.training.checkpoint import _store, display, is_uri
+    from resnet_pipeline.training.checkpoint import display, is_uri, open_store
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) <= 1:
         return
     marker = f".shared-check-{uuid.uuid4().hex}"
-    store = _store(storage_path)
+    store = open_store(storage_path)
     store.write(marker, b"written by the driver; every node must see this\n")
     try:
         sees = ray.remote(num_cpus=0)(_sees)
@@ -106,10 +106,10 @@ def check_storage(storage_path: str | Path) -> None:
 
 
 def _sees(storage_path: str, name: str) -> bool:
-    from resnet_pipeline.training.checkpoint import _store
+    from resnet_pipeline.training.checkpoint import open_store
 
     try:
-        return name in _store(storage_path).names()
+        return name in open_store(storage_path).names()
     except OSError:  # e.g. no credentials for the object store on this node
         return False
 
