@@ -329,15 +329,17 @@ def test_dali_cpu_eval_shapes_dtypes_and_normalisation(cifar_like, normalize):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_train_augmentation_pads_crops_and_flips(cifar_like, backend):
+@pytest.mark.parametrize("normalize", ["per_pixel", "per_channel"])
+def test_train_augmentation_pads_crops_and_flips(cifar_like, backend, normalize):
     m = load_manifest(cifar_like)
-    loader = make_loader(cifar_like, "train", train=True, batch_size=8, backend=backend, seed=3)
+    loader = make_loader(cifar_like, "train", train=True, batch_size=8, backend=backend, seed=3, normalize=normalize)
     n_train = m["splits"]["train"]["count"]
     assert len(loader) == n_train // 8
     images, labels = next(iter(loader))
     assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32 and labels.dtype == torch.int64
     raw, raw_labels = _decoded(cifar_like, "train")
-    normalised = ((raw - np.load(cifar_like / "mean.npy")) / np.asarray(m["std"], np.float32)).transpose(0, 3, 1, 2)
+    mean = np.load(cifar_like / "mean.npy") if normalize == "per_pixel" else np.asarray(m["mean"], np.float32)
+    normalised = ((raw - mean) / np.asarray(m["std"], np.float32)).transpose(0, 3, 1, 2)
     # Every output is its source image shifted by (dy, dx) in [-4, 4] with zero fill, maybe mirrored.
     shifts = set()
     for x, y in zip(images.numpy(), labels.numpy()):
@@ -375,19 +377,24 @@ def test_two_shards_see_every_eval_sample_exactly_once(cifar_like, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_train_shards_step_together_and_partition_an_epoch(cifar_like, backend):
+@pytest.mark.parametrize("num_shards, batch_size", [(3, 4), (2, 5)])
+def test_train_shards_step_together_and_partition_an_epoch(cifar_like, backend, num_shards, batch_size):
+    # 51 train images. 3 ranks x batch 4: DALI reads each rank through two pipelines of batch 2, on
+    # shards of 8 and 9 images. 2 ranks x batch 5 (odd: one pipeline): shards of 25 and 26. In both,
+    # the shortest shard is a whole number of sub-batches and the longer one has one image more.
     n_train = load_manifest(cifar_like)["splits"]["train"]["count"]
+    assert n_train == 51
     sums, steps = [], []
-    for shard in range(3):
+    for shard in range(num_shards):
         # pad=0: the crop is the identity; an image's row sums are unchanged by the flip.
-        loader = make_loader(cifar_like, "train", train=True, batch_size=4, backend=backend, shard_id=shard,
-                             num_shards=3, pad=0, num_threads=1, seed=5)
-        epochs = [[b for b in loader] for _ in range(2)]
+        loader = make_loader(cifar_like, "train", train=True, batch_size=batch_size, backend=backend,
+                             shard_id=shard, num_shards=num_shards, pad=0, num_threads=1, seed=5)
+        epochs = [[b for b in loader] for _ in range(3)]
         steps.append([len(loader)] + [len(e) for e in epochs])
         sums.append([[tuple(x.sum(dim=(0, 2)).round(decimals=2).tolist()) for x in torch.cat([b[0] for b in e])]
                      for e in epochs])
-    assert all(s == [(n_train // 3) // 4] * 3 for s in steps), steps
-    for epoch in range(2):
+    assert all(s == [(n_train // num_shards) // batch_size] * 4 for s in steps), steps
+    for epoch in range(3):
         flat = [s for shard in sums for s in shard[epoch]]
         assert len(set(flat)) == len(flat), f"an image appeared twice in epoch {epoch} across ranks"
     assert sums[0][0] != sums[0][1], "each epoch is reshuffled"

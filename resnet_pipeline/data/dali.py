@@ -5,6 +5,7 @@ The only module that imports DALI. The transforms are those described in `loader
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator
 
 import numpy as np
@@ -37,10 +38,10 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
             # shared seed makes it), then each rank reads its contiguous shard of it.
             shuffle_after_epoch=spec.train, **({"shuffle_after_epoch_seed": spec.seed} if spec.train else {}),
             # Each shard is padded to whole batches with repeats of its last sample, which the
-            # iterator drops again (PARTIAL in evaluation; DROP in training, where the shard's last,
-            # incomplete batch goes too). So an epoch ends where the reader's shard ends, and the
-            # next one starts on a fresh shard instead of on the previous epoch's leftovers (which
-            # would put a sample on two ranks in the same epoch). Evaluation keeps its shard.
+            # iterator cuts again (PARTIAL; training then drops what lies past the common number of
+            # batches, see DaliLoader). So an epoch ends where the reader's shard ends, and the next
+            # one starts on a fresh shard instead of on the previous epoch's leftovers (which would
+            # put a sample on two ranks in the same epoch). Evaluation keeps its shard.
             stick_to_shard=not spec.train, pad_last_batch=True,
             # Plain reads: for small files (CIFAR's are ~1 KB) an mmap per file costs more than it saves.
             dont_use_mmap=True)
@@ -48,21 +49,25 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
         # need not look for one; the torch backend does not either.
         images = fn.decoders.image(encoded, device="mixed" if device == "gpu" else "cpu",
                                    output_type=types.RGB, adjust_orientation=False)  # HWC uint8
+        outputs = []
         if spec.kind == "cifar":
-            # Subtract the mean at the stored resolution, where the per-pixel mean is aligned; the
-            # padding added next is then 0, the mean colour. The mean is a full HxWx3 tensor in both
-            # modes (per_channel tiles it): a same-shape subtraction is much cheaper in DALI than a
-            # broadcast one, and the division by the std is fused into crop_mirror_normalize.
-            height, width = spec.image_size
-            mean = spec.mean_image if spec.mean_image is not None else np.broadcast_to(
-                np.asarray(spec.mean, np.float32), (height, width, 3))
-            images = images - constant(mean)  # float32 HWC
+            # Each DALI CPU operator costs 10-17 us per 32x32 image whatever its arithmetic (its
+            # per-sample overhead), so the pipeline runs the fewest: a uint8 pad + crop and one
+            # crop_mirror_normalize (flip, divide by the std, HWC -> CHW, float). The mean, whether
+            # per pixel or per channel, is subtracted by the loader on the whole batch: it returns
+            # each sample's shift and flip, which select the mean image shifted and flipped alike
+            # (see `mean_table`). The result is the same as subtracting the mean at the stored
+            # resolution and padding with zeros (the mean colour, after normalising).
+            mirror = 0
             if spec.train:
                 # Sec. 4.2: pad 4 pixels, random 32x32 crop = shift the window by an integer in [-4, 4].
+                height, width = spec.image_size
                 shift = fn.random.uniform(values=[float(v) for v in range(-spec.pad, spec.pad + 1)], shape=[2])
                 images = fn.slice(images, shift, np.array([width, height], np.float32), axis_names="WH",
                                   normalized_anchor=False, normalized_shape=False, out_of_bounds_policy="pad")
-            images = fn.crop_mirror_normalize(images, mirror=fn.random.coin_flip() if spec.train else 0,
+                mirror = fn.random.coin_flip()
+                outputs = [shift, mirror]
+            images = fn.crop_mirror_normalize(images, mirror=mirror, mean=[0.0] * 3,
                                               std=[float(s) for s in spec.std], dtype=types.FLOAT,
                                               output_layout="CHW")
         else:
@@ -92,14 +97,60 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
             offset = sum(alpha[i] * constant(components[:, i], on="cpu") for i in range(3))  # per sample, on the CPU
             offset = fn.reshape(offset, shape=[3, 1, 1])
             images = images + (offset.gpu() if device == "gpu" else offset)
-        # On the GPU, labels go there too: both outputs then come out on the same device.
-        return images, (labels.gpu() if device == "gpu" else labels)
+        # On the GPU, labels (and shifts and flips) go there too: every output then comes out on the
+        # same device.
+        return (images, *[(x.gpu() if device == "gpu" else x) for x in (labels, *outputs)])
 
     return pipeline()
 
 
+def mean_table(spec: LoaderSpec) -> torch.Tensor:
+    """What the loader subtracts from a CIFAR-kind batch after `build_pipeline`: mean / std (the
+    per-pixel mean image, or the per-channel mean as a constant image), [1, 3, H, W] in evaluation;
+    in training the same shifted and flipped as each sample was (zeros where the shift pads), one
+    entry per (shift y, shift x, flip): [(2 pad + 1)^2 * 2, 3, H, W], indexed by `table_index`."""
+    height, width = spec.image_size
+    mean = spec.mean_image if spec.mean_image is not None else np.broadcast_to(
+        np.asarray(spec.mean, np.float32), (height, width, 3))
+    mean = torch.from_numpy(np.ascontiguousarray(mean, np.float32)).permute(2, 0, 1)
+    mean = mean / torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
+    if not spec.train:
+        return mean[None].contiguous()
+    p = spec.pad
+    padded = torch.nn.functional.pad(mean, (p, p, p, p))
+    shifted = torch.stack([padded[:, p + dy:p + dy + height, p + dx:p + dx + width]
+                           for dy in range(-p, p + 1) for dx in range(-p, p + 1)])
+    return torch.stack([shifted, shifted.flip(-1)], dim=1).reshape(-1, 3, height, width).contiguous()
+
+
+def table_index(shift: torch.Tensor, flip: torch.Tensor, pad: int) -> torch.Tensor:
+    """Rows of `mean_table` for DALI's per-sample shifts ([N, 2] as (x, y)) and flips ([N])."""
+    x, y = (shift.reshape(-1, 2).round().long() + pad).unbind(1)
+    return (y * (2 * pad + 1) + x) * 2 + flip.reshape(-1).long()
+
+
+def pipeline_parts(spec: LoaderSpec, device: str) -> int:
+    """How many DALI pipelines feed one training loader on the CPU: 2 when the batch splits
+    evenly, else 1 (and 1 in evaluation, on the GPU, and for batches of one).
+
+    Each part runs ``num_threads`` threads. A pipeline waits for each operator to finish the whole
+    batch before the next one starts, and leaves the cores idle meanwhile; a second pipeline fills
+    those gaps. Measured on 2 cores: two pipelines of 2 threads 1.25-1.4x the images/s of one of 2
+    threads (`docs/benchmarks.md`).
+    """
+    if device != "cpu" or not spec.train or spec.batch_size % 2:
+        return 1
+    return 2
+
+
 class DaliLoader(SpecLoader):
-    """Iterable over epochs of (images float32 [N,3,H,W], labels int64 [N]); see `make_loader`."""
+    """Iterable over epochs of (images float32 [N,3,H,W], labels int64 [N]); see `make_loader`.
+
+    A training loader on the CPU may read through several pipelines (`pipeline_parts`): part p of this
+    rank is shard ``shard_id * parts + p`` of ``num_shards * parts``, so the parts together read
+    exactly this rank's shard, and each batch joins one sub-batch of every part. Every part steps
+    the same number of batches per epoch (``len(self)``; see `LoaderSpec.__len__`).
+    """
 
     def __init__(self, spec: LoaderSpec, *, device: str = "cpu", device_id: int | None = None):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -108,27 +159,70 @@ class DaliLoader(SpecLoader):
             device_id = None
         self.spec = spec
         self.backend = f"dali-{device}"
-        self._pipeline = build_pipeline(spec, device=device, device_id=device_id)
-        # DROP: every rank steps (N // S) // batch batches (the iterator rounds each shard down to
-        # N // S samples). PARTIAL: the padded repeats are cut from the last batch.
-        self._iterator = DALIGenericIterator(
-            self._pipeline, ["images", "labels"], reader_name=READER,
-            last_batch_policy=LastBatchPolicy.DROP if spec.train else LastBatchPolicy.PARTIAL)
+        parts = pipeline_parts(spec, device)
+        specs = [spec] if parts == 1 else [
+            dataclasses.replace(spec, shard_id=spec.shard_id * parts + p, num_shards=spec.num_shards * parts,
+                                batch_size=spec.batch_size // parts)
+            for p in range(parts)]
+        self._names = ["images", "labels"] + (["shift", "flip"] if spec.kind == "cifar" and spec.train else [])
+        # PARTIAL: the iterator yields each shard whole, the padded repeats cut from its last
+        # batch, and takes every batch the reader made for the epoch (with DROP it leaves one in
+        # the pipeline when a shard is a sample longer than the shortest and that one is a
+        # multiple of the batch: the next epoch would start with it). Training stops each part
+        # after the same number of full batches and throws the rest of the epoch away.
+        self._iterators = [
+            DALIGenericIterator(build_pipeline(s, device=device, device_id=device_id), self._names,
+                                reader_name=READER, last_batch_policy=LastBatchPolicy.PARTIAL)
+            for s in specs]
+        self._mean = None
+        if spec.kind == "cifar":
+            self._mean = mean_table(spec).to("cuda" if device == "gpu" else "cpu")
         self._open = False  # an epoch was started and not finished
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._open:
-            # DALI cannot restart mid-epoch; finish the abandoned one so this pass starts afresh.
-            for _ in self._iterator:
-                pass
+            self._finish_epoch()  # DALI cannot restart mid-epoch; finish the abandoned one first
         self._open = True
         produced = 0
-        for batch in self._iterator:
-            images, labels = batch[0]["images"], batch[0]["labels"]
+        iterators = [iter(iterator) for iterator in self._iterators]
+        while not self.spec.train or produced < len(self):
+            try:
+                parts = [next(iterator)[0] for iterator in iterators]
+            except StopIteration:
+                break
+            images = self._join([part["images"] for part in parts], parts)
+            labels = parts[0]["labels"] if len(parts) == 1 else torch.cat([part["labels"] for part in parts])
             if images.shape[0] == 0:
                 continue  # a shard one sample shorter than the longest can end in an empty batch
             produced += 1
             yield images, labels.reshape(-1).long()  # DALI gives int32 [N, 1]
+        self._finish_epoch()
         self._open = False
         if produced != len(self):  # ranks would fall out of step; fail loudly instead
             raise RuntimeError(f"DALI produced {produced} batches in an epoch, expected {len(self)}")
+
+    def _finish_epoch(self) -> None:
+        """Run every iterator to the end of its epoch (`next`, not `iter`: iter() on an iterator
+        whose epoch has ended starts the next one)."""
+        for iterator in self._iterators:
+            try:
+                while True:
+                    next(iterator)
+            except StopIteration:
+                pass
+
+    def _join(self, images: list[torch.Tensor], parts: list[dict]) -> torch.Tensor:
+        """The parts' images as one batch, less the mean (CIFAR kind), in one pass over the data."""
+        if self._mean is None:
+            return images[0] if len(images) == 1 else torch.cat(images)
+        means = [self._mean.index_select(0, table_index(part["shift"], part["flip"], self.spec.pad))
+                 if "shift" in part else self._mean for part in parts]
+        if len(images) == 1:
+            return images[0].sub_(means[0])
+        out = torch.empty((sum(len(x) for x in images), *images[0].shape[1:]), dtype=images[0].dtype,
+                          device=images[0].device)
+        start = 0
+        for x, mean in zip(images, means):
+            torch.sub(x, mean, out=out[start:start + len(x)])
+            start += len(x)
+        return out
