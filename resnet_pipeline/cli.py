@@ -388,9 +388,11 @@ def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[st
               help="Repeat for several (default: channels_last); the first runs every mode, the others bare only.")
 @click.option("--mode", "modes", multiple=True, type=click.Choice(["bare", "ray-1", "ray-2"]),
               help="Repeat for several (default: all three).")
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run the modes this many times, every other round in reverse order; a summary gives the medians.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench_train(params_file: str | None, data_dir: str | None, depth: int, batch_size: int, iterations: int,
-                precisions: tuple[str, ...], memory_formats: tuple[str, ...], modes: tuple[str, ...],
+                precisions: tuple[str, ...], memory_formats: tuple[str, ...], modes: tuple[str, ...], rounds: int,
                 as_json: bool) -> None:
     """Images/s of the Ray Train path (1 and 2 workers) vs the bare single-process loop, and of the bare
     loop in fp32/bf16 and channels_last/NCHW, side by side."""
@@ -400,7 +402,7 @@ def bench_train(params_file: str | None, data_dir: str | None, depth: int, batch
     cfg = load_data_config(params_file)
     report = run_bench(data_dir or cfg.out_dir, depth=depth, batch_size=batch_size, iterations=iterations,
                        precisions=precisions or ("fp32",), memory_formats=memory_formats or ("channels_last",),
-                       modes=modes or ("bare", "ray-1", "ray-2"))
+                       modes=modes or ("bare", "ray-1", "ray-2"), rounds=rounds)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -410,8 +412,11 @@ def bench_train(params_file: str | None, data_dir: str | None, depth: int, batch
 def _print_bench_train(report: dict) -> None:
     _print_rows(f"Training throughput, ResNet-{report['depth']}, batch {report['batch_size']}, "
                 f"{report['iterations']} iterations ({report['machine']['cpu']}, {report['machine']['cores']} cores)",
-                report["results"], ("mode", "precision", "memory_format", "images_per_s", "vs_bare", "wall_s",
-                                    "overhead_s"))
+                report["results"], ("round", "mode", "precision", "memory_format", "images_per_s", "vs_bare",
+                                    "wall_s", "overhead_s"))
+    if report["rounds"] > 1:
+        _print_rows(f"Median of {report['rounds']} rounds (vs_bare: the median ratio to the same round's bare loop)",
+                    report["summary"], ("mode", "rounds", "images_per_s", "vs_bare", "vs_bare_min", "vs_bare_max"))
 
 
 @bench.command("depths")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -34,13 +35,18 @@ def test_bench_train_precision_and_memory_format_axes(tiny_data: Path) -> None:
     from resnet_pipeline.training.bench import bench_train
 
     report = bench_train(tiny_data, depth=8, batch_size=8, iterations=4, log_every=2, precisions=("fp32", "bf16"),
-                         memory_formats=("channels_last", "nchw"), modes=("bare",), variant_seconds=0)
-    rows = [(r["mode"], r["precision"], r["memory_format"]) for r in report["results"]]
-    assert rows == [("bare", "fp32", "channels_last"), ("bare", "fp32", "nchw"), ("bare", "bf16", "channels_last"),
-                    ("bare", "bf16", "nchw")]
-    assert report["results"][0]["vs_bare"] == 1.0 and report["results"][0]["overhead_s"] is not None
-    for r in report["results"][1:]:  # timed variants: one-iteration windows, stopped after three
+                         memory_formats=("channels_last", "nchw"), modes=("bare",), variant_seconds=0, rounds=2)
+    rows = [(r["round"], r["mode"], r["precision"], r["memory_format"]) for r in report["results"]]
+    assert rows == [(0, "bare", "fp32", "channels_last"), (1, "bare", "fp32", "channels_last"),
+                    (0, "bare", "fp32", "nchw"), (0, "bare", "bf16", "channels_last"), (0, "bare", "bf16", "nchw")]
+    for r in report["results"][:2]:  # each round's bare run is that round's reference
+        assert r["vs_bare"] == 1.0 and r["overhead_s"] is not None
+    for r in report["results"][2:]:  # timed variants: one-iteration windows, stopped after three
         assert r["images_per_s"] > 0 and r["windows"] == 3 and r["overhead_s"] is None
+        assert r["vs_bare"] == r["images_per_s"] / report["results"][0]["images_per_s"]
+    [summary] = report["summary"]
+    assert summary["mode"] == "bare" and summary["rounds"] == 2 and summary["vs_bare"] == 1.0
+    assert summary["images_per_s"] == statistics.median(r["images_per_s"] for r in report["results"][:2])
 
 
 def _tiny_cifar_archive(path: Path) -> Path:

@@ -39,14 +39,19 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
                 log_every: int = 10, precisions: tuple[str, ...] = ("fp32",),
                 memory_formats: tuple[str, ...] = ("channels_last",),
                 modes: tuple[str, ...] = ("bare", "ray-1", "ray-2"), backend: str = "dali-cpu",
-                variant_seconds: float = 45.0) -> dict[str, Any]:
+                variant_seconds: float = 45.0, rounds: int = 1) -> dict[str, Any]:
     """Images/s of each mode at the first precision and memory format, then of the bare loop at
     every other combination.
 
-    The other combinations log every iteration and stop after ``variant_seconds`` once they have 3
-    windows: bf16 is emulated on CPUs without AVX512-BF16/AMX and runs 20-100x slower than fp32
-    there. ``vs_bare`` is each row against the bare loop at the first combination.
+    The modes run ``rounds`` times, in reverse order every other round (so a drift in the
+    machine's load hits them alike); ``summary`` has each mode's median images/s and its median
+    ratio to the bare loop of the same round. The other combinations run once, after, log every
+    iteration and stop after ``variant_seconds`` once they have 3 windows: bf16 is emulated on CPUs
+    without AVX512-BF16/AMX and runs 20-100x slower than fp32 there. ``vs_bare`` is each row
+    against the bare loop at the first combination in the same round.
     """
+    if rounds < 1:
+        raise ValueError(f"rounds: {rounds} is not valid; use an integer >= 1")
     from resnet_pipeline.training.driver import check_data_dir, train
     from resnet_pipeline.training.loop import DataSource, fit
 
@@ -62,13 +67,14 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
                        checkpoint_every=iterations, milestones=[iterations * 10], precision=precisions[0],
                        channels_last=memory_formats[0] == "channels_last", experiment="bench-train")
     model_cfg = ModelConfig(depth=depth)
-    runs = [(m, precisions[0], memory_formats[0]) for m in modes]
+    main = [(m, precisions[0], memory_formats[0]) for m in modes]
+    runs = [(r, *run) for r in range(rounds) for run in (main if r % 2 == 0 else main[::-1])]
     if "bare" in modes:
-        runs += [("bare", p, f) for p in precisions for f in memory_formats
+        runs += [(0, "bare", p, f) for p in precisions for f in memory_formats
                  if (p, f) != (precisions[0], memory_formats[0])]
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        for i, (mode, precision, fmt) in enumerate(runs):
+        for i, (round_, mode, precision, fmt) in enumerate(runs):
             start = time.perf_counter()
             variant = (precision, fmt) != (precisions[0], memory_formats[0])
             if mode == "bare":
@@ -99,20 +105,29 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
                                                                "images_per_s")]
             wall = time.perf_counter() - start
             ips = _steady(speeds)
-            row = {"mode": mode, "precision": precision, "memory_format": fmt, "images_per_s": ips,
+            row = {"round": round_, "mode": mode, "precision": precision, "memory_format": fmt, "images_per_s": ips,
                    "windows": len(speeds), "wall_s": wall, "train_s": None, "overhead_s": None}
             if not variant:  # a full run: start-up and evaluation are what the wall time adds
                 row.update(train_s=iterations * batch_size / ips, overhead_s=wall - iterations * batch_size / ips)
             results.append(row)
-    bare = next((r["images_per_s"] for r in results if r["mode"] == "bare"), None)
+    bare = {r["round"]: r["images_per_s"] for r in results
+            if (r["mode"], r["precision"], r["memory_format"]) == ("bare", precisions[0], memory_formats[0])}
     for r in results:
-        r["vs_bare"] = r["images_per_s"] / bare if bare else None
+        r["vs_bare"] = r["images_per_s"] / bare[r["round"]] if r["round"] in bare else None
+    summary = []
+    for mode in modes:
+        rows = [r for r in results if (r["mode"], r["precision"], r["memory_format"]) == (mode, *main[0][1:])]
+        ratios = [r["vs_bare"] for r in rows if r["vs_bare"] is not None]
+        summary.append({"mode": mode, "rounds": len(rows),
+                        "images_per_s": statistics.median(r["images_per_s"] for r in rows),
+                        "vs_bare": statistics.median(ratios) if ratios else None,
+                        "vs_bare_min": min(ratios, default=None), "vs_bare_max": max(ratios, default=None)})
     from resnet_pipeline.data.bench import machine_info
 
     return {"depth": depth, "batch_size": batch_size, "iterations": iterations, "precisions": list(precisions),
             "memory_formats": list(memory_formats), "backend": backend, "data_dir": str(data),
-            "variant_seconds": variant_seconds, "machine": {**machine_info(), "load": load_average()},
-            "results": results}
+            "variant_seconds": variant_seconds, "rounds": rounds,
+            "machine": {**machine_info(), "load": load_average()}, "results": results, "summary": summary}
 
 
 # --- depths ------------------------------------------------------------------------------------
