@@ -204,6 +204,14 @@ def _str_list(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _json_only_on_stdout(as_json: bool):
+    """With --json, stdout carries the JSON only: what the runs print (progress, Ray's worker
+    logs) goes to stderr meanwhile."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+
+
 def _print_rows(title: str, rows: list[dict], columns: tuple[str, ...]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -400,9 +408,10 @@ def bench_train(params_file: str | None, data_dir: str | None, depth: int, batch
     from resnet_pipeline.training.bench import bench_train as run_bench
 
     cfg = load_data_config(params_file)
-    report = run_bench(data_dir or cfg.out_dir, depth=depth, batch_size=batch_size, iterations=iterations,
-                       precisions=precisions or ("fp32",), memory_formats=memory_formats or ("channels_last",),
-                       modes=modes or ("bare", "ray-1", "ray-2"), rounds=rounds)
+    with _json_only_on_stdout(as_json):
+        report = run_bench(data_dir or cfg.out_dir, depth=depth, batch_size=batch_size, iterations=iterations,
+                           precisions=precisions or ("fp32",), memory_formats=memory_formats or ("channels_last",),
+                           modes=modes or ("bare", "ray-1", "ray-2"), rounds=rounds)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -460,13 +469,10 @@ def _print_bench_depths(report: dict) -> None:
 def bench_overhead(params_file: str | None, data_dir: str | None, trials: int, iterations: int,
                    launchers: tuple[str, ...], as_json: bool) -> None:
     """Per-trial overhead of a sweep: real sweeps of tiny trials, each trial's time split up."""
-    import contextlib
-
     from resnet_pipeline.data import load_data_config
     from resnet_pipeline.training.bench import bench_overhead as run_bench
 
-    # With --json, stdout carries the JSON only; the sweeps' own output goes to stderr.
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+    with _json_only_on_stdout(as_json):
         report = run_bench(data_dir or load_data_config(params_file).out_dir, trials=trials, iterations=iterations,
                            launchers=launchers or ("in-trial", "ray-train"))
     if as_json:
@@ -499,9 +505,10 @@ def bench_all(params_file: str | None, data_dir: str | None, as_json: bool) -> N
 
     cfg = load_data_config(params_file)
     data = data_dir or cfg.out_dir
-    report = {"data": run_data(data, num_threads=cfg.num_threads, normalize=cfg.normalize),
-              "train": run_train(data, precisions=("fp32", "bf16"), memory_formats=("channels_last", "nchw")),
-              "depths": run_depths()}
+    with _json_only_on_stdout(as_json):
+        report = {"data": run_data(data, num_threads=cfg.num_threads, normalize=cfg.normalize),
+                  "train": run_train(data, precisions=("fp32", "bf16"), memory_formats=("channels_last", "nchw")),
+                  "depths": run_depths()}
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -49,6 +49,17 @@ def test_bench_train_precision_and_memory_format_axes(tiny_data: Path) -> None:
     assert summary["images_per_s"] == statistics.median(r["images_per_s"] for r in report["results"][:2])
 
 
+def test_bench_train_rounds_train_the_ray_path_again(tiny_data: Path, ray_session) -> None:
+    """Each round is a new Ray Train run (the same run name would be taken as already done)."""
+    from resnet_pipeline.training.bench import bench_train
+
+    report = bench_train(tiny_data, depth=8, batch_size=8, iterations=4, log_every=2, modes=("ray-1",), rounds=2)
+    assert [(r["round"], r["mode"]) for r in report["results"]] == [(0, "ray-1"), (1, "ray-1")]
+    for r in report["results"]:
+        assert r["windows"] == 2 and r["wall_s"] > 1 and r["vs_bare"] is None
+    assert report["summary"][0]["rounds"] == 2 and report["summary"][0]["vs_bare"] is None
+
+
 def _tiny_cifar_archive(path: Path) -> Path:
     """The layout of cifar10-jpeg.tar.gz: cifar10-jpeg/{train,test}/<class>/NNNN.jpg."""
     rng = np.random.default_rng(0)

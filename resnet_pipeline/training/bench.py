@@ -98,7 +98,10 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
                 from resnet_pipeline import tracking
 
                 workers = int(mode.split("-")[1])
-                cfg = dataclasses.replace(base, workers=workers, run_name=mode, storage_path=str(Path(tmp) / "results"))
+                # A run name and results folder of its own: a finished run of the same name would
+                # be taken as done ("nothing to do") instead of trained again.
+                cfg = dataclasses.replace(base, workers=workers, run_name=f"{mode}-{round_}",
+                                          storage_path=str(Path(tmp) / f"results{i}"))
                 summary = train(cfg, model_cfg, data, backend=backend, num_threads=workers,
                                 tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}")
                 speeds = [v for _, v in tracking.metric_history(summary["tracking_uri"], summary["run_id"],
