@@ -370,15 +370,14 @@ def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[st
     from rich.table import Table
 
     machine = report["machine"]
-    table = Table(title=f"Training augmentation on {report['data_dir']}, batch {batch_size}, "
-                        f"{cfg.num_threads} threads/workers\n{machine['cpu']}, {machine['cores']} cores, "
-                        f"GPU: {machine['gpu'] or 'none'}")
-    for col in ("backend", "images/s", "vs torch", "each round", "images/CPU-s"):
-        table.add_column(col, justify="left" if col == "backend" else "right")
+    table = Table(title=f"Training augmentation on {report['data_dir']}, batch {batch_size}\n"
+                        f"{machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu'] or 'none'}")
+    for col in ("backend", "threads", "images/s", "vs torch", "each round", "images/CPU-s"):
+        table.add_column(col, justify="left" if col in ("backend", "threads") else "right")
     torch_rate = {r["backend"]: r["images_per_s"] for r in report["results"]}.get("torch")
     for r in report["results"]:
         ratio = f"{r['images_per_s'] / torch_rate:.1f}x" if torch_rate else "-"
-        table.add_row(r["backend"], f"{r['images_per_s']:,.0f}", ratio,
+        table.add_row(r["backend"], r["layout"], f"{r['images_per_s']:,.0f}", ratio,
                       " ".join(f"{x:,.0f}" for x in r["rounds_images_per_s"]), f"{r['images_per_cpu_s']:,.0f}")
     Console().print(table)
 

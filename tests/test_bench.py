@@ -60,6 +60,26 @@ def test_bench_train_rounds_train_the_ray_path_again(tiny_data: Path, ray_sessio
     assert report["summary"][0]["rounds"] == 2 and report["summary"][0]["vs_bare"] is None
 
 
+def test_bench_data_times_each_backend_side_by_side(tiny_data: Path) -> None:
+    from click.testing import CliRunner
+
+    from resnet_pipeline.cli import main
+
+    args = ["bench", "data", "--data", str(tiny_data), "--batch-size", "8", "--seconds", "0.2", "--rounds", "2"]
+    result = CliRunner().invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    rows = {r["backend"]: r for r in report["results"]}
+    assert set(rows) == {"dali-cpu", "torch"}
+    for r in rows.values():
+        assert len(r["rounds_images_per_s"]) == 2 and r["images_per_s"] > 0 and r["images_per_cpu_s"] > 0
+    # Training on the CPU reads through two DALI pipelines of data.num_threads (2) threads each.
+    assert rows["dali-cpu"]["layout"] == "2 pipelines x 2 threads"
+    assert rows["torch"]["layout"] == "2 worker processes"
+    table = CliRunner().invoke(main, args)
+    assert table.exit_code == 0 and "dali-cpu" in table.output and "pipelines" in table.output, table.output
+
+
 def _tiny_cifar_archive(path: Path) -> Path:
     """The layout of cifar10-jpeg.tar.gz: cifar10-jpeg/{train,test}/<class>/NNNN.jpg."""
     rng = np.random.default_rng(0)

@@ -39,6 +39,7 @@ def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split
 
     names = backends or available_backends()
     rates: dict[str, list[float]] = {}
+    layout: dict[str, str] = {}
     per_cpu: dict[str, list[float]] = {}
     for _ in range(rounds):
         for backend in names:
@@ -56,6 +57,9 @@ def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split
             if x.is_cuda:
                 torch.cuda.synchronize()
             elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+            pipelines = len(getattr(loader, "pipelines", ()))
+            layout[loader.backend] = (f"{pipelines} pipeline{'s' * (pipelines > 1)} x {num_threads} threads"
+                                      if pipelines else f"{num_threads} worker processes")
             rates.setdefault(loader.backend, []).append(images / elapsed)
             per_cpu.setdefault(loader.backend, []).append(images / max(cpu, 1e-9))
             batches.close()
@@ -63,7 +67,7 @@ def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split
             gc.collect()  # shuts the torch workers down now, not at some later collection
     results = [{"backend": name, "images_per_s": statistics.median(r), "rounds_images_per_s": r,
                 "images_per_cpu_s": statistics.median(per_cpu[name]), "batch_size": batch_size,
-                "num_threads": num_threads} for name, r in rates.items()]
+                "num_threads": num_threads, "layout": layout[name]} for name, r in rates.items()]
     return {"results": results, "data_dir": str(data_dir), "split": split, "normalize": normalize,
             "seconds_per_round": seconds, "rounds": rounds, "machine": machine_info()}
 

@@ -170,10 +170,9 @@ class DaliLoader(SpecLoader):
         # the pipeline when a shard is a sample longer than the shortest and that one is a
         # multiple of the batch: the next epoch would start with it). Training stops each part
         # after the same number of full batches and throws the rest of the epoch away.
-        self._iterators = [
-            DALIGenericIterator(build_pipeline(s, device=device, device_id=device_id), self._names,
-                                reader_name=READER, last_batch_policy=LastBatchPolicy.PARTIAL)
-            for s in specs]
+        self.pipelines = [build_pipeline(s, device=device, device_id=device_id) for s in specs]
+        self._iterators = [DALIGenericIterator(p, self._names, reader_name=READER,
+                                               last_batch_policy=LastBatchPolicy.PARTIAL) for p in self.pipelines]
         self._mean = None
         if spec.kind == "cifar":
             self._mean = mean_table(spec).to("cuda" if device == "gpu" else "cpu")

@@ -186,7 +186,8 @@ def make_loader(data_dir: str | Path, split: str, *, train: bool, batch_size: in
         backend: "auto", "dali-gpu", "dali-cpu" or "torch" (see `resolve_backend`).
         shard_id, num_shards: this rank and the world size.
         seed: augmentation and shuffling seed (each shard derives its own augmentation stream).
-        num_threads: DALI CPU threads, or torch DataLoader workers.
+        num_threads: DALI CPU threads per pipeline (a CPU training loader runs two pipelines, see
+            `dali.pipeline_parts`), or torch DataLoader workers.
         normalize: "per_pixel" (the train split's mean image; CIFAR kind only) or "per_channel".
         kind: "cifar" (no resize, pad + crop), "imagenet" (scale augmentation + crops), or "auto":
             cifar when all images share one size of at most 64 pixels a side.
