@@ -26,7 +26,10 @@ def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split
                warmup_batches: int = 10, seconds: float = 5.0, rounds: int = 3) -> dict:
     """Time each backend on ``split`` with the training augmentation; report the median of rounds.
 
-    Every backend gets the same ``num_threads`` (DALI threads or torch workers). The backends take
+    Every backend gets the same ``num_threads``, used as each runs best on the same cores: torch
+    runs that many worker processes (more were slower here), a DALI CPU training loader two
+    pipelines of that many threads each (`dali.pipeline_parts`; each row's ``layout`` says which).
+    The backends take
     turns, ``rounds`` times, so a change in the machine's load hits all of them alike. Each turn
     builds a fresh loader, lets ``warmup_batches`` pass untimed (worker start-up, first
     allocations), then counts images for at least ``seconds``, across epochs if need be; GPU work

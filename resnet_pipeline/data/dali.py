@@ -35,13 +35,15 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
             file_root=str(spec.root), files=list(spec.files), labels=list(spec.labels), name=READER,
             shard_id=spec.shard_id, num_shards=spec.num_shards,
             # Training: a global reshuffle every epoch (the same permutation on every rank, as the
-            # shared seed makes it), then each rank reads its contiguous shard of it.
+            # shared seed makes it), then each rank reads its contiguous shard, the same positions
+            # of every epoch's permutation (DALI keeps the shard when it reshuffles, and refuses
+            # stick_to_shard=True beside shuffle_after_epoch; its reader_meta reports it set).
             shuffle_after_epoch=spec.train, **({"shuffle_after_epoch_seed": spec.seed} if spec.train else {}),
             # Each shard is padded to whole batches with repeats of its last sample, which the
             # iterator cuts again (PARTIAL; training then drops what lies past the common number of
             # batches, see DaliLoader). So an epoch ends where the reader's shard ends, and the next
-            # one starts on a fresh shard instead of on the previous epoch's leftovers (which would
-            # put a sample on two ranks in the same epoch). Evaluation keeps its shard.
+            # one starts afresh instead of on the previous epoch's leftovers (which would put a
+            # sample on two ranks in the same epoch).
             stick_to_shard=not spec.train, pad_last_batch=True,
             # Plain reads: for small files (CIFAR's are ~1 KB) an mmap per file costs more than it saves.
             dont_use_mmap=True)
@@ -63,7 +65,9 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
                 # Sec. 4.2: pad 4 pixels, random 32x32 crop = shift the window by an integer in [-4, 4].
                 height, width = spec.image_size
                 shift = fn.random.uniform(values=[float(v) for v in range(-spec.pad, spec.pad + 1)], shape=[2])
-                images = fn.slice(images, shift, np.array([width, height], np.float32), axis_names="WH",
+                # The anchor and shape inputs of a GPU slice are read on the CPU.
+                shape = types.Constant(np.array([width, height], np.float32), device="cpu")
+                images = fn.slice(images, shift, shape, axis_names="WH",
                                   normalized_anchor=False, normalized_shape=False, out_of_bounds_policy="pad")
                 mirror = fn.random.coin_flip()
                 outputs = [shift, mirror]
@@ -108,7 +112,9 @@ def mean_table(spec: LoaderSpec) -> torch.Tensor:
     """What the loader subtracts from a CIFAR-kind batch after `build_pipeline`: mean / std (the
     per-pixel mean image, or the per-channel mean as a constant image), [1, 3, H, W] in evaluation;
     in training the same shifted and flipped as each sample was (zeros where the shift pads), one
-    entry per (shift y, shift x, flip): [(2 pad + 1)^2 * 2, 3, H, W], indexed by `table_index`."""
+    entry per (shift y, shift x, flip): [(2 pad + 1)^2 * 2, 3, H, W], indexed by `table_index`
+    (162 entries at the paper's pad of 4: 2 MB for 32x32 images, 8 MB at the CIFAR kind's largest,
+    64x64)."""
     height, width = spec.image_size
     mean = spec.mean_image if spec.mean_image is not None else np.broadcast_to(
         np.asarray(spec.mean, np.float32), (height, width, 3))
@@ -175,7 +181,7 @@ class DaliLoader(SpecLoader):
                                                last_batch_policy=LastBatchPolicy.PARTIAL) for p in self.pipelines]
         self._mean = None
         if spec.kind == "cifar":
-            self._mean = mean_table(spec).to("cuda" if device == "gpu" else "cpu")
+            self._mean = mean_table(spec).to(torch.device("cuda", device_id) if device == "gpu" else "cpu")
         self._open = False  # an epoch was started and not finished
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

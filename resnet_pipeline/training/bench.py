@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +53,8 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
     """
     if rounds < 1:
         raise ValueError(f"rounds: {rounds} is not valid; use an integer >= 1")
+    # A mode or variant named twice would run twice in a round and overwrite its reference.
+    modes, precisions, memory_formats = (tuple(dict.fromkeys(x)) for x in (modes, precisions, memory_formats))
     from resnet_pipeline.training.driver import check_data_dir, train
     from resnet_pipeline.training.loop import DataSource, fit
 
@@ -73,46 +76,53 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
         runs += [(0, "bare", p, f) for p in precisions for f in memory_formats
                  if (p, f) != (precisions[0], memory_formats[0])]
     results = []
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        for i, (round_, mode, precision, fmt) in enumerate(runs):
-            start = time.perf_counter()
-            variant = (precision, fmt) != (precisions[0], memory_formats[0])
-            if mode == "bare":
-                speeds: list[float] = []
+    ray_was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+            for i, (round_, mode, precision, fmt) in enumerate(runs):
+                start = time.perf_counter()
+                variant = (precision, fmt) != (precisions[0], memory_formats[0])
+                if mode == "bare":
+                    speeds: list[float] = []
 
-                def report(m: dict[str, float], step: int, speeds=speeds, start=start, variant=variant) -> None:
-                    if "images_per_s" in m:
-                        speeds.append(m["images_per_s"])
-                        if variant and len(speeds) >= 3 and time.perf_counter() - start > variant_seconds:
-                            raise _Enough
+                    def report(m: dict[str, float], step: int, speeds=speeds, start=start, variant=variant) -> None:
+                        if "images_per_s" in m:
+                            speeds.append(m["images_per_s"])
+                            if variant and len(speeds) >= 3 and time.perf_counter() - start > variant_seconds:
+                                raise _Enough
 
-                cfg = dataclasses.replace(base, workers=1, threads_per_worker=cores, precision=precision,
-                                          channels_last=fmt == "channels_last",
-                                          log_every=1 if variant else log_every)
-                try:
-                    fit(cfg, model_cfg, DataSource(str(data), backend, num_threads=1), Path(tmp) / f"bare{i}",
-                        report=report)
-                except _Enough:
-                    pass
-            else:
-                from resnet_pipeline import tracking
+                    cfg = dataclasses.replace(base, workers=1, threads_per_worker=cores, precision=precision,
+                                              channels_last=fmt == "channels_last",
+                                              log_every=1 if variant else log_every)
+                    try:
+                        fit(cfg, model_cfg, DataSource(str(data), backend, num_threads=1), Path(tmp) / f"bare{i}",
+                            report=report)
+                    except _Enough:
+                        pass
+                else:
+                    from resnet_pipeline import tracking
 
-                workers = int(mode.split("-")[1])
-                # A run name and results folder of its own: a finished run of the same name would
-                # be taken as done ("nothing to do") instead of trained again.
-                cfg = dataclasses.replace(base, workers=workers, run_name=f"{mode}-{round_}",
-                                          storage_path=str(Path(tmp) / f"results{i}"))
-                summary = train(cfg, model_cfg, data, backend=backend, num_threads=workers,
-                                tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}")
-                speeds = [v for _, v in tracking.metric_history(summary["tracking_uri"], summary["run_id"],
-                                                               "images_per_s")]
-            wall = time.perf_counter() - start
-            ips = _steady(speeds)
-            row = {"round": round_, "mode": mode, "precision": precision, "memory_format": fmt, "images_per_s": ips,
-                   "windows": len(speeds), "wall_s": wall, "train_s": None, "overhead_s": None}
-            if not variant:  # a full run: start-up and evaluation are what the wall time adds
-                row.update(train_s=iterations * batch_size / ips, overhead_s=wall - iterations * batch_size / ips)
-            results.append(row)
+                    workers = int(mode.split("-")[1])
+                    # A run name and results folder of its own: a finished run of the same name would
+                    # be taken as done ("nothing to do") instead of trained again.
+                    cfg = dataclasses.replace(base, workers=workers, run_name=f"{mode}-{round_}",
+                                              storage_path=str(Path(tmp) / f"results{i}"))
+                    summary = train(cfg, model_cfg, data, backend=backend, num_threads=workers,
+                                    tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+                    speeds = [v for _, v in tracking.metric_history(summary["tracking_uri"], summary["run_id"],
+                                                                   "images_per_s")]
+                wall = time.perf_counter() - start
+                ips = _steady(speeds)
+                row = {"round": round_, "mode": mode, "precision": precision, "memory_format": fmt, "images_per_s": ips,
+                       "windows": len(speeds), "wall_s": wall, "train_s": None, "overhead_s": None}
+                if not variant:  # a full run: start-up and evaluation are what the wall time adds
+                    row.update(train_s=iterations * batch_size / ips, overhead_s=wall - iterations * batch_size / ips)
+                results.append(row)
+    finally:
+        if not ray_was_running and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            # The instance the Ray modes started: stopped here, its workers' last log lines still
+            # reach stderr while `--json` keeps stdout to the JSON.
+            sys.modules["ray"].shutdown()
     bare = {r["round"]: r["images_per_s"] for r in results
             if (r["mode"], r["precision"], r["memory_format"]) == ("bare", precisions[0], memory_formats[0])}
     for r in results:
