@@ -18,8 +18,9 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from resnet_pipeline.models import ModelConfig
 from resnet_pipeline.training.config import TrainConfig
@@ -30,6 +31,18 @@ MEMORY_FORMATS = ("channels_last", "nchw")
 
 def _steady(speeds: list[float]) -> float:
     return statistics.median(speeds[1:] if len(speeds) > 2 else speeds)
+
+
+@contextmanager
+def _stopping_ray_it_starts() -> Iterator[None]:
+    """On the way out, shut down a Ray instance started inside (one running before is left alone):
+    its workers' last log lines then reach stderr while `--json` keeps stdout to the JSON."""
+    was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    try:
+        yield
+    finally:
+        if not was_running and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
 
 
 class _Enough(Exception):
@@ -76,53 +89,46 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
         runs += [(0, "bare", p, f) for p in precisions for f in memory_formats
                  if (p, f) != (precisions[0], memory_formats[0])]
     results = []
-    ray_was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-            for i, (round_, mode, precision, fmt) in enumerate(runs):
-                start = time.perf_counter()
-                variant = (precision, fmt) != (precisions[0], memory_formats[0])
-                if mode == "bare":
-                    speeds: list[float] = []
+    with _stopping_ray_it_starts(), tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        for i, (round_, mode, precision, fmt) in enumerate(runs):
+            start = time.perf_counter()
+            variant = (precision, fmt) != (precisions[0], memory_formats[0])
+            if mode == "bare":
+                speeds: list[float] = []
 
-                    def report(m: dict[str, float], step: int, speeds=speeds, start=start, variant=variant) -> None:
-                        if "images_per_s" in m:
-                            speeds.append(m["images_per_s"])
-                            if variant and len(speeds) >= 3 and time.perf_counter() - start > variant_seconds:
-                                raise _Enough
+                def report(m: dict[str, float], step: int, speeds=speeds, start=start, variant=variant) -> None:
+                    if "images_per_s" in m:
+                        speeds.append(m["images_per_s"])
+                        if variant and len(speeds) >= 3 and time.perf_counter() - start > variant_seconds:
+                            raise _Enough
 
-                    cfg = dataclasses.replace(base, workers=1, threads_per_worker=cores, precision=precision,
-                                              channels_last=fmt == "channels_last",
-                                              log_every=1 if variant else log_every)
-                    try:
-                        fit(cfg, model_cfg, DataSource(str(data), backend, num_threads=1), Path(tmp) / f"bare{i}",
-                            report=report)
-                    except _Enough:
-                        pass
-                else:
-                    from resnet_pipeline import tracking
+                cfg = dataclasses.replace(base, workers=1, threads_per_worker=cores, precision=precision,
+                                          channels_last=fmt == "channels_last",
+                                          log_every=1 if variant else log_every)
+                try:
+                    fit(cfg, model_cfg, DataSource(str(data), backend, num_threads=1), Path(tmp) / f"bare{i}",
+                        report=report)
+                except _Enough:
+                    pass
+            else:
+                from resnet_pipeline import tracking
 
-                    workers = int(mode.split("-")[1])
-                    # A run name and results folder of its own: a finished run of the same name would
-                    # be taken as done ("nothing to do") instead of trained again.
-                    cfg = dataclasses.replace(base, workers=workers, run_name=f"{mode}-{round_}",
-                                              storage_path=str(Path(tmp) / f"results{i}"))
-                    summary = train(cfg, model_cfg, data, backend=backend, num_threads=workers,
-                                    tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}")
-                    speeds = [v for _, v in tracking.metric_history(summary["tracking_uri"], summary["run_id"],
-                                                                   "images_per_s")]
-                wall = time.perf_counter() - start
-                ips = _steady(speeds)
-                row = {"round": round_, "mode": mode, "precision": precision, "memory_format": fmt, "images_per_s": ips,
-                       "windows": len(speeds), "wall_s": wall, "train_s": None, "overhead_s": None}
-                if not variant:  # a full run: start-up and evaluation are what the wall time adds
-                    row.update(train_s=iterations * batch_size / ips, overhead_s=wall - iterations * batch_size / ips)
-                results.append(row)
-    finally:
-        if not ray_was_running and "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            # The instance the Ray modes started: stopped here, its workers' last log lines still
-            # reach stderr while `--json` keeps stdout to the JSON.
-            sys.modules["ray"].shutdown()
+                workers = int(mode.split("-")[1])
+                # A run name and results folder of its own: a finished run of the same name would
+                # be taken as done ("nothing to do") instead of trained again.
+                cfg = dataclasses.replace(base, workers=workers, run_name=f"{mode}-{round_}",
+                                          storage_path=str(Path(tmp) / f"results{i}"))
+                summary = train(cfg, model_cfg, data, backend=backend, num_threads=workers,
+                                tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+                speeds = [v for _, v in tracking.metric_history(summary["tracking_uri"], summary["run_id"],
+                                                               "images_per_s")]
+            wall = time.perf_counter() - start
+            ips = _steady(speeds)
+            row = {"round": round_, "mode": mode, "precision": precision, "memory_format": fmt, "images_per_s": ips,
+                   "windows": len(speeds), "wall_s": wall, "train_s": None, "overhead_s": None}
+            if not variant:  # a full run: start-up and evaluation are what the wall time adds
+                row.update(train_s=iterations * batch_size / ips, overhead_s=wall - iterations * batch_size / ips)
+            results.append(row)
     bare = {r["round"]: r["images_per_s"] for r in results
             if (r["mode"], r["precision"], r["memory_format"]) == ("bare", precisions[0], memory_formats[0])}
     for r in results:
@@ -276,15 +282,12 @@ def bench_overhead(data_dir: str | Path, *, trials: int = 3, iterations: int = 1
     data = check_data_dir(data_dir)
     if ray.is_initialized():
         raise RuntimeError("bench overhead times Ray's start: run it in a process where Ray is not running yet")
-    start = time.time()
-    init_ray(workers=1)
-    ray_start = time.time() - start
-    sweeps = []
-    try:
-        for launcher in launchers:
-            sweeps.append(_overhead_sweep(data, launcher, trials, iterations, batch_size, depth, backend))
-    finally:
-        ray.shutdown()  # the instance this benchmark started
+    with _stopping_ray_it_starts():
+        start = time.time()
+        init_ray(workers=1)
+        ray_start = time.time() - start
+        sweeps = [_overhead_sweep(data, launcher, trials, iterations, batch_size, depth, backend)
+                  for launcher in launchers]
     from resnet_pipeline.data.bench import machine_info
 
     return {"trials": trials, "iterations": iterations, "batch_size": batch_size, "depth": depth, "backend": backend,

@@ -212,10 +212,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if is_uri(path):
         head, sep, query = str(path).partition("?")
         parent, _, name = head.rpartition("/")
-        store: _Folder | _ObjectPrefix = _ObjectPrefix(parent + sep + query)
+        folder: str | Path = parent + sep + query
     else:
-        store, name = _Folder(Path(path).parent), Path(path).name
-    return _load(store, name, path, map_location)
+        folder, name = Path(path).parent, Path(path).name
+    return _load(open_store(folder), name, path, map_location)
 
 
 def _load(store: _Folder | _ObjectPrefix, name: str, path: str | Path,

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 from resnet_pipeline.config import PROJECT_ROOT, ConfigError
 from resnet_pipeline.models import ModelConfig
 from resnet_pipeline.training.config import TrainConfig
-from resnet_pipeline.training.checkpoint import display, join
+from resnet_pipeline.training.checkpoint import credentials_in, display, is_uri, join, open_store
 from resnet_pipeline.training.loop import DataSource
 
 
@@ -85,12 +85,8 @@ def check_data_dir(data_dir: str | Path) -> Path:
 def resolve_storage(storage_path: str) -> str | Path:
     """``train.storage_path`` made absolute here, on the driver (Ray workers change directory); an
     object-store URI is checked by writing and deleting a small object, before anything starts."""
-    from resnet_pipeline.training.checkpoint import credentials_in, is_uri
-
     if is_uri(storage_path):
         import uuid
-
-        from resnet_pipeline.training.checkpoint import open_store
 
         how = ("give a folder, or a URI pyarrow opens (s3://bucket/prefix, gs://bucket/prefix) with the store's "
                "credentials in the environment (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, "
