@@ -260,15 +260,19 @@ def logged_model_id(uri: str, run_id: str, name: str = "model") -> str | None:
 
 
 def load_pytorch_model(uri: str, model_uri: str):
-    """Load a logged PyTorch model (pt2 format: torch.export, no pickled code runs on load)."""
+    """Load a logged PyTorch model (pt2 format: torch.export, no pickled code runs on load). The
+    download goes to a folder removed once the model is in memory (MLflow's own default is a temporary
+    folder that it never removes: one model's size in /tmp per load)."""
+    import tempfile
+
     import mlflow
     import mlflow.pytorch
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    with _quiet_downloads(), warnings.catch_warnings():
+    with _quiet_downloads(), warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
         warnings.filterwarnings("ignore", category=UserWarning)  # pt2 loading warns about torch.export internals
-        return mlflow.pytorch.load_model(model_uri)
+        return mlflow.pytorch.load_model(model_uri, dst_path=tmp)
 
 
 def download_model(uri: str, model_uri: str, dst: str | Path) -> Path:

@@ -109,12 +109,15 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ray_session(s3_store: dict) -> Iterator[None]:
     """One local Ray instance shared by every test that needs it (starting Ray costs seconds). It
-    starts after `s3_store`, so that its processes have the S3 endpoint and credentials."""
+    starts after `s3_store`, so that its processes have the S3 endpoint and credentials. Its log
+    lines are not streamed here: Ray prints them to whatever sys.stdout is at that moment, which in a
+    later CLI test is the CliRunner's captured output (a raylet warning about a nearly full disk
+    once broke a test that parses that output as JSON). They stay in /tmp/ray/session_*/logs."""
     import ray
 
     from resnet_pipeline.training.ray_launch import init_ray
 
-    init_ray(workers=2)
+    init_ray(workers=2, log_to_driver=False)
     try:
         yield
     finally:

@@ -11,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -316,7 +317,13 @@ def test_champion_loads_and_predicts_a_jpeg(evaluated: dict, tmp_path: Path, mon
     data = evaluated["data"]
     spec = loader_spec(data, "test", train=False, batch_size=64)
     champion = _client(uri).get_model_version_by_alias(REGISTRY, "champion")
-    model = load_trained_model(uri, describe(_client(uri).get_run(champion.run_id)), 4, 32)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "tempdir", str(scratch))
+        model = load_trained_model(uri, describe(_client(uri).get_run(champion.run_id)), 4, 32)
+    # MLflow downloads into a temporary folder it never removes unless told where; nothing is left.
+    assert not any(scratch.iterdir()), list(scratch.iterdir())
     probs_eval, _ = collect_predictions(model, make_loader(data, "test", train=False, batch_size=64,
                                                            backend="torch", num_threads=1), torch.device("cpu"))
     picks = [0, 17, 40]

@@ -232,7 +232,7 @@ def test_worker_failure_restarts_from_checkpoint_bit_exactly(ray_runs: dict, run
         assert torch.equal(w, faulty[name]), name
 
 
-def test_mlflow_run_content(ray_runs: dict) -> None:
+def test_mlflow_run_content(ray_runs: dict, tmp_path: Path) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -257,7 +257,7 @@ def test_mlflow_run_content(ray_runs: dict) -> None:
     assert sorted(set(faulty)) == [20, 40, 60, 80]
     # The logged model loads back and predicts.
     mlflow.set_tracking_uri(s["tracking_uri"])
-    model = mlflow.pytorch.load_model(f"runs:/{s['run_id']}/model")
+    model = mlflow.pytorch.load_model(f"runs:/{s['run_id']}/model", dst_path=str(tmp_path))
     out = model(torch.zeros(2, 3, 32, 32))
     assert out.shape == (2, 4)
 

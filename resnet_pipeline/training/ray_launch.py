@@ -17,15 +17,20 @@ from resnet_pipeline.config import ConfigError
 TRIAL_CPUS = 1
 
 
-def init_ray(workers: int, concurrent_trials: int = 1, trial_cpus: int = TRIAL_CPUS) -> None:
+def init_ray(workers: int, concurrent_trials: int = 1, trial_cpus: int = TRIAL_CPUS,
+             log_to_driver: bool = True) -> None:
     """Connect to $RAY_ADDRESS, or start a local Ray instance sized for ``concurrent_trials`` trials
     of ``workers`` workers plus ``trial_cpus`` for each trial's own process (logical CPUs are
-    accounting only; threads are set per worker)."""
+    accounting only; threads are set per worker).
+
+    ``log_to_driver`` streams the workers' and raylet's log lines to this process, printed to
+    whatever ``sys.stdout`` is at that moment; a long-lived process that captures stdout for other
+    work (the test session's shared instance) turns it off. The lines stay in Ray's session logs."""
     import ray
 
     if ray.is_initialized():
         return
-    quiet = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=True)
+    quiet = dict(logging_level=logging.WARNING, log_to_driver=log_to_driver, configure_logging=True)
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **quiet)
         return
