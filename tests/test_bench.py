@@ -68,7 +68,7 @@ def test_bench_data_times_each_backend_side_by_side(tiny_data: Path) -> None:
     args = ["bench", "data", "--data", str(tiny_data), "--batch-size", "8", "--seconds", "0.2", "--rounds", "2"]
     result = CliRunner().invoke(main, [*args, "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # --json: stdout is the JSON; output also has stderr
     rows = {r["backend"]: r for r in report["results"]}
     assert set(rows) == {"dali-cpu", "torch"}
     for r in rows.values():

@@ -183,7 +183,7 @@ def test_cli_models_json() -> None:
 
     result = CliRunner().invoke(main, ["models", "--json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)  # output also has stderr
     assert len(rows) == 6 * 4 + 5 * 4 * 2
     assert set(rows[0]) >= {"family", "depth", "shortcut", "variant", "params", "mult_adds", "input_size"}
     r56 = next(r for r in rows if r["family"] == "cifar" and r["depth"] == 56 and r["shortcut"] == "A")
