@@ -174,21 +174,28 @@ def sweep(params_file: str | None, data_dir: str | None, depths: str | None, sho
                                        "estimated_s"))
         click.echo(f"estimated total: {report['estimated_total_s_one_process'] / 3600:.2f} h in one process")
         return
-    summary = run_sweep(sweep_cfg, train_cfg, model_cfg, data, backend=data_cfg.backend,
-                        normalize=data_cfg.normalize, num_threads=data_cfg.num_threads, aug=data_cfg.aug,
-                        snapshot={"data": data_cfg})
+    with _json_only_on_stdout(as_json):
+        summary = run_sweep(sweep_cfg, train_cfg, model_cfg, data, backend=data_cfg.backend,
+                            normalize=data_cfg.normalize, num_threads=data_cfg.num_threads, aug=data_cfg.aug,
+                            snapshot={"data": data_cfg})
     if as_json:
         click.echo(json.dumps(summary, indent=2))
-        return
-    _print_rows(f"Sweep '{sweep_cfg.name}' (MLflow parent run {summary['parent_run_id']})", summary["trials"],
+    else:
+        _print_sweep(summary)
+    # Non-zero: a DVC stage must not look complete while trials are missing.
+    if summary["errors"] or summary["incomplete"]:
+        not_done = summary["incomplete"] or [f"{len(summary['errors'])} trial(s) raised an error"]
+        raise click.ClickException(f"sweep not complete ({'; '.join(not_done)}); re-run the same command to resume")
+
+
+def _print_sweep(summary: dict) -> None:
+    _print_rows(f"Sweep '{summary['sweep']}' (MLflow parent run {summary['parent_run_id']})", summary["trials"],
                 ("depth", "shortcut", "seed", "status", "train_error", "val_error", "test_error", "params",
                  "wall_time_s", "images_per_s"))
     _print_rows("Mean +- std over seeds", summary["aggregate"],
                 ("depth", "shortcut", "seeds", "train_error_mean", "train_error_std", "val_error_mean",
                  "val_error_std", "test_error_mean", "test_error_std"))
     click.echo(f"summary: {summary['out']}/summary.json, summary.csv")
-    if summary["errors"]:
-        raise click.ClickException(f"{len(summary['errors'])} trial(s) failed; re-run the same command to resume")
 
 
 def _int_list(value: str | None, flag: str) -> list[int] | None:

@@ -21,6 +21,19 @@ class ConfigError(ValueError):
     """A params file or flag value is invalid. The message names the key and what is valid."""
 
 
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+
+
+def check_name(key: str, value: str, example: str) -> None:
+    """A name that becomes part of MLflow filters, run names and file paths: letters, digits, '.', '_'
+    and '-' (a quote would break MLflow's filter strings, a '/' a path)."""
+    import re
+
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise ConfigError(f"{key}: {value!r} is not valid; use letters, digits, '.', '_' and '-', starting with a "
+                          f"letter or digit (e.g. {example})")
+
+
 def load_params(path: str | Path | None = None) -> dict[str, Any]:
     """Read a params.yaml file into a dict of sections."""
     import yaml  # here, not at import time: the training loop runs where only torch is installed

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnet_pipeline.config import ConfigError
+from resnet_pipeline.config import ConfigError, check_name
 from resnet_pipeline.models import SHORTCUTS, ModelConfig, infer_family
 from resnet_pipeline.training.config import TrainConfig
 
@@ -64,8 +64,7 @@ class SweepConfig:
             raise ConfigError(f"sweep.seeds: must be >= 1, got {self.seeds}")
         if self.max_concurrent < 0:
             raise ConfigError(f"sweep.max_concurrent: must be >= 0 (0: automatic), got {self.max_concurrent}")
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"sweep.name: must be a non-empty name without '/', got {self.name!r}")
+        check_name("sweep.name", self.name, "cifar-plain-vs-resnet")
         if self.trial_launcher not in TRIAL_LAUNCHERS:
             raise ConfigError(f"sweep.trial_launcher: {self.trial_launcher!r} is not valid; use one of "
                               f"{', '.join(TRIAL_LAUNCHERS)}")
@@ -113,6 +112,9 @@ class Trial:
         return f"{sweep}-{digest}-{self.family}{self.depth}-{self.shortcut}-seed{self.seed}"
 
 
+# The tag of a trial's run that ASHA stopped before the end (the run is KILLED).
+STOPPED_EARLY = "stopped_early"
+
 # Settings that do not change what a trial computes: bookkeeping, fault tolerance, naming.
 _NOT_RESULT_SHAPING = {"run_name", "experiment", "storage_path", "max_failures", "inject_failure_at", "inject_failure",
                        "log_every", "keep_checkpoints", "checkpoint_every"}
@@ -122,8 +124,10 @@ def config_digest(train: TrainConfig, model_cfg: ModelConfig, data: dict[str, An
     """6 hex digits identifying the settings that shape a sweep's results."""
     import hashlib
 
+    # Each trial sets its own depth, shortcut and family: the model section's values for them do not count.
+    model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("depth", "shortcut", "family")}
     shaping = {"train": {k: v for k, v in dataclasses.asdict(train).items() if k not in _NOT_RESULT_SHAPING},
-               "model": dataclasses.asdict(model_cfg), "data": data}
+               "model": model, "data": data}
     return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:6]
 
 
@@ -327,11 +331,15 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
         tracking.set_running(uri, parent_id)  # e.g. re-run with more seeds: the sweep is open again
     status = tracking.FAILED
     try:
-        done = {r.info.run_name for r in tracking.child_runs(uri, parent_id) if r.info.status == tracking.FINISHED}
+        # Done: finished, or stopped by ASHA (its decision; a new scheduler, without the old one's rung
+        # history, might let the trial run to the end).
+        done = {r.info.run_name for r in tracking.child_runs(uri, parent_id)
+                if r.info.status == tracking.FINISHED
+                or (sweep.asha and r.info.status == tracking.KILLED and r.data.tags.get(STOPPED_EARLY) == "true")}
         todo = [{**dataclasses.asdict(t), "run_name": t.run_name(sweep.name, digest)} for t in trials
                 if t.run_name(sweep.name, digest) not in done]
         print(f"sweep '{sweep.name}' (MLflow run {parent_id}): {len(trials)} trials, "
-              f"{len(trials) - len(todo)} already finished, {len(todo)} to run")
+              f"{len(trials) - len(todo)} already done, {len(todo)} to run")
         errors: dict[str, str] = {}
         if todo:
             # The storage path made absolute here: Tune runs each trial in its own working directory.
@@ -341,12 +349,18 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
                     "num_threads": num_threads, "aug": dict(aug or {}), "tracking_uri": uri,
                     "parent_run_id": parent_id, "snapshot": snap, "in_trial": sweep.in_trial(train.workers)}
             errors = _run_tune(todo, base, sweep, train, storage)
-            # A trial that Tune stopped without an error (ASHA) was interrupted, not failed: its run
+            # A trial of this run that ASHA stopped (no error) was interrupted, not failed: its run
             # ended RUNNING (actor killed) or FAILED (the stop reached the trainer) and becomes KILLED.
+            # Any other run left RUNNING belongs to a trial that died (e.g. its process was killed).
+            names = {t["run_name"] for t in todo}
             for r in tracking.child_runs(uri, parent_id):
-                if r.info.status in (tracking.RUNNING, tracking.FAILED) and r.info.run_name not in errors:
-                    tracking.set_tags(uri, r.info.run_id, {"stopped_early": "true"})
+                if r.info.run_name not in names or r.info.status not in (tracking.RUNNING, tracking.FAILED):
+                    continue
+                if sweep.asha and r.info.run_name not in errors:
+                    tracking.set_tags(uri, r.info.run_id, {STOPPED_EARLY: "true"})
                     tracking.end_run(uri, r.info.run_id, tracking.KILLED)
+                elif r.info.status == tracking.RUNNING:
+                    tracking.end_run(uri, r.info.run_id, tracking.FAILED)
         summary = summarize(uri, parent_id, sweep, digest, trials, model_cfg, num_classes, input_size)
         out = write_summary(summary, Path(sweep.out))
         tracking.log_artifacts(uri, parent_id, out, "summary")
@@ -354,16 +368,19 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
             print(f"trial {name} failed: {e}")
         # With ASHA, trials it stopped early (KILLED) are the scheduler's decision, not a failure.
         ok = {tracking.FINISHED, tracking.KILLED} if sweep.asha else {tracking.FINISHED}
-        missing = [r for r in summary["trials"] if r["status"] not in ok]
-        status = tracking.FINISHED if not errors and not missing else tracking.FAILED
+        incomplete = [f"{r['shortcut']}-{r['depth']} seed {r['seed']}: {r['status']}"
+                      for r in summary["trials"] if r["status"] not in ok]
+        status = tracking.FINISHED if not errors and not incomplete else tracking.FAILED
         return {**summary, "parent_run_id": parent_id, "tracking_uri": uri, "errors": list(errors.values()),
-                "out": str(out)}
-    except KeyboardInterrupt:
-        status = tracking.KILLED
-        # The trials still running die with Ray; their runs end KILLED and resume by name next time.
+                "incomplete": incomplete, "out": str(out)}
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        status = tracking.KILLED if interrupted else tracking.FAILED
+        # The trials still running die with Ray; their runs end (KILLED when interrupted) and resume by
+        # name next time.
         for r in tracking.child_runs(uri, parent_id):
             if r.info.status == tracking.RUNNING:
-                tracking.end_run(uri, r.info.run_id, tracking.KILLED)
+                tracking.end_run(uri, r.info.run_id, status)
         raise
     finally:
         tracking.end_run(uri, parent_id, status)

@@ -19,6 +19,8 @@ from resnet_pipeline.config import ConfigError
 T = TypeVar("T")
 
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
+# When `start_run` last created or reopened a run (ms since the epoch).
+OPENED_TAG = "opened_ms"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -69,7 +71,9 @@ def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any
     value of the tag ``match_tag``, when given: e.g. a sweep's configuration digest).
 
     Returns (run_id, previous status): None for a new run; FINISHED means there is nothing left to
-    do; RUNNING/FAILED/KILLED means the run is continued (set RUNNING again).
+    do; RUNNING/FAILED/KILLED means the run is continued (set RUNNING again). Either way the run's
+    ``opened_ms`` tag records this call's time: a sweep re-run with the settings of an older one reopens
+    that one, which is then the newest (`find_parent_run`) although it started first.
     """
     from mlflow.entities import Param, RunTag
 
@@ -81,13 +85,15 @@ def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any
         query += f" and tags.{match_tag} = '{tags[match_tag]}'"
     found = _retry(lambda: client.search_runs([exp_id], filter_string=query, max_results=1,
                                               order_by=["attributes.start_time DESC"]))
+    opened = str(int(time.time() * 1000))
     if found:
         run = found[0]
         status = run.info.status
+        _retry(lambda: client.set_tag(run.info.run_id, OPENED_TAG, opened))
         if status != FINISHED:
             _retry(lambda: client.update_run(run.info.run_id, status=RUNNING))
         return run.info.run_id, status
-    all_tags = dict(tags)
+    all_tags = {**tags, OPENED_TAG: opened}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = _retry(lambda: client.create_run(exp_id, run_name=run_name, tags=all_tags))
@@ -218,7 +224,8 @@ def _error_code(exc: Exception) -> str:
 
 
 def find_parent_run(uri: str, experiment: str, run_name: str):
-    """The newest top-level run named ``run_name`` in ``experiment`` (a sweep's parent run).
+    """The top-level run named ``run_name`` in ``experiment`` (a sweep's parent run) opened last: the
+    sweep that ran last under that name, whatever its settings (`start_run`).
 
     TrackingError lists the sweeps that exist when there is none.
     """
@@ -230,7 +237,8 @@ def find_parent_run(uri: str, experiment: str, run_name: str):
     runs = _retry(lambda: client.search_runs([exp.experiment_id], max_results=10_000,
                                              order_by=["attributes.start_time DESC"]))
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    found = [r for r in parents if r.info.run_name == run_name]
+    found = sorted((r for r in parents if r.info.run_name == run_name), reverse=True,
+                   key=lambda r: int(r.data.tags.get(OPENED_TAG, r.info.start_time)))
     if not found:
         sweeps = sorted({r.info.run_name for r in parents if "sweep" in r.data.tags})
         raise TrackingError(f"no sweep named {run_name!r} in experiment {experiment!r} ({uri}); "

@@ -553,7 +553,7 @@ def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(demo_re
     figures["rerun_s"] = time.perf_counter() - third.started
     assert not third.leftovers()
     out = third.log.read_text()
-    assert "2 trials, 1 already finished, 1 to run" in out, out[-3000:]
+    assert "2 trials, 1 already done, 1 to run" in out, out[-3000:]
     for stage in ("sweep", "evaluate", "report"):
         assert f"Running stage 'pipelines/demo/dvc.yaml:{stage}'" in out, out[-3000:]
     assert not any("Running stage 'pipelines/demo/dvc.yaml:prepare'" in r.log.read_text()

@@ -79,7 +79,7 @@ def test_rerun_skips_finished_trials_and_resumes_the_rest(sweep_setup: dict, cap
     client.set_terminated(interrupted["run_id"], status="KILLED")  # as if Ctrl-C had stopped this trial
     again = run_sweep(sweep_setup["sweep"], sweep_setup["train"], ModelConfig(), sweep_setup["data"],
                       backend="dali-cpu", num_threads=2, tracking_uri=sweep_setup["uri"])
-    assert "3 already finished, 1 to run" in capsys.readouterr().out
+    assert "3 already done, 1 to run" in capsys.readouterr().out
     assert again["parent_run_id"] == s["parent_run_id"]
     children = client.search_runs([client.get_run(s["parent_run_id"]).info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{s['parent_run_id']}'")
@@ -99,6 +99,8 @@ def test_rerun_skips_finished_trials_and_resumes_the_rest(sweep_setup: dict, cap
     (dict(include=["B-34"]), r"mix"),
     (dict(trial_launcher="in-trial"), r"sweep.trial_launcher: in-trial runs one worker per trial, but train.workers is 2"),
     (dict(trial_launcher="threads"), r"sweep.trial_launcher: 'threads' is not valid; use one of auto, in-trial"),
+    (dict(name="bob's"), r"sweep.name: \"bob's\" is not valid; use letters, digits"),  # would break MLflow's filters
+    (dict(name="a/b"), r"sweep.name: 'a/b' is not valid"),
 ])
 def test_bad_sweep_fails_before_ray(changes: dict, match: str, tmp_path: Path) -> None:
     import ray
@@ -132,9 +134,10 @@ def test_imagenet_depths_plan_on_cifar_sized_data(tiny_data: Path) -> None:
 
 
 def test_asha_stops_trials_without_leaving_runs_open(tiny_data: Path, tmp_path: Path, ray_session,
-                                                     s3_store: dict) -> None:
-    """Whatever ASHA decides, every child run ends FINISHED or KILLED (tagged stopped_early), never RUNNING.
-    Storage in S3: Tune's experiment state and the trials' checkpoints go there."""
+                                                     s3_store: dict, capsys) -> None:
+    """Whatever ASHA decides, every child run ends FINISHED or KILLED (tagged stopped_early), never RUNNING,
+    and a re-run trains neither again. Storage in S3: Tune's experiment state and the trials' checkpoints
+    go there."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sweep = SweepConfig(depths=[8], shortcuts=["A"], seeds=2, name="asha", asha=True, out=str(tmp_path / "m"))
     # One worker: trials train in their Tune process (the sweep_setup grid covers Ray Train trials).
@@ -153,6 +156,10 @@ def test_asha_stops_trials_without_leaving_runs_open(tiny_data: Path, tmp_path: 
         assert any(k.startswith(f"results/asha/{r.info.run_name}/checkpoints/ckpt_") for k in keys), r.info.run_name
     assert any(k.startswith("results/asha/asha-tune-") for k in keys)  # Tune's experiment state
     assert not (tmp_path / "results").exists()
+    capsys.readouterr()
+    again = run_sweep(sweep, train, ModelConfig(), tiny_data, backend="dali-cpu", num_threads=2, tracking_uri=uri)
+    assert "2 already done, 0 to run" in capsys.readouterr().out
+    assert again["trials"] == summary["trials"] and again["incomplete"] == []
 
 
 def test_killed_one_worker_trial_is_retried_by_tune_and_resumes(tiny_data: Path, tmp_path: Path,
@@ -172,3 +179,64 @@ def test_killed_one_worker_trial_is_retried_by_tune_and_resumes(tiny_data: Path,
     assert (tmp_path / "results" / run.info.run_name / "checkpoints" / ".failure_injected").exists()  # it was killed
     assert [h.step for h in client.get_metric_history(trial["run_id"], "train_error")] == [10, 20, 30]
     assert len(client.search_runs([run.info.experiment_id])) == 2  # the parent and this one child, no duplicate
+
+
+def test_config_digest_ignores_the_model_settings_each_trial_sets() -> None:
+    """Changing model.depth (the default of `train`) must not make a sweep train everything again."""
+    from resnet_pipeline.sweep import config_digest
+
+    train, data = TrainConfig(), {"data_dir": "/data", "backend": "dali-cpu", "normalize": "per_pixel"}
+    base = config_digest(train, ModelConfig(), data)
+    assert config_digest(train, ModelConfig(depth=56, shortcut="B", family="cifar"), data) == base
+    assert config_digest(train, ModelConfig(variant="v1.5"), data) != base
+    assert config_digest(TrainConfig(lr=0.05), ModelConfig(), data) != base
+    assert config_digest(TrainConfig(experiment="other", log_every=7), ModelConfig(), data) == base
+
+
+def test_evaluate_finds_the_sweep_that_ran_last_under_a_name(tmp_path: Path) -> None:
+    """Re-running a sweep with an older sweep's settings reopens that older parent run: it is then the
+    one `evaluate --sweep` takes, not the newer one with other settings."""
+    import time
+
+    from resnet_pipeline import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def open_sweep(digest: str) -> tuple[str, str | None]:
+        time.sleep(0.01)  # distinct millisecond stamps
+        return tracking.start_run(uri, "e", "s", {}, {"sweep": "s", "config_digest": digest}, match_tag="config_digest")
+
+    first, _ = open_sweep("aaaaaa")
+    tracking.end_run(uri, first, tracking.FINISHED)
+    second, _ = open_sweep("bbbbbb")
+    tracking.end_run(uri, second, tracking.FINISHED)
+    assert tracking.find_parent_run(uri, "e", "s").info.run_id == second
+    again, previous = open_sweep("aaaaaa")
+    assert (again, previous) == (first, tracking.FINISHED)
+    assert tracking.find_parent_run(uri, "e", "s").info.run_id == first
+
+
+def test_cli_sweep_json_and_exit_status_when_a_trial_fails(tiny_data: Path, tmp_path: Path, ray_session,
+                                                           monkeypatch) -> None:
+    """`sweep --json` prints the summary alone on stdout; a failed trial makes the exit status non-zero
+    (a DVC stage must not look complete) and is named; no run is left RUNNING."""
+    import yaml
+    from click.testing import CliRunner
+
+    from resnet_pipeline.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    train = {**TRAIN, "iterations": 10, "workers": 1, "inject_failure_at": 5, "max_failures": 0,
+             "storage_path": str(tmp_path / "results")}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": train, "sweep": {"depths": [8], "shortcuts": ["A"], "name": "broken",
+                                                               "out": str(tmp_path / "m")}}))
+    result = CliRunner().invoke(main, ["sweep", "--params", str(params), "--data", str(tiny_data), "--json"])
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["incomplete"] == ["A-8 seed 0: FAILED"] and len(summary["errors"]) == 1
+    assert "sweep not complete (A-8 seed 0: FAILED)" in result.stderr and "Traceback" not in result.output
+    client = _client(uri)
+    assert client.get_run(summary["parent_run_id"]).info.status == "FAILED"
+    assert client.get_run(summary["trials"][0]["run_id"]).info.status == "FAILED"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
-from resnet_pipeline.config import ConfigError
+from resnet_pipeline.config import ConfigError, check_name
 
 # The alias that marks the registered version with the lowest validation error.
 CHAMPION = "champion"
@@ -55,9 +54,8 @@ class EvaluateConfig:
         if not 0 <= self.degradation_margin < 1:
             raise ConfigError(f"evaluate.degradation_margin: must be in [0, 1) (a fraction of error), "
                               f"got {self.degradation_margin}")
-        if self.registry_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.registry_name):
-            raise ConfigError(f"evaluate.registry_name: {self.registry_name!r} is not valid; use letters, digits, "
-                              "'.', '_' and '-' (e.g. resnet-cifar10), or null for resnet-<dataset>")
+        if self.registry_name is not None:
+            check_name("evaluate.registry_name", self.registry_name, "resnet-cifar10, or null for resnet-<dataset>")
 
     def resolved_registry_name(self, dataset: str) -> str:
         """``registry_name``, else ``resnet-<dataset>`` (the manifest's dataset name)."""

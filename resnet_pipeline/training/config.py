@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from resnet_pipeline.config import ConfigError
+from resnet_pipeline.config import ConfigError, check_name
 
 
 @dataclass
@@ -93,6 +93,8 @@ class TrainConfig:
                               f"got {self.threads_per_worker}")
         if self.max_failures < -1:
             raise ConfigError(f"train.max_failures: must be >= 0, or -1 for unlimited, got {self.max_failures}")
+        if self.run_name is not None:
+            check_name("train.run_name", self.run_name, "resnet20-baseline")
 
     @property
     def per_worker_batch(self) -> int:
