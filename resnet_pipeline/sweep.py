@@ -235,6 +235,14 @@ def _trial_fn(config: dict[str, Any]) -> None:
           parent_run_id=base["parent_run_id"], snapshot={**base["snapshot"], "sweep_trial": t}, **launch)
 
 
+def trial_threads(cpus: float, node_cpus: float, concurrent: int, trial_cpus: int, workers: int) -> int:
+    """torch threads per worker when train.threads_per_worker is 0: the ``concurrent`` trials share the
+    cluster's cores (less each trial's driver), and no worker takes more than one node's cores. A run
+    alone takes cores / workers (`training.loop`); trials at once would each take that many."""
+    share = min(cpus // concurrent - trial_cpus, node_cpus)
+    return max(1, int(share // workers))
+
+
 def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConfig, train: TrainConfig,
               storage: str | Path) -> dict[str, str]:
     """Run the trials; returns the errors by trial run name (empty when no trial raised)."""
@@ -255,15 +263,19 @@ def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConf
     if per_trial > cpus:
         raise ConfigError(f"train.workers={train.workers} needs {per_trial} CPUs per trial (workers + the trial's "
                           f"driver) but the Ray cluster has {cpus:g}; lower train.workers or add nodes")
-    trial_resources = {"CPU": 1}
-    if in_trial and use_gpu_resolved(train.use_gpu):
+    concurrent = sweep.max_concurrent or max(1, int(cpus // per_trial))
+    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=cpus)
+    gpu_trials = in_trial and use_gpu_resolved(train.use_gpu)
+    if gpu_trials:
         if resources.get("GPU", 0) < 1:
             raise ConfigError(f"train.use_gpu={train.use_gpu} but the Ray cluster has no GPU; set train.use_gpu: off")
-        trial_resources["GPU"] = 1
-    concurrent = sweep.max_concurrent or max(1, int(cpus // per_trial))
-    if in_trial and not train.threads_per_worker:
-        # The trials at once share the cores: each gets its part (not all of them, as one worker would).
-        base["train"] = {**base["train"], "threads_per_worker": max(1, int(cpus // concurrent))}
+        concurrent = sweep.max_concurrent or min(concurrent, int(resources["GPU"]))  # one GPU per trial
+    threads = train.threads_per_worker or trial_threads(cpus, node_cpus, concurrent, trial_cpus, train.workers)
+    base["train"] = {**base["train"], "threads_per_worker": threads}
+    # An in-trial trial asks Ray for the cores its threads use (at most a node's), so that Ray never puts
+    # more threads on a node than it has cores. A Ray Train trial's driver asks for one CPU and each of
+    # its workers for one (`ray_launch`); their threads share the cores as computed above.
+    trial_resources = {"CPU": min(threads, node_cpus) if in_trial else 1, **({"GPU": 1} if gpu_trials else {})}
     scheduler = None
     if sweep.asha:
         from ray.tune.schedulers import ASHAScheduler

@@ -240,3 +240,32 @@ def test_cli_sweep_json_and_exit_status_when_a_trial_fails(tiny_data: Path, tmp_
     client = _client(uri)
     assert client.get_run(summary["parent_run_id"]).info.status == "FAILED"
     assert client.get_run(summary["trials"][0]["run_id"]).info.status == "FAILED"
+
+
+def test_trial_threads_share_the_cores() -> None:
+    from resnet_pipeline.sweep import trial_threads
+
+    assert trial_threads(16, 16, 1, 1, 2) == 7  # one Ray Train trial of 2 workers: 15 cores beside its driver
+    assert trial_threads(16, 16, 5, 1, 2) == 1  # 5 such trials at once: 3 cores each, less the driver
+    assert trial_threads(16, 16, 2, 0, 1) == 8  # 2 in-trial trials
+    assert trial_threads(64, 16, 1, 0, 1) == 16  # 4 nodes of 16 cores: a trial takes at most one node's
+    assert trial_threads(2, 2, 4, 0, 1) == 1
+
+
+def test_in_trial_trials_ask_ray_for_the_cores_their_threads_use(tiny_data: Path, tmp_path: Path,
+                                                                 ray_session) -> None:
+    """Two one-worker trials of 2 threads each on the test's 3-CPU Ray instance: each asks for 2 CPUs,
+    so they run one after the other (asking for 1, both ran at once: 4 threads on 2 cores)."""
+    import ray
+
+    assert ray.cluster_resources()["CPU"] < 4
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = SweepConfig(depths=[8], shortcuts=["A"], seeds=2, name="threads", out=str(tmp_path / "m"))
+    train = TrainConfig(**{**TRAIN, "iterations": 10, "eval_every": 10, "workers": 1, "threads_per_worker": 2},
+                        storage_path=str(tmp_path / "results"))
+    summary = run_sweep(sweep, train, ModelConfig(), tiny_data, backend="dali-cpu", num_threads=1, tracking_uri=uri)
+    assert summary["incomplete"] == []
+    client = _client(uri)
+    first, second = sorted((client.get_run(r["run_id"]) for r in summary["trials"]), key=lambda r: r.info.start_time)
+    assert first.info.end_time <= second.info.start_time
+    assert {r.data.params["train.threads_per_worker"] for r in (first, second)} == {"2"}
