@@ -116,8 +116,9 @@ class Trial:
 STOPPED_EARLY = "stopped_early"
 
 # Settings that do not change what a trial computes: bookkeeping, fault tolerance, naming.
+# (log_every shapes results: the ResNet-110 warm-up ends at the first logging window under its error.)
 _NOT_RESULT_SHAPING = {"run_name", "experiment", "storage_path", "max_failures", "inject_failure_at", "inject_failure",
-                       "log_every", "keep_checkpoints", "checkpoint_every"}
+                       "keep_checkpoints", "checkpoint_every"}
 
 
 def config_digest(train: TrainConfig, model_cfg: ModelConfig, data: dict[str, Any]) -> str:
@@ -331,7 +332,11 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
 
     snap.update(sweep=dataclasses.asdict(sweep), model=dataclasses.asdict(model_cfg),
                 train={**dataclasses.asdict(train), "storage_path": display(train.storage_path)})
-    shaping_data = {"data_dir": str(data_path), "backend": backend, "normalize": normalize}
+    from resnet_pipeline.data import dataset_fingerprint
+
+    # The data's content, not its folder: prepared again with another split, the trials train again;
+    # moved elsewhere, they do not.
+    shaping_data = {"dataset": dataset_fingerprint(data_path), "backend": backend, "normalize": normalize}
     if aug and kind == "imagenet":  # the crops only shape ImageNet-kind runs
         shaping_data["aug"] = dict(aug)
     digest = config_digest(train, model_cfg, shaping_data)

@@ -494,3 +494,22 @@ def hashlib_of(x: torch.Tensor) -> str:
     import hashlib
 
     return hashlib.sha256(x.numpy().round(3).tobytes()).hexdigest()
+
+
+def test_dataset_fingerprint_follows_the_content_not_the_folder(tmp_path: Path) -> None:
+    """What a sweep's digest holds of its data: prepared again (or moved) the same; another split not."""
+    from resnet_pipeline.data import dataset_fingerprint
+
+    src = make_image_folder(tmp_path / "src", {"a": 8, "b": 8})
+
+    def prepared(name: str, split_seed: int) -> Path:
+        out = tmp_path / name
+        prepare(DataConfig(dataset="imagefolder", source=str(src), out=str(out), val_fraction=0.25,
+                           split_seed=split_seed))
+        return out
+
+    first = dataset_fingerprint(prepared("first", 0))
+    assert dataset_fingerprint(prepared("again", 0)) == first
+    shutil.copytree(tmp_path / "first", tmp_path / "moved")
+    assert dataset_fingerprint(tmp_path / "moved") == first
+    assert dataset_fingerprint(prepared("reseeded", 1)) != first

@@ -190,7 +190,8 @@ def test_config_digest_ignores_the_model_settings_each_trial_sets() -> None:
     assert config_digest(train, ModelConfig(depth=56, shortcut="B", family="cifar"), data) == base
     assert config_digest(train, ModelConfig(variant="v1.5"), data) != base
     assert config_digest(TrainConfig(lr=0.05), ModelConfig(), data) != base
-    assert config_digest(TrainConfig(experiment="other", log_every=7), ModelConfig(), data) == base
+    assert config_digest(TrainConfig(experiment="other", checkpoint_every=7), ModelConfig(), data) == base
+    assert config_digest(TrainConfig(log_every=7), ModelConfig(), data) != base  # it moves the end of the warm-up
 
 
 def test_evaluate_finds_the_sweep_that_ran_last_under_a_name(tmp_path: Path) -> None:

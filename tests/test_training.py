@@ -185,6 +185,64 @@ def test_nonfinite_steps_can_be_skipped(tiny_data: Path, tmp_path: Path) -> None
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
 
+def _skip_nonfinite_rank(rank: int, init_file: str, out: str) -> None:
+    """One of 2 DDP ranks: 3 steps, rank 1's second batch is NaN; what each step did, and the weights."""
+    import torch.distributed as dist
+
+    from resnet_pipeline.models import build_model
+    from resnet_pipeline.training.loop import train_step
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(build_model(ModelConfig(depth=8), num_classes=4, input_size=32))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    skipped = []
+    for step in range(3):
+        images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(10 * step + rank))
+        if step == 1 and rank == 1:
+            images[0] = float("nan")
+        _, wrong = train_step(model, images, torch.arange(4), optimizer, scaler, None, skip_nonfinite=True)
+        skipped.append(wrong is None)
+    torch.save({"skipped": skipped, "weights": [p.detach() for p in model.parameters()]}, out)
+    dist.destroy_process_group()
+
+
+def test_nonfinite_skip_is_taken_by_every_rank_together(tmp_path: Path) -> None:
+    """With 2 DDP ranks and a NaN loss on one, both skip that step (one skipping alone hung the other in
+    the gradient all-reduce) and stay identical."""
+    import torch.multiprocessing as mp
+
+    outs = [str(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_skip_nonfinite_rank, args=(r, str(tmp_path / "init"), outs[r])) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    alive = [p.is_alive() for p in procs]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert alive == [False, False] and [p.exitcode for p in procs] == [0, 0], "a rank hung or failed"
+    results = [torch.load(o) for o in outs]
+    assert results[0]["skipped"] == results[1]["skipped"] == [False, True, False]
+    for w0, w1 in zip(results[0]["weights"], results[1]["weights"]):
+        assert torch.equal(w0, w1)
+
+
+def test_unwrap_removes_the_compile_wrapper() -> None:
+    """Checkpoints hold the plain ResNet's keys whether or not train.compile wrapped it (resume loads
+    them into a plain ResNet)."""
+    from resnet_pipeline.models import build_model
+    from resnet_pipeline.training.loop import unwrap
+
+    model = build_model(ModelConfig(depth=8), num_classes=4, input_size=32)
+    compiled = torch.compile(model)  # wraps now, compiles at the first call
+    assert unwrap(compiled) is model
+    assert list(unwrap(compiled).state_dict()) == list(model.state_dict())
+
+
 # --- Ray Train, 2 workers, MLflow -------------------------------------------------------------
 
 RAY_TINY = {**TINY, "workers": 2, "iterations": 80, "eval_every": 40, "checkpoint_every": 20, "log_every": 20}
@@ -275,6 +333,40 @@ def test_failed_run_is_marked_failed_not_left_running(tiny_data: Path, tmp_path:
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("test-failed").experiment_id])
     assert run.info.status == "FAILED" and run.info.run_name == "diverges"
+
+
+def test_ctrl_c_during_a_ray_train_run_ends_it_killed(tiny_data: Path, tmp_path: Path, ray_session) -> None:
+    """Ctrl-C while Ray Train runs: its graceful abort comes out as KeyboardInterrupt (it raised
+    SystemExit, and the run ended FAILED), the run ends KILLED, and the SIGINT handler is ours again
+    afterwards (Ray Train's stayed installed, pointing at the finished run's controller)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from resnet_pipeline.training.driver import train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = TrainConfig(**{**RAY_TINY, "workers": 1, "iterations": 100_000}, storage_path=str(tmp_path / "results"),
+                      run_name="ctrl-c", experiment="test-ctrl-c")
+    ours = signal.getsignal(signal.SIGINT)
+
+    def press_ctrl_c() -> None:  # once Ray Train's handler is in place, i.e. its run has started
+        deadline = time.monotonic() + 120
+        while signal.getsignal(signal.SIGINT) is ours and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, ModelConfig(depth=8), tiny_data, backend="dali-cpu", num_threads=1, tracking_uri=uri)
+    assert signal.getsignal(signal.SIGINT) is ours
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("test-ctrl-c").experiment_id])
+    assert run.info.status == "KILLED"
 
 
 def test_bad_data_dir_fails_before_anything_starts(tmp_path: Path) -> None:

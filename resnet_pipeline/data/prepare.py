@@ -114,6 +114,20 @@ def load_manifest(data_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def dataset_fingerprint(data_dir: str | Path) -> str:
+    """12 hex digits identifying what a prepared dataset holds: the manifest (less the versions, the
+    prepare settings and where the source lay) and the split lists (every file with its label). The
+    same data prepared again, or moved, gives the same fingerprint; another split seed does not."""
+    root = Path(data_dir)
+    manifest = load_manifest(root)
+    held = {k: v for k, v in manifest.items() if k not in ("versions", "config")}
+    held["source"] = {k: v for k, v in manifest["source"].items() if k != "location"}
+    digest = hashlib.sha256(json.dumps(held, sort_keys=True).encode())
+    for split in sorted(manifest["splits"]):
+        digest.update((root / manifest["splits"][split]["list"]).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 # -- acquiring ---------------------------------------------------------------------------------
 
 @dataclass

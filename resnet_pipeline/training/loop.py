@@ -100,13 +100,19 @@ def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, opt
     """One SGD step. Returns (loss, number of wrong top-1 predictions) as device tensors: no host sync.
 
     With ``skip_nonfinite`` a NaN/inf loss is detected before the backward pass (one host sync per
-    step) and the step is skipped: the wrong count is then None and the weights are unchanged.
+    step) and the step is skipped: the wrong count is then None and the weights are unchanged. When
+    distributed, every rank skips if any rank's loss is not finite (one all-reduce): a rank skipping
+    the backward pass alone would leave the others waiting in DDP's gradient all-reduce.
     """
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = model(images)  # (B, classes)
         loss = F.cross_entropy(logits, labels)
-    if skip_nonfinite and not torch.isfinite(loss):
-        return loss.detach(), None
+    if skip_nonfinite:
+        finite = torch.isfinite(loss.detach()).to(torch.int32)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not finite:
+            return loss.detach(), None
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -188,6 +194,8 @@ def make_eval_loader(src: DataSource, split: str, batch: int, rank: int, world: 
 
 
 def unwrap(model: nn.Module) -> ResNet:
+    """The ResNet inside torch.compile's and DDP's wrappers (whose state_dict keys carry prefixes)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model  # type: ignore
 
 

@@ -5,10 +5,13 @@ Ray is imported only here. Connects to $RAY_ADDRESS when set, else starts a loca
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from resnet_pipeline.config import ConfigError
 
@@ -161,6 +164,24 @@ def use_gpu_resolved(use_gpu: str) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+@contextlib.contextmanager
+def _ctrl_c_as_interrupt() -> Iterator[None]:
+    """Ray Train's fit(), in the main thread, installs its own SIGINT handler and leaves it there: on
+    Ctrl-C it aborts the worker group and exits through SystemExit, and a later Ctrl-C in this process
+    calls the finished run's controller. Here the abort is a KeyboardInterrupt, as Ctrl-C is everywhere
+    else (the MLflow run ends KILLED), and the previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():  # a Tune trial: Ray registers none
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    except SystemExit as exc:  # only Ray Train's handler exits from within fit()
+        raise KeyboardInterrupt("the Ray Train run was aborted by Ctrl-C") from exc
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def fit_with_ray(config: dict[str, Any], workers: int, use_gpu: str, run_name: str, storage_path: str | Path,
                  max_failures: int, extra_callbacks: list | None = None) -> dict[str, Any]:
     """Run the worker group to completion; returns the last reported metrics of rank 0."""
@@ -180,7 +201,8 @@ def fit_with_ray(config: dict[str, Any], workers: int, use_gpu: str, run_name: s
                              failure_config=FailureConfig(max_failures=max_failures),
                              callbacks=extra_callbacks or None, logging_config=LoggingConfig("WARNING")),
     )
-    result = trainer.fit()
+    with _ctrl_c_as_interrupt():
+        result = trainer.fit()
     if result.error:
         raise result.error
     return dict(result.metrics or {})
