@@ -369,6 +369,31 @@ def test_ctrl_c_during_a_ray_train_run_ends_it_killed(tiny_data: Path, tmp_path:
     assert run.info.status == "KILLED"
 
 
+def test_resuming_with_another_model_or_recipe_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    """A run name whose checkpoints were made with another depth or lr: a ConfigError naming the keys,
+    before MLflow or training (it failed on loading the weights, or mixed two learning rates)."""
+    from mlflow.tracking import MlflowClient
+
+    from resnet_pipeline.training.driver import train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = TrainConfig(**{**TINY, "iterations": 10}, storage_path=str(tmp_path / "results"), run_name="r",
+                      experiment="test-resume")
+    run = dict(backend="dali-cpu", launcher="local", tracking_uri=uri)
+    first = train(cfg, ModelConfig(depth=8), tiny_data, **run)
+    with pytest.raises(ConfigError, match=r"run 'r' resumes from checkpoints .* made with other settings "
+                                          r"\(train.lr: 0.1 there, 0.05 now\); .* another --run-name"):
+        train(dataclasses.replace(cfg, lr=0.05), ModelConfig(depth=8), tiny_data, **run)
+    with pytest.raises(ConfigError, match=r"model.depth: 8 there, 14 now"):
+        train(cfg, ModelConfig(depth=14), tiny_data, **run)
+    # The same net spelt out (shortcut A is CIFAR's auto), more iterations, another log_every: accepted.
+    longer = dataclasses.replace(cfg, iterations=20, log_every=5)
+    assert train(longer, ModelConfig(depth=8, shortcut="A"), tiny_data, **run)["run_id"] == first["run_id"]
+    client = MlflowClient(uri)
+    (only,) = client.search_runs([client.get_experiment_by_name("test-resume").experiment_id])
+    assert only.info.status == "FINISHED"
+
+
 def test_bad_data_dir_fails_before_anything_starts(tmp_path: Path) -> None:
     from resnet_pipeline.training.driver import train
 

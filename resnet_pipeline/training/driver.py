@@ -41,6 +41,37 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# What a resumed run must share with its checkpoints: the model and the optimisation recipe. The rest
+# may change between attempts: iterations (train longer), workers and speed settings, bookkeeping.
+RECIPE = ("batch_size", "lr", "momentum", "weight_decay", "milestones", "lr_decay", "plateau_patience",
+          "plateau_threshold", "lr_scaling", "base_batch_size", "warmup", "warmup_lr", "warmup_until_error",
+          "warmup_max_iterations", "seed")
+
+
+def check_resumable(checkpoints: str | Path, train_cfg: TrainConfig, model_cfg: ModelConfig, run_name: str) -> None:
+    """Before anything starts: a run that resumes from checkpoints made with another model or recipe
+    would fail on loading the weights, or silently mix two settings; ConfigError names the keys."""
+    from resnet_pipeline.training.checkpoint import CheckpointManager
+
+    state = CheckpointManager(checkpoints).load_latest()
+    if state is None or "config" not in state:
+        return
+
+    def model_of(values: dict[str, Any]) -> dict[str, Any]:
+        m = ModelConfig(**{k: v for k, v in values.items() if k in ModelConfig.__dataclass_fields__})
+        return {**dataclasses.asdict(m), "family": m.resolved_family(), "shortcut": m.resolved_shortcut()}
+
+    saved, now = state["config"], {"train": dataclasses.asdict(train_cfg), "model": model_of(dataclasses.asdict(model_cfg))}
+    saved_model = model_of(saved.get("model", {}))
+    differ = [f"model.{k}: {saved_model[k]!r} there, {v!r} now" for k, v in now["model"].items() if saved_model[k] != v]
+    differ += [f"train.{k}: {saved['train'][k]!r} there, {now['train'][k]!r} now" for k in RECIPE
+               if k in saved.get("train", {}) and saved["train"][k] != now["train"][k]]
+    if differ:
+        raise ConfigError(f"run {run_name!r} resumes from checkpoints in {display(checkpoints)} made with other "
+                          f"settings ({'; '.join(differ)}); resume with the same settings, or start a new run "
+                          "with another --run-name (train.run_name)")
+
+
 def default_run_name(model_cfg: ModelConfig, seed: int) -> str:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{model_cfg.resolved_family()}{model_cfg.depth}-{model_cfg.resolved_shortcut()}-seed{seed}-{stamp}"
@@ -153,6 +184,7 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
     run_name = train_cfg.run_name or default_run_name(model_cfg, train_cfg.seed)
     storage = resolve_storage(train_cfg.storage_path)
     run_dir = join(storage, run_name)
+    check_resumable(join(run_dir, "checkpoints"), train_cfg, model_cfg, run_name)
     src = DataSource(str(data_path), backend, normalize, max(1, num_threads // train_cfg.workers), dict(aug or {}))
     snapshot = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
                 for k, v in (snapshot or {"model": model_cfg}).items()}
