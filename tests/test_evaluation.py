@@ -186,6 +186,7 @@ def test_final_training_error_is_the_mean_of_the_last_windows() -> None:
     curve = [(500, 0.10), (100, 0.90), (300, 0.20), (400, float("nan")), (200, 0.50)]
     assert final_error(curve, 2) == pytest.approx(0.15)  # (300, 500); NaN windows are left out
     assert final_error(curve, 1) == pytest.approx(0.10) and final_error([], 3) is None
+    assert final_error([*curve, (500, 0.10), (500, 0.10)], 2) == pytest.approx(0.15)  # replayed after a resume
     # One check per residual shortcut, A first.
     runs = _runs({20: 0.02, 56: 0.08}, {20: 0.03, 56: 0.01}) + _runs({}, {20: 0.03, 56: 0.09}, shortcut="B")
     assert [(c.residual_shortcut, c.verdict) for c in degradation_checks(runs, last_windows=3)] == [

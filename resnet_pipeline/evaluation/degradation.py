@@ -64,8 +64,10 @@ class DegradationCheck:
 
 
 def final_error(curve: Sequence[tuple[int, float]], last_windows: int) -> float | None:
-    """Mean of the last ``last_windows`` finite points (by iteration), or None for an empty curve."""
-    points = sorted((step, v) for step, v in curve if v is not None and math.isfinite(v))
+    """Mean of the last ``last_windows`` finite points (by iteration), or None for an empty curve. A
+    step logged twice (a resumed run logs the windows between its checkpoint and the crash again)
+    counts once."""
+    points = sorted({step: v for step, v in curve if v is not None and math.isfinite(v)}.items())
     tail = [v for _, v in points[-last_windows:]]
     return statistics.fmean(tail) if tail else None
 
