@@ -7,6 +7,7 @@ reported, never ignored (a typo'd key would otherwise silently fall back to a de
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
@@ -27,8 +28,6 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 def check_name(key: str, value: str, example: str) -> None:
     """A name that becomes part of MLflow filters, run names and file paths: letters, digits, '.', '_'
     and '-' (a quote would break MLflow's filter strings, a '/' a path)."""
-    import re
-
     if not re.fullmatch(NAME_PATTERN, value):
         raise ConfigError(f"{key}: {value!r} is not valid; use letters, digits, '.', '_' and '-', starting with a "
                           f"letter or digit (e.g. {example})")

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 from resnet_pipeline.config import PROJECT_ROOT, ConfigError
 from resnet_pipeline.models import ModelConfig
 from resnet_pipeline.training.config import TrainConfig
-from resnet_pipeline.training.checkpoint import credentials_in, display, is_uri, join, open_store
+from resnet_pipeline.training.checkpoint import CheckpointManager, credentials_in, display, is_uri, join, open_store
 from resnet_pipeline.training.loop import DataSource
 
 
@@ -51,8 +51,6 @@ RECIPE = ("batch_size", "lr", "momentum", "weight_decay", "milestones", "lr_deca
 def check_resumable(checkpoints: str | Path, train_cfg: TrainConfig, model_cfg: ModelConfig, run_name: str) -> None:
     """Before anything starts: a run that resumes from checkpoints made with another model or recipe
     would fail on loading the weights, or silently mix two settings; ConfigError names the keys."""
-    from resnet_pipeline.training.checkpoint import CheckpointManager
-
     state = CheckpointManager(checkpoints).load_latest()
     if state is None or "config" not in state:
         return
@@ -61,11 +59,11 @@ def check_resumable(checkpoints: str | Path, train_cfg: TrainConfig, model_cfg: 
         m = ModelConfig(**{k: v for k, v in values.items() if k in ModelConfig.__dataclass_fields__})
         return {**dataclasses.asdict(m), "family": m.resolved_family(), "shortcut": m.resolved_shortcut()}
 
-    saved, now = state["config"], {"train": dataclasses.asdict(train_cfg), "model": model_of(dataclasses.asdict(model_cfg))}
-    saved_model = model_of(saved.get("model", {}))
-    differ = [f"model.{k}: {saved_model[k]!r} there, {v!r} now" for k, v in now["model"].items() if saved_model[k] != v]
-    differ += [f"train.{k}: {saved['train'][k]!r} there, {now['train'][k]!r} now" for k in RECIPE
-               if k in saved.get("train", {}) and saved["train"][k] != now["train"][k]]
+    saved_model, now_model = model_of(state["config"].get("model", {})), model_of(dataclasses.asdict(model_cfg))
+    saved_train, now_train = state["config"].get("train", {}), dataclasses.asdict(train_cfg)
+    differ = [f"model.{k}: {saved_model[k]!r} there, {v!r} now" for k, v in now_model.items() if saved_model[k] != v]
+    differ += [f"train.{k}: {saved_train[k]!r} there, {now_train[k]!r} now" for k in RECIPE
+               if k in saved_train and saved_train[k] != now_train[k]]
     if differ:
         raise ConfigError(f"run {run_name!r} resumes from checkpoints in {display(checkpoints)} made with other "
                           f"settings ({'; '.join(differ)}); resume with the same settings, or start a new run "
