@@ -170,6 +170,12 @@ def test_fit_resumes_bit_exactly(tiny_data: Path, tmp_path: Path) -> None:
     state = load_checkpoint(CheckpointManager(tmp_path / "b" / "checkpoints").latest())
     assert state["iteration"] == 40 and state["config"]["train"]["iterations"] == 40
     assert {"model", "optimizer", "schedule", "scaler", "rng", "epoch", "batch_in_epoch"} <= set(state)
+    # Restarted after its last checkpoint (say, killed in the test pass), a run trains no further and
+    # reports the same final metrics, the last training window's included.
+    again = fit(TrainConfig(iterations=40, **TINY), model_cfg, _src(tiny_data), tmp_path / "b")
+    assert again.iteration == 40
+    assert again.metrics == resumed.metrics
+    assert resumed.metrics["train_error"] == straight.metrics["train_error"]
 
 
 def test_nonfinite_loss_stops_with_the_iteration(tiny_data: Path, tmp_path: Path) -> None:

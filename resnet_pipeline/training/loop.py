@@ -249,6 +249,7 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
     ckpts = CheckpointManager(join(run_dir, "checkpoints"), cfg.keep_checkpoints)
 
     iteration, epoch, batch_in_epoch, nonfinite_skipped = 0, 0, 0, 0
+    metrics: dict[str, float] = {}  # the last training window's, which the final metrics report
     state = ckpts.load_latest(map_location=device)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -257,6 +258,9 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
         scaler.load_state_dict(state["scaler"])
         iteration, epoch, batch_in_epoch = state["iteration"], state["epoch"], state["batch_in_epoch"]
         nonfinite_skipped = state.get("nonfinite_skipped", 0)
+        # A run restarted after its last checkpoint (in the test pass, or logging the model) trains
+        # no further, and still reports the last window's training error.
+        metrics = state.get("metrics", {})
         rngs = state["rng"]
         set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
 
@@ -280,7 +284,7 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
                 "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "scaler": scaler.state_dict(), "iteration": iteration,
                 "epoch": ep, "batch_in_epoch": pos, "rng": rngs,
-                "nonfinite_skipped": nonfinite_skipped, "config": config_snapshot or {
+                "nonfinite_skipped": nonfinite_skipped, "metrics": metrics, "config": config_snapshot or {
                     "train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)},
             }, iteration, val_error)
         if world_size > 1:
@@ -289,7 +293,6 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
     window = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, wrong, count
     first_bad = torch.full((2,), -1.0, dtype=torch.float64, device=device)  # iteration, loss value
     window_start, window_iters = time.perf_counter(), 0
-    metrics: dict[str, float] = {}
 
     while iteration < cfg.iterations:
         loader = probe if epoch == 0 and probe is not None else make_train_loader(
