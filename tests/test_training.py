@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -158,10 +159,13 @@ def test_checkpoint_to_an_unwritable_place_names_it(tmp_path: Path) -> None:
 
 # --- the loop without Ray ---------------------------------------------------------------------
 
-def test_fit_resumes_bit_exactly(tiny_data: Path, tmp_path: Path) -> None:
+def test_fit_resumes_bit_exactly(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
     """Stopping after 20 iterations and resuming to 40 gives the weights of a straight 40-iteration run."""
     model_cfg = ModelConfig(depth=8)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     straight = fit(TrainConfig(iterations=40, **TINY), model_cfg, _src(tiny_data), tmp_path / "a")
+    # deterministic: true also fixes cuBLAS's workspace, without which a GPU's first step would raise
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     fit(TrainConfig(iterations=20, **TINY), model_cfg, _src(tiny_data), tmp_path / "b")
     resumed = fit(TrainConfig(iterations=40, **TINY), model_cfg, _src(tiny_data), tmp_path / "b")
     assert resumed.iteration == 40

@@ -220,6 +220,10 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
     threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // world_size)
     torch.set_num_threads(threads)
     if cfg.deterministic:
+        # cuBLAS (the fc layer on a GPU) is deterministic only with a fixed workspace, which it reads
+        # from the environment when the process first uses it; without one, use_deterministic_algorithms
+        # makes the first step raise. (No effect on the CPU.)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     seed_everything(cfg.seed)  # the same on every rank: identical initial weights
     amp_dtype = resolve_precision(cfg.precision, device)
