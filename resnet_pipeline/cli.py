@@ -357,9 +357,10 @@ def bench() -> None:
 @click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
 @click.option("--backend", "backends", multiple=True, type=click.Choice(["dali-gpu", "dali-cpu", "torch"]),
               help="Backend to time; repeat for several (default: every one this machine has).")
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--seconds", type=float, default=5.0, show_default=True, help="Timed seconds per backend and round.")
-@click.option("--rounds", type=int, default=3, show_default=True, help="Rounds; the median is reported.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Timed seconds per backend and round.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Rounds; the median is reported.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[str, ...], batch_size: int,
                seconds: float, rounds: int, as_json: bool) -> None:
@@ -394,8 +395,8 @@ def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[st
               help="Params file (default: params.yaml): data.out is the default dataset.")
 @click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
 @click.option("--depth", type=int, default=20, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--iterations", type=int, default=60, show_default=True, help="Per mode.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=60, show_default=True, help="Per mode.")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "bf16"]),
               help="Repeat for several (default: fp32); the first runs every mode, the others bare only.")
 @click.option("--memory-format", "memory_formats", multiple=True, type=click.Choice(["channels_last", "nchw"]),
@@ -437,10 +438,11 @@ def _print_bench_train(report: dict) -> None:
 @bench.command("depths")
 @click.option("--cifar-depths", default="20,32,44,56,110", show_default=True)
 @click.option("--imagenet-depths", default="18,34,50", show_default=True)
-@click.option("--imagenet-input", type=int, default=64, show_default=True, help="Side of the ImageNet nets' input.")
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--seconds", type=float, default=5.0, show_default=True, help="Timed seconds per net and round.")
-@click.option("--rounds", type=int, default=2, show_default=True, help="Rounds; the median is reported.")
+@click.option("--imagenet-input", type=click.IntRange(min=1), default=64, show_default=True, help="Side of the ImageNet nets' input.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Timed seconds per net and round.")
+@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True, help="Rounds; the median is reported.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench_depths(cifar_depths: str, imagenet_depths: str, imagenet_input: int, batch_size: int, seconds: float,
                  rounds: int, as_json: bool) -> None:
@@ -467,8 +469,8 @@ def _print_bench_depths(report: dict) -> None:
 @click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
               help="Params file (default: params.yaml): data.out is the default dataset.")
 @click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
-@click.option("--trials", type=int, default=3, show_default=True)
-@click.option("--iterations", type=int, default=1, show_default=True, help="Per trial.")
+@click.option("--trials", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=1, show_default=True, help="Per trial.")
 @click.option("--launcher", "launchers", multiple=True, type=click.Choice(["in-trial", "ray-train"]),
               help="Trial launcher(s) to time, one sweep each, in one Ray instance (default: both).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

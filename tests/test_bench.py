@@ -78,6 +78,9 @@ def test_bench_data_times_each_backend_side_by_side(tiny_data: Path) -> None:
     assert rows["torch"]["layout"] == "2 worker processes"
     table = CliRunner().invoke(main, args)
     assert table.exit_code == 0 and "dali-cpu" in table.output and "pipelines" in table.output, table.output
+    for option, value in (("--seconds", "0"), ("--rounds", "0"), ("--batch-size", "-1")):
+        bad = CliRunner().invoke(main, ["bench", "data", "--data", str(tiny_data), option, value])
+        assert bad.exit_code == 2 and f"Invalid value for '{option}'" in bad.output, bad.output
 
 
 def _tiny_cifar_archive(path: Path) -> Path:

@@ -80,7 +80,8 @@ def prepare(cfg: DataConfig, *, timeout_s: float = DOWNLOAD_TIMEOUT_S, workers: 
     missing, unreadable, truncated, fails its checksum, has the wrong layout, or leaves a class
     or split without images. Then nothing is left behind in ``out``.
     """
-    out = Path(os.path.abspath(cfg.out_dir))
+    # Resolved (symlinks too), so that an output inside the source is seen whatever path leads there.
+    out = Path(cfg.out_dir).expanduser().resolve()
     workers = workers or os.cpu_count() or 1
     with _atomic_dir(out) as tmp:
         scratch = tmp / "_source"
@@ -181,7 +182,7 @@ def _acquire(cfg: DataConfig, out: Path, scratch: Path, timeout_s: float) -> _So
             raise DataError(f"data.source: {path} holds CIFAR-10 python batches; use dataset: cifar10")
         info["format"] = "cifar10-python"
         converted = scratch / "cifar10-images"
-        sources.cifar_batches_to_folders(batches, converted)
+        sources.cifar_batches_to_folders(batches, converted, source=str(path))
         return _Source(info, converted, converted, owned=True, skipped=skipped)
     info["format"] = "image-folder"
     return _Source(info, root, sources.find_image_root(root, str(path)), owned=owned, skipped=skipped)
@@ -232,14 +233,18 @@ def _collect(source: _Source, cfg: DataConfig) -> tuple[list[_Candidate], list[t
                                 "trailing spaces, tabs, line breaks or invalid UTF-8")
         class_sets[split] = [d.name for d in class_dirs]
         for class_dir in class_dirs:
-            files = sorted(p for p in class_dir.rglob("*") if p.is_file())
-            if not files:
-                raise DataError(f"class folder {class_dir} is empty: every class needs at least one image")
-            for f in files:
-                if any(part.startswith(".") for part in f.relative_to(class_dir).parts):
+            found = 0
+            for f in sorted(p for p in class_dir.rglob("*") if not p.is_dir()):
+                if not f.is_file():  # a link to nothing, a socket, a FIFO: nothing to read or hash
+                    extras.append((None, rel(f), "not a regular file (a broken link or a special file)"))
+                elif any(part.startswith(".") for part in f.relative_to(class_dir).parts):
                     extras.append((f, rel(f), "hidden file"))
                 else:
                     candidates.append(_Candidate(split, class_dir.name, f, rel(f)))
+                    found += 1
+            if not found:
+                raise DataError(f"class folder {class_dir} is empty: every class needs at least one image "
+                                "(hidden files and broken links do not count)")
     train_classes = class_sets["train"]
     for split, names in class_sets.items():
         if names != train_classes:
@@ -523,6 +528,10 @@ def _atomic_dir(dest: Path) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists() and not dest.is_dir():
         raise DataError(f"data.out: {dest} exists and is not a folder")
+    if dest.is_dir() and not (dest / MANIFEST).is_file() and any(dest.iterdir()):
+        # The output replaces the folder whole: never a folder of someone else's files.
+        raise DataError(f"data.out: {dest} is a folder that `prepare` did not write (it has files and no "
+                        f"{MANIFEST}); give a new or empty folder, or a prepared dataset's folder to replace")
     _remove_stale(dest)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -147,7 +147,15 @@ def extract(archive: Path, dest: Path) -> list[str]:
         else:
             with tarfile.open(archive, "r:*") as tf:
                 tf.extractall(dest, filter=keep)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as exc:
+                # A tar ends with zero blocks. One cut between two members reads as complete (tarfile
+                # stops at the end of the data without a word): whole classes or splits would vanish.
+                tf.fileobj.seek(tf.offset)
+                end = tf.fileobj.read(tarfile.BLOCKSIZE)
+                if len(end) < tarfile.BLOCKSIZE or any(end):
+                    raise EOFError(f"unexpected end of data after {len(tf.getmembers())} members "
+                                   "(no end-of-archive marker)")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError,
+            RuntimeError, NotImplementedError) as exc:  # zip: encrypted members, unsupported compression
         kind = "truncated" if isinstance(exc, EOFError) or "unexpected end" in str(exc).lower() else "unreadable"
         raise DataError(
             f"data.source: archive {archive} is {kind}: {exc}. Expected a complete .tar, .tar.gz, "
@@ -183,11 +191,13 @@ def find_image_root(root: Path, source: str) -> Path:
         f"or test/ the same way), optionally inside one top folder; found: {found}")
 
 
-def cifar_batches_to_folders(batches: Path, dest: Path) -> list[str]:
+def cifar_batches_to_folders(batches: Path, dest: Path, source: str | None = None) -> list[str]:
     """Write CIFAR-10's python batches as lossless PNGs ``dest/{train,test}/<class>/NNNNN.png``.
 
     The md5 of every batch file is checked first (torchvision's list of official checksums), so a
-    corrupt or different file fails here instead of training on it. Returns the class names.
+    corrupt or different file fails here instead of training on it; the error names ``source``
+    (what the user gave: the archive, say, not the folder it was unpacked into). Returns the class
+    names.
     """
     from torchvision.datasets import CIFAR10
 
@@ -202,9 +212,11 @@ def cifar_batches_to_folders(batches: Path, dest: Path) -> list[str]:
         try:
             ds = CIFAR10(str(root), train=train, download=False)
         except RuntimeError as exc:
+            # torchvision's own message suggests download=True, which is not ours to offer.
             raise DataError(
-                f"data.source: checksum mismatch in {batches}: a batch file is missing or differs from "
-                f"the official CIFAR-10 release ({exc}). Re-download it or use a verified copy.") from exc
+                f"data.source: checksum mismatch in {source or batches}: a CIFAR-10 batch file is missing "
+                "or differs from the official release (md5 checked). Re-download it or use a verified "
+                "copy.") from exc
         classes = list(ds.classes)
         for c in classes:
             (dest / split / c).mkdir(parents=True, exist_ok=True)

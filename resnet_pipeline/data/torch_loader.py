@@ -71,7 +71,7 @@ class ShardDataset(torch.utils.data.Dataset):
         c = spec.crop_size
         if spec.train:
             low, high = spec.resize_range
-            image = TF.resize(image, [int(torch.randint(low, high + 1, ()))], antialias=True)
+            image = _resize_shorter(image, int(torch.randint(low, high + 1, ())))
             _, height, width = image.shape
             top = int(torch.randint(0, height - c + 1, ()))
             left = int(torch.randint(0, width - c + 1, ()))
@@ -79,7 +79,7 @@ class ShardDataset(torch.utils.data.Dataset):
             if torch.rand(()) < 0.5:
                 x = x.flip(-1)
             return self._normalize(x)
-        image = TF.resize(image, [spec.eval_resize], antialias=True)
+        image = _resize_shorter(image, spec.eval_resize)
         _, height, width = image.shape
         positions = FIVE_CROPS if spec.ten_crop else ((0.5, 0.5),)
         crops = [image[:, _anchor(height - c, y):_anchor(height - c, y) + c,
@@ -91,6 +91,16 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return ((x.float() - self.channel_mean) * self.inv_std).contiguous()
+
+
+def _resize_shorter(image: torch.Tensor, shorter: int) -> torch.Tensor:
+    """Resize so that the shorter side is ``shorter``, the longer one rounded to the nearest pixel as
+    DALI's ``resize_shorter`` does (torchvision's ``resize(image, [n])`` truncates it: 42 pixels where
+    DALI makes 43 of 42.67, and the crops then differ)."""
+    _, height, width = image.shape
+    scale = shorter / min(height, width)
+    size = [shorter, int(width * scale + 0.5)] if height <= width else [int(height * scale + 0.5), shorter]
+    return TF.resize(image, size, antialias=True)
 
 
 class ShardSampler(torch.utils.data.Sampler):

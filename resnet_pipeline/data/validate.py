@@ -51,9 +51,10 @@ def inspect_image(path: str | Path, expected_size: tuple[int, int] | None = None
     and then a full decode), images of another size than ``expected_size`` (width, height).
     Accepted as is: RGB JPEG and PNG. Accepted after conversion to RGB and lossless re-encoding
     as PNG: greyscale, CMYK, palette and alpha modes (alpha is dropped, the colour channels are
-    kept as stored), JPEGs with an EXIF rotation (applied, since the loaders' decoders disagree
+    kept as stored), 16-bit colour PNGs (their high bytes kept), JPEGs with an EXIF rotation (applied, since the loaders' decoders disagree
     on honouring it), and other formats PIL reads (BMP, GIF, TIFF, WebP...). High-bit-depth
-    modes (I, I;16, F) are rejected: converting them would need a range we do not know.
+    modes (I, I;16, F: greyscale of more than 8 bits) are rejected: converting them would need a
+    range we do not know.
     Accepted images no larger than ``keep_pixels_max_side`` a side keep their RGB pixels.
     """
     path = str(path)
@@ -81,6 +82,10 @@ def inspect_image(path: str | Path, expected_size: tuple[int, int] | None = None
             orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if im.format == "JPEG" else 1
             if im.format not in KEPT_FORMATS:
                 result.convert = f"{im.format} re-encoded as PNG"
+            elif im.format == "PNG" and data[24] == 16:
+                # PIL reads a 16-bit RGB(A) PNG as 8-bit RGB (the high bytes); torchvision's decoder
+                # would give uint16, 257 times larger. Stored again as PIL reads it.
+                result.convert = "16-bit PNG reduced to 8 bits per channel"
             elif im.mode != "RGB":
                 result.convert = f"mode {im.mode} converted to RGB"
             elif orientation not in (0, 1):
