@@ -188,6 +188,18 @@ def multiscale_reference(depth: int, shortcut: str) -> dict[str, Reference]:
     return {"top1": top1, "top5": top5}
 
 
+def benchmark(manifest: dict) -> str | None:
+    """Which of the paper's benchmarks a prepared dataset (its manifest) is, by the family of nets the
+    paper trained on it: "cifar" for CIFAR-10, "imagenet" for ILSVRC2012 (1,000 classes of images
+    of varying size), else None. The paper's figures compare only with runs on that benchmark: a
+    ResNet-20 on the demo data, or a ResNet-18 on CIFAR-10, has no paper figure."""
+    if manifest.get("dataset") == "cifar10":
+        return "cifar"
+    if manifest.get("num_classes") == 1000 and not manifest.get("image_size"):
+        return "imagenet"
+    return None
+
+
 def protocol(family: str) -> str:
     """How the paper measured the errors this family is compared with."""
     return CIFAR_TEST if family == "cifar" else IMAGENET_10CROP

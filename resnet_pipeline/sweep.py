@@ -348,6 +348,8 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
         tracking.set_running(uri, parent_id)  # e.g. re-run with more seeds: the sweep is open again
     status = tracking.FAILED
     try:
+        tracking.log_dict(uri, parent_id, {"trials": [t.run_name(sweep.name, digest) for t in trials]},
+                          tracking.SWEEP_GRID)
         # Done: finished, or stopped by ASHA (its decision; a new scheduler, without the old one's rung
         # history, might let the trial run to the end).
         done = {r.info.run_name for r in tracking.child_runs(uri, parent_id)

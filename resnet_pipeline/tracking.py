@@ -21,6 +21,9 @@ T = TypeVar("T")
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 # When `start_run` last created or reopened a run (ms since the epoch).
 OPENED_TAG = "opened_ms"
+# A sweep's parent run's artifact: the trial run names of its latest grid (an earlier run of the sweep
+# with more depths or seeds left other children under the same parent).
+SWEEP_GRID = "sweep_grid.json"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -120,6 +123,24 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
 
 def log_artifacts(uri: str, run_id: str, folder: str | Path, artifact_path: str | None = None) -> None:
     _retry(lambda: _client(uri).log_artifacts(run_id, str(folder), artifact_path))
+
+
+def log_dict(uri: str, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
+    """Write ``data`` as the run's JSON artifact ``artifact_file`` (replacing an earlier one)."""
+    _retry(lambda: _client(uri).log_dict(run_id, dict(data), artifact_file))
+
+
+def load_dict(uri: str, run_id: str, artifact_file: str) -> dict[str, Any] | None:
+    """The run's JSON artifact ``artifact_file``, or None when it has none."""
+    import json
+    import tempfile
+
+    names = {a.path for a in _retry(lambda: _client(uri).list_artifacts(run_id))}
+    if artifact_file not in names:
+        return None
+    with tempfile.TemporaryDirectory(prefix="mlflow-artifact-") as tmp:
+        path = _retry(lambda: _client(uri).download_artifacts(run_id, artifact_file, tmp))
+        return json.loads(Path(path).read_text())
 
 
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:

@@ -41,5 +41,7 @@ def test_imagenet_pipeline_runs_on_generated_data(demo_repo: Path) -> None:
     assert details["compared"] == "val_10crop"  # Sec. 3.4: 10-crop testing on ImageNet-kind data
     (row,) = details["table"]
     assert (row["depth"], row["shortcut"], row["runs"]) == (18, "A", 1)
-    assert 0.0 <= row["top1_error_mean"] <= 1.0 and row["paper_top1_error"] == pytest.approx(0.2788)
+    assert 0.0 <= row["top1_error_mean"] <= 1.0
+    # Generated data of 4 classes is not ImageNet: no paper figure to stand beside it (Table 2 has 27.88).
+    assert row["paper_top1_error"] is None and row["paper_note"].startswith("no paper figure")
     assert (demo_repo / "reports/imagenet-tables2-4/report.md").is_file()

@@ -207,7 +207,17 @@ def test_paper_references_and_secondary_marks() -> None:
     assert paper.CIFAR10_RESNET110_MEAN_STD[0].source == "secondary" and paper.CIFAR10_TABLE6[110].source == "paper"
     rows = [{"family": "cifar", "depth": 56, "shortcut": "A", "seed": s, "top1_error": e, "top5_error": 0.002,
              "val_error": 0.06} for s, e in ((0, 0.070), (1, 0.074))]
-    (entry,) = comparison_table(rows)
+    assert paper.benchmark({"dataset": "cifar10", "num_classes": 10, "image_size": [32, 32]}) == "cifar"
+    assert paper.benchmark({"dataset": "imagefolder", "num_classes": 1000, "image_size": None}) == "imagenet"
+    assert paper.benchmark({"dataset": "demo", "num_classes": 4, "image_size": [32, 32]}) is None
+    # Only on the paper's own benchmark: ResNet-56 on other data, or an ImageNet net on CIFAR-10, has no figure.
+    (other,) = comparison_table(rows, None)
+    assert other["paper_top1_error"] is None and other["diff_top1_error"] is None
+    assert other["paper_note"].startswith("no paper figure: the paper trained cifar nets on CIFAR-10")
+    (imagenet_net,) = comparison_table([{**r, "family": "imagenet", "depth": 34, "shortcut": "B"} for r in rows],
+                                       "cifar")
+    assert imagenet_net["paper_top1_error"] is None
+    (entry,) = comparison_table(rows, "cifar")
     assert entry["top1_error_mean"] == pytest.approx(0.072)
     assert entry["top1_error_std"] == pytest.approx(0.004 / 2 ** 0.5)
     assert entry["paper_top1_error"] == pytest.approx(0.0697) and entry["diff_top1_error"] == pytest.approx(0.0023)

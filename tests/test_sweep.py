@@ -88,6 +88,23 @@ def test_rerun_skips_finished_trials_and_resumes_the_rest(sweep_setup: dict, cap
     assert resumed["status"] == "FINISHED"
 
 
+def test_evaluate_takes_only_the_trials_of_the_sweeps_latest_grid(sweep_setup: dict) -> None:
+    """Narrowed to one depth, the sweep reopens the same parent run (its digest leaves the grid out),
+    whose children still include the other depth's runs: evaluation must not pick those up."""
+    from resnet_pipeline.evaluation.runs import resolve_runs
+
+    uri, s = sweep_setup["uri"], sweep_setup["summary"]
+    narrow = SweepConfig(**{**vars(sweep_setup["sweep"]), "depths": [8]})
+    again = run_sweep(narrow, sweep_setup["train"], ModelConfig(), sweep_setup["data"], backend="dali-cpu",
+                      num_threads=2, tracking_uri=uri)  # both depth-8 trials are done: nothing runs
+    assert again["parent_run_id"] == s["parent_run_id"] and len(again["trials"]) == 2
+    resolved = resolve_runs(uri, "test-sweep", "tiny", [])
+    assert sorted((r.depth, r.shortcut) for r in resolved["runs"]) == [(8, "A"), (8, "plain")]
+    assert sorted(x["run_name"].split("-", 2)[2] for x in resolved["skipped"]) == ["cifar14-A-seed0",
+                                                                                  "cifar14-plain-seed0"]
+    assert all("not in the sweep's current grid" in x["reason"] for x in resolved["skipped"])
+
+
 @pytest.mark.parametrize("changes,match", [
     (dict(depths=[21]), r"sweep.depths: invalid depth\(s\) 21"),
     (dict(depths=[20, 18]), r"mix"),

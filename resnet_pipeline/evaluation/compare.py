@@ -31,11 +31,13 @@ def _sort_key(key: tuple[str, int, str]) -> tuple:
     return family, shortcut != "plain", shortcut, depth
 
 
-def comparison_table(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def comparison_table(rows: Iterable[Mapping[str, Any]], benchmark: str | None) -> list[dict[str, Any]]:
     """One entry per (family, depth, shortcut) of ``rows``.
 
     Each row needs family, depth, shortcut, seed, top1_error and top5_error (fractions, measured
     the way the paper measured that family: see `paper.protocol`), and may carry EXTRA_KEYS.
+    ``benchmark`` is the data's paper benchmark (`paper.benchmark`): only nets of that family get
+    the paper's figures; on any other data there is nothing like-for-like to compare with.
     """
     groups: dict[tuple[str, int, str], list[Mapping[str, Any]]] = {}
     for r in rows:
@@ -47,7 +49,7 @@ def comparison_table(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"family": family, "depth": depth, "shortcut": shortcut,
                                  "seeds": sorted(int(r["seed"]) for r in group), "runs": len(group),
                                  "protocol": paper.protocol(family)}
-        refs = paper.error_reference(family, depth, shortcut)
+        refs = paper.error_reference(family, depth, shortcut) if family == benchmark else {}
         for metric in ("top1", "top5"):
             mean, std = mean_std(r.get(f"{metric}_error") for r in group)
             entry[f"{metric}_error_mean"], entry[f"{metric}_error_std"] = mean, std
@@ -59,9 +61,13 @@ def comparison_table(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         for key in EXTRA_KEYS:  # aggregated when the rows carry them
             if any(key in r for r in group):
                 entry[f"{key}_mean"], entry[f"{key}_std"] = mean_std(r.get(key) for r in group)
-        entry["paper_note"] = _note(family, depth, shortcut, refs)
+        entry["paper_note"] = _note(family, depth, shortcut, refs) if family == benchmark else (
+            f"no paper figure: the paper trained {family} nets on {_BENCHMARK_DATA[family]}, not on this data")
         table.append(entry)
     return table
+
+
+_BENCHMARK_DATA = {"cifar": "CIFAR-10", "imagenet": "ImageNet (ILSVRC2012, 1,000 classes)"}
 
 
 def _note(family: str, depth: int, shortcut: str, refs: Mapping[str, paper.Reference]) -> str:

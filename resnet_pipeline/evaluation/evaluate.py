@@ -383,7 +383,8 @@ def _summarize(cfg: EvaluateConfig, rows: list[dict[str, Any]], histories: dict[
         "paper_protocol": {f: paper.protocol(f) for f in families},
         "runs": rows,
         "skipped": skipped,
-        "table": comparison_table(rows),
+        "paper_benchmark": paper.benchmark(manifest),
+        "table": comparison_table(rows, paper.benchmark(manifest)),
         "degradation": [c.to_dict() for c in checks],
         # Figure 7 in numbers: the seed-mean layer stds of each net, averaged over its 3x3 layers.
         "layer_responses": [{"shortcut": s["shortcut"], "depth": s["depth"], "layers": len(s["stds"]),

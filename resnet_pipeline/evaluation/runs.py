@@ -92,6 +92,15 @@ def resolve_runs(uri: str, experiment: str, sweep: str | None, run_ids: Sequence
     if sweep:
         parent = tracking.find_parent_run(uri, experiment, sweep)
         children = sorted(tracking.child_runs(uri, parent.info.run_id), key=lambda r: r.info.run_name)
+        # The sweep's latest grid: an earlier run of it with more depths, shortcuts or seeds left more
+        # children under the same parent, which are not part of the sweep now.
+        grid = tracking.load_dict(uri, parent.info.run_id, tracking.SWEEP_GRID)
+        if grid is not None:
+            names = set(grid["trials"])
+            skipped += [{"run_id": r.info.run_id, "run_name": r.info.run_name,
+                         "reason": "not in the sweep's current grid (an earlier run of the sweep had it)"}
+                        for r in children if r.info.run_name not in names]
+            children = [r for r in children if r.info.run_name in names]
         for r in children:
             if r.info.status != tracking.FINISHED:
                 skipped.append({"run_id": r.info.run_id, "run_name": r.info.run_name,

@@ -133,7 +133,10 @@ def _results(summary: dict[str, Any]) -> list[Block]:
         Heading(2, "Results beside the paper"),
         Paragraph(f"Errors in %, ours as mean ± std over seeds where there are several; difference = ours minus "
                   f"the paper's, in percentage points. Ours: `{summary['compared']}`. The paper's protocol: "
-                  f"{protocols}. Numbers marked (~) were checked against secondary sources only."),
+                  f"{protocols}. Numbers marked (~) were checked against secondary sources only."
+                  + ("" if summary.get("paper_benchmark") else
+                     f" The data (`{summary['dataset']}`) is neither CIFAR-10 nor ImageNet, so no paper figure "
+                     "stands beside these errors.")),
     ]
     rows = []
     for e in summary["table"]:
