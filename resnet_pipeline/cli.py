@@ -337,9 +337,11 @@ def report(params_file: str | None, sweep_name: str | None) -> None:
 
     summary = json.loads((dest / "evaluation.json").read_text())
     click.echo(f"\nreport: {dest / 'report.html'} (and report.md)")
+    measured = {"test": "test error", "val": "val error", "val_10crop": "val error (10-crop)",
+                "test_10crop": "test error (10-crop)"}.get(summary["compared"], f"{summary['compared']} error")
     for e in summary["table"]:
         net = f"plain-{e['depth']}" if e["shortcut"] == "plain" else f"ResNet-{e['depth']} ({e['shortcut']})"
-        click.echo(f"  {net:<18} test error {_pct_pm(e['top1_error_mean'], e['top1_error_std'])}%  "
+        click.echo(f"  {net:<18} {measured} {_pct_pm(e['top1_error_mean'], e['top1_error_std'])}%  "
                    f"training error {_pct_pm(e['train_error_mean'], e['train_error_std'])}%")
     for check in summary["degradation"]:
         click.echo(f"  degradation check: {check['answer']}")

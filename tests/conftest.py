@@ -177,13 +177,13 @@ def git(repo: Path, *args: str) -> None:
                    check=True, capture_output=True)
 
 
-def dvc(repo: Path, *args: str) -> str:
+def dvc(repo: Path, *args: str, stdout_only: bool = False) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=env, capture_output=True,
                           text=True, timeout=1500)
     assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
+    return proc.stdout if stdout_only else proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ re-run, are in tests/test_reliability.py (on the same copy, after these)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,43 @@ def test_demo_pipeline_runs_and_learns(demo_repo: Path, first_repro: str) -> Non
 def test_second_repro_runs_nothing(demo_repo: Path, first_repro: str) -> None:
     out = _dvc(demo_repo, "repro", "pipelines/demo/dvc.yaml")
     assert "Running stage" not in out, out
+
+
+def test_plots_draw_and_each_stage_follows_its_own_inputs(demo_repo: Path, first_repro: str) -> None:
+    shown = json.loads(_dvc(demo_repo, "plots", "show", "--json", stdout_only=True))
+    base = "plots/demo/evaluation"  # (the other pipelines have not run: their plots are missing)
+    assert not [e for e in shown.get("errors", []) if e["name"].startswith(base)], shown["errors"]
+    plots = shown["data"]
+    assert {f"{base}/figure6.png", f"{base}/figure7.png"} <= set(plots)
+    by_kind = {kind: [p for name, p in plots.items() if name.startswith(f"{base}/{kind}/")]
+               for kind in ("runs", "curves", "confusion")}
+    # two trials: a learning-curve and a confusion PNG each, and their data
+    assert [len(by_kind[k]) for k in ("runs", "curves", "confusion")] == [4, 2, 2], list(plots)
+    assert all(p[0]["type"] == "image" for p in by_kind["runs"])
+    for p in by_kind["curves"]:  # error against iteration, not against the row number
+        assert p[0]["content"]["encoding"]["x"]["field"] == "iteration"
+    for p in by_kind["confusion"]:
+        assert p[0]["content"]["spec"]["encoding"]["x"]["field"] == "actual"
+    # The metrics DVC compares across commits and experiments are for git (cache: false), not ignored by it.
+    ignored = subprocess.run(["git", "check-ignore", "-q", "metrics/demo/evaluation.json"], cwd=demo_repo)
+    assert ignored.returncode == 1
+
+    def stale() -> set[str]:
+        return set(json.loads(_dvc(demo_repo, "status", "--json", "pipelines/demo/dvc.yaml", stdout_only=True)))
+
+    params = demo_repo / "pipelines/demo/params.yaml"
+    loader = demo_repo / "resnet_pipeline/data/loader.py"
+    before = params.read_text(), loader.read_text()
+    try:
+        params.write_text(before[0].replace("reports: reports", "reports: other-reports"))
+        assert stale() == {"pipelines/demo/dvc.yaml:report"}  # evaluate does not read evaluate.reports
+        params.write_text(before[0])
+        loader.write_text(before[1] + "\n# changed\n")  # the loaders shape training and evaluation, not prepare
+        assert stale() == {"pipelines/demo/dvc.yaml:sweep", "pipelines/demo/dvc.yaml:evaluate"}
+    finally:
+        params.write_text(before[0])
+        loader.write_text(before[1])
+    assert stale() == set()
 
 
 def test_imagenet_pipeline_runs_on_generated_data(demo_repo: Path) -> None:

@@ -12,7 +12,8 @@ the training curves (Figure 6), and the figures. Outputs (each complete or absen
     <evaluate.out>                    flat numbers per net and the degradation check (DVC metrics)
     <evaluate.details>/summary.json   everything: runs, comparison table, degradation, environment
     <evaluate.details>/<run>.json     per-class accuracy, confusion matrix, layer responses
-    <evaluate.plots>/            figure6.csv/png, figure7.csv/png, runs/<run>/{curves,confusion}.csv/png
+    <evaluate.plots>/                 figure6.png/csv, figure7.png/csv, runs/<run>/{learning_curves,confusion}.png,
+                                      curves/<run>.csv, confusion/<run>.csv (DVC plots: see dvc.yaml's `plots`)
 """
 
 from __future__ import annotations
@@ -185,7 +186,9 @@ def dvc_metrics(summary: dict[str, Any]) -> dict[str, Any]:
     for e in summary["table"]:
         entry = {"runs": e["runs"], "top1_error": e["top1_error_mean"], "top1_error_std": e["top1_error_std"],
                  "top5_error": e["top5_error_mean"], "val_error": e.get("val_error_mean"),
-                 "train_error": e.get("train_error_mean"), "paper_top1_error": e["paper_top1_error"],
+                 # The degradation check's measure (mean of the last evaluate.last_windows windows), not
+                 # the sweep's train_error_mean (the last window): another number, another name.
+                 "train_error_last_windows": e.get("train_error_mean"), "paper_top1_error": e["paper_top1_error"],
                  "diff_top1_error": e["diff_top1_error"]}
         out[f"{e['shortcut']}-{e['depth']}"] = {k: v for k, v in entry.items() if v is not None}
     for check in summary["degradation"]:
@@ -224,7 +227,7 @@ def _evaluate_run(uri: str, info: RunInfo, cfg: EvaluateConfig, data_path: Path,
         name = f"{name}-{info.run_id[:8]}"
     detail_file = details_dir / f"{name}.json"
     run_plots = plots_dir / "runs" / name
-    _write_run_files(info, ev, classes, split, history, detail_file, run_plots)
+    _write_run_files(info, ev, classes, split, history, detail_file, run_plots, plots_dir, name)
     _log_to_run(uri, info, ev, history, detail_file, run_plots, prep)
     if cfg.register:
         outcome = _register(uri, registry, info, ev, split, compared, sweep, manifest["dataset"], classes)
@@ -250,8 +253,10 @@ def _evaluate_run(uri: str, info: RunInfo, cfg: EvaluateConfig, data_path: Path,
 
 
 def _write_run_files(info: RunInfo, ev: ModelEvaluation, classes: list[str], split: str,
-                     history: dict[str, list[tuple[int, float]]], detail_file: Path, run_plots: Path) -> None:
-    """The run's detail JSON (DVC metrics), curves and confusion CSVs (DVC plots data) and PNGs."""
+                     history: dict[str, list[tuple[int, float]]], detail_file: Path, run_plots: Path,
+                     plots_dir: Path, name: str) -> None:
+    """The run's detail JSON (DVC metrics), PNGs (in ``run_plots``), and its curves and confusion CSVs
+    (DVC plots data, one folder per kind: DVC applies one template to a whole folder)."""
     from resnet_pipeline.evaluation.files import write_csv, write_json_atomic
     from resnet_pipeline.report import plots
 
@@ -260,10 +265,10 @@ def _write_run_files(info: RunInfo, ev: ModelEvaluation, classes: list[str], spl
                                     "units": UNITS})
     steps = sorted({s for k in CURVES for s, _ in history[k]})
     by_key = {k: dict(history[k]) for k in CURVES}
-    write_csv(run_plots / "curves.csv", ["iteration", *CURVES],
+    write_csv(plots_dir / "curves" / f"{name}.csv", ["iteration", *CURVES],
               [[s, *(by_key[k].get(s) for k in CURVES)] for s in steps])
     # One row per image (DVC's confusion template counts them).
-    write_csv(run_plots / "confusion.csv", ["actual", "predicted"],
+    write_csv(plots_dir / "confusion" / f"{name}.csv", ["actual", "predicted"],
               [[classes[a], classes[p]] for a, p in zip(ev.labels, ev.predicted)])
     title = f"{info.run_name}: {'plain' if info.shortcut == 'plain' else 'ResNet'}-{info.depth} ({info.shortcut})"
     plots.learning_curves(history["train_error"], history["val_error"], run_plots / "learning_curves.png", title,
