@@ -16,7 +16,7 @@ from resnet_pipeline.config import ConfigError
 
 
 class _Group(click.Group):
-    """Turn our ConfigError/ValueError into a one-line message and exit code 2, no traceback."""
+    """Turn our ConfigError into a one-line message and exit code 2, no traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -134,7 +134,8 @@ def train(params_file: str | None, data_dir: str | None, depth: int | None, shor
 @click.option("--seeds", type=int, default=None, help="Seeds per (depth, shortcut).")
 @click.option("--iterations", type=int, default=None, help="Override train.iterations for every trial.")
 @click.option("--name", default=None, help="Sweep name; the same name again resumes the sweep.")
-@click.option("--max-concurrent", type=int, default=None, help="Trials at once (default: from the cluster).")
+@click.option("--max-concurrent", type=click.IntRange(min=0), default=None,
+              help="Trials at once (default: sweep.max_concurrent; 0: as many as the cluster allows).")
 @click.option("--asha/--no-asha", default=None, help="ASHA early stopping on validation error.")
 @click.option("--trial-launcher", type=click.Choice(["auto", "in-trial", "ray-train"]), default=None,
               help="Train in the Tune trial's process (one worker) or on a Ray Train worker group; "
@@ -451,8 +452,18 @@ def bench_depths(cifar_depths: str, imagenet_depths: str, imagenet_input: int, b
     """Images/s and effective GFLOP/s of bare training steps for each depth (synthetic data)."""
     from resnet_pipeline.training.bench import bench_depths as run_bench
 
-    report = run_bench(cifar_depths=tuple(_int_list(cifar_depths, "--cifar-depths")),
-                       imagenet_depths=tuple(_int_list(imagenet_depths, "--imagenet-depths")),
+    from resnet_pipeline.models import ModelConfig
+
+    depths = {}
+    for flag, family, value in (("--cifar-depths", "cifar", cifar_depths), ("--imagenet-depths", "imagenet",
+                                                                             imagenet_depths)):
+        depths[family] = tuple(_int_list(value, flag))
+        for depth in depths[family]:
+            try:
+                ModelConfig(depth=depth, family=family).validate()
+            except ValueError as exc:
+                raise click.BadParameter(str(exc).removeprefix("model.depth: "), param_hint=flag) from None
+    report = run_bench(cifar_depths=depths["cifar"], imagenet_depths=depths["imagenet"],
                        imagenet_input=imagenet_input, batch_size=batch_size, seconds=seconds, rounds=rounds)
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -589,14 +600,15 @@ def cluster_status(state_dir) -> None:
 
 
 @cluster.command("env")
+@click.option("--address", default=None, help="Dashboard URL of a head started elsewhere, e.g. http://HEAD:8265.")
 @click.pass_obj
-def cluster_env(state_dir) -> None:
+def cluster_env(state_dir, address: str | None) -> None:
     """Shell exports for plain `ray job submit` and MLflow clients: eval "$(python cli.py cluster env)"."""
     import shlex
 
     from resnet_pipeline import cluster as cl
 
-    for k, v in cl.client_env(state_dir).items():
+    for k, v in cl.client_env(state_dir, address).items():
         click.echo(f"export {k}={shlex.quote(v)}")
 
 

@@ -149,7 +149,8 @@ def _wait_http(url: str, entry: dict[str, Any], headers: dict[str, str], timeout
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(1)
-    raise ClusterError(f"{what} did not answer {url} within {timeout_s:.0f} s; see {entry['log']}")
+    raise ClusterError(f"{what} did not answer {url} within {timeout_s:.0f} s; see {entry['log']}:\n"
+                       f"{_tail(Path(entry['log']))}")
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -182,6 +183,8 @@ def up(state_dir: Path | None = None, *, host: str = "127.0.0.1", mlflow_host: s
             raise ClusterError(f"{flag}: must be a port number in 1..65535, got {p}")
     for flag, h, p in ports:
         _check_port_free(h, p, flag)
+    if backend_store_uri is not None:
+        check_backend_store_uri(backend_store_uri)
     token = ensure_token(token_path())
     env = {**os.environ, **auth_env(token)}
     # Jobs' `python` is this environment's: they inherit the head's PATH.
@@ -204,18 +207,50 @@ def up(state_dir: Path | None = None, *, host: str = "127.0.0.1", mlflow_host: s
                              "temp_dir": temp_dir, "processes": {}}
     state["processes"]["ray"] = _spawn(ray_cmd, state_dir / "ray-head.log", env)
     _write_state(state_dir, state)  # from now on `down` can stop what runs, whatever happens next
-    state["processes"]["mlflow"] = _spawn(mlflow_cmd, state_dir / "mlflow-server.log", env)
-    _write_state(state_dir, state)
-    # Bound to every interface: record the address other nodes reach (MLflow allows private IPs).
-    reach = _primary_ip() if host in ("0.0.0.0", "::") else host
-    mreach = _primary_ip() if mlflow_host in ("0.0.0.0", "::") else mlflow_host
-    state.update(dashboard=f"http://{reach}:{dashboard_port}", gcs_port=port,
-                 tracking_uri=f"http://{mreach}:{mlflow_port}")
-    _write_state(state_dir, state)
-    bearer = {"Authorization": f"Bearer {token.read_text().strip()}"}
-    _wait_http(f"{state['dashboard']}/api/version", state["processes"]["ray"], bearer, timeout_s, "the Ray head")
-    _wait_http(f"{state['tracking_uri']}/health", state["processes"]["mlflow"], {}, timeout_s, "the MLflow server")
+    try:
+        state["processes"]["mlflow"] = _spawn(mlflow_cmd, state_dir / "mlflow-server.log", env)
+        _write_state(state_dir, state)
+        # Bound to every interface: record the address other nodes reach (MLflow allows private IPs).
+        reach = _primary_ip() if host in ("0.0.0.0", "::") else host
+        mreach = _primary_ip() if mlflow_host in ("0.0.0.0", "::") else mlflow_host
+        state.update(dashboard=f"http://{reach}:{dashboard_port}", gcs_port=port,
+                     tracking_uri=f"http://{mreach}:{mlflow_port}")
+        _write_state(state_dir, state)
+        bearer = {"Authorization": f"Bearer {token.read_text().strip()}"}
+        _wait_http(f"{state['dashboard']}/api/version", state["processes"]["ray"], bearer, timeout_s, "the Ray head")
+        _wait_http(f"{state['tracking_uri']}/health", state["processes"]["mlflow"], {}, timeout_s,
+                   "the MLflow server")
+    except BaseException as exc:
+        down(state_dir)  # a half-started cluster is of no use: stop what this call started
+        if isinstance(exc, ClusterError):
+            raise ClusterError(f"{exc}\n(stopped the processes `cluster up` had started)") from None
+        raise
     return state
+
+
+# Schemes of MLflow's database-backed tracking stores (SQLAlchemy URLs); a plain path is a file store.
+BACKEND_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def check_backend_store_uri(uri: str) -> None:
+    """ClusterError naming --backend-store-uri unless MLflow's server can open it: a database URL of a
+    known scheme whose driver is installed here."""
+    import importlib.util
+
+    scheme, sep, _ = uri.partition("://")
+    if uri.startswith("/") or scheme == "file":
+        return  # MLflow's file store (a folder)
+    dialect, _, driver = scheme.partition("+")
+    if not sep or dialect not in BACKEND_SCHEMES:
+        raise ClusterError(f"--backend-store-uri {uri!r}: expected a database URL, e.g. "
+                           "sqlite:////abs/mlflow.db or postgresql://USER:PASSWORD@HOST/DB "
+                           f"(schemes: {', '.join(BACKEND_SCHEMES)}), or an absolute folder path")
+    modules = {"postgresql": ("psycopg2", "psycopg"), "mysql": ("pymysql", "MySQLdb"), "mssql": ("pyodbc", "pymssql")}
+    wanted = (driver,) if driver else modules.get(dialect, ())
+    if wanted and not any(importlib.util.find_spec(m) for m in wanted):
+        raise ClusterError(f"--backend-store-uri {uri!r}: MLflow needs a {dialect} driver in this environment "
+                           f"({' or '.join(wanted)}); e.g. .venv/bin/pip install "
+                           f"{'psycopg2-binary' if dialect == 'postgresql' else wanted[0]}")
 
 
 def _tree(entry: dict[str, Any]) -> list:
@@ -309,9 +344,13 @@ def status(state_dir: Path | None = None) -> dict[str, Any]:
 
 def client_env(state_dir: Path | None = None, address: str | None = None) -> dict[str, str]:
     """RAY_API_SERVER_ADDRESS (the dashboard, for `ray job ...`), the token settings and
-    MLFLOW_TRACKING_URI of the cluster recorded in ``state_dir``, or of ``address`` and this environment."""
+    MLFLOW_TRACKING_URI of the cluster recorded in ``state_dir``, or of ``address`` and this environment
+    (whose token may be in RAY_AUTH_TOKEN itself, as on a client machine: the README's multi-node setup)."""
     state = read_state((state_dir or default_state_dir()).resolve()) or {}
-    env = auth_env(Path(state.get("token_path") or token_path()))
+    if not state.get("token_path") and os.environ.get("RAY_AUTH_TOKEN"):
+        env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"]}
+    else:
+        env = auth_env(Path(state.get("token_path") or token_path()))
     address = (address or state.get("dashboard") or os.environ.get("RAY_API_SERVER_ADDRESS")
                or os.environ.get("RAY_ADDRESS"))
     if not address:
@@ -409,7 +448,7 @@ def job_command(action: str, job_id: str | None, *, state_dir: Path | None = Non
 
 def job_info(job_id: str, env: dict[str, str]) -> dict[str, Any]:
     """The job's record from the Jobs REST API (``status``: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
-    token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    token = env.get("RAY_AUTH_TOKEN") or Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
     req = urllib.request.Request(f"{env['RAY_API_SERVER_ADDRESS']}/api/jobs/{job_id}",
                                  headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(req, timeout=30) as r:

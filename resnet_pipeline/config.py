@@ -15,7 +15,9 @@ from typing import Any, Mapping, TypeVar
 T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
+# As DVC reads it: params.yaml in the folder the command runs in.
+DEFAULT_PARAMS = Path("params.yaml")
+SECTIONS = ("data", "model", "train", "sweep", "evaluate")
 
 
 class ConfigError(ValueError):
@@ -39,13 +41,22 @@ def load_params(path: str | Path | None = None) -> dict[str, Any]:
 
     path = Path(path) if path is not None else DEFAULT_PARAMS
     if not path.is_file():
-        raise ConfigError(f"params file not found: {path} (pass --params with an existing YAML file)")
+        raise ConfigError(f"params file not found: {path.absolute()} (run in the project folder, or pass --params "
+                          "with an existing YAML file)")
     try:
         params = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"params file {path} is not valid YAML: {exc}") from exc
     if not isinstance(params, dict):
         raise ConfigError(f"params file {path} must be a mapping of sections, got {type(params).__name__}")
+    unknown = sorted(set(params) - set(SECTIONS), key=str)
+    if unknown:  # a misspelt section would otherwise leave every one of its keys at its default
+        raise ConfigError(f"params file {path}: unknown section(s) {', '.join(map(str, unknown))}; "
+                          f"valid sections are: {', '.join(SECTIONS)}")
+    for name, section in params.items():
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(f"params file {path}: section '{name}' must be a mapping of keys to values, "
+                              f"got {type(section).__name__} {section!r}")
     return params
 
 

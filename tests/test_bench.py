@@ -29,6 +29,15 @@ def test_bench_depths_reports_effective_flops() -> None:
         assert r["images_per_s"] > 0 and r["mult_adds"] > 0
         assert abs(r["gflops"] - r["images_per_s"] * 6 * r["mult_adds"] / 1e9) < 1e-9 * r["gflops"]
         assert abs(r["peak_fraction"] - r["gflops"] / peak["gflops"]) < 1e-12
+    from click.testing import CliRunner
+
+    from resnet_pipeline.cli import main
+
+    for args, message in ((["--cifar-depths", "21"], "Invalid value for --cifar-depths: invalid CIFAR depth 21"),
+                          (["--imagenet-depths", "19"], "Invalid value for --imagenet-depths: invalid ImageNet depth"),
+                          (["--rounds", "0"], "Invalid value for '--rounds'")):
+        bad = CliRunner().invoke(main, ["bench", "depths", *args])
+        assert bad.exit_code == 2 and message in bad.output, bad.output
 
 
 def test_bench_train_precision_and_memory_format_axes(tiny_data: Path) -> None:

@@ -9,6 +9,7 @@ session's own Ray instance (conftest's ray_session) and os.environ are left alon
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -102,7 +103,7 @@ def _wait_job(head: dict, job_id: str, timeout_s: float = 480) -> tuple[str, str
     return status, logs
 
 
-def test_sweep_job_on_a_one_machine_cluster(head: dict, tiny_data: Path) -> None:
+def test_sweep_job_on_a_one_machine_cluster(head: dict, tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
     state, info, project = head["state"], head["info"], head["root"] / "project"
     project.mkdir()
     params = yaml.safe_load((ROOT / "pipelines/demo/params.yaml").read_text())
@@ -123,6 +124,12 @@ def test_sweep_job_on_a_one_machine_cluster(head: dict, tiny_data: Path) -> None
     job_id = (state / "last_job").read_text().strip()
     status, logs = _wait_job(head, job_id)
     assert status == "SUCCEEDED", logs[-4000:]
+    # A client elsewhere has the token itself in RAY_AUTH_TOKEN, and no token file (README, several nodes).
+    with monkeypatch.context() as m:
+        m.setenv("RAY_AUTH_TOKEN", (head["root"] / "auth_token").read_text().strip())
+        m.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "no-such-token"))
+        remote = cluster.client_env(tmp_path / "no-state", address=info["dashboard"])
+        assert "RAY_AUTH_TOKEN_PATH" not in remote and cluster.job_info(job_id, remote)["status"] == "SUCCEEDED"
 
     # The tracking server holds the sweep: a parent run and a finished child run.
     from mlflow.tracking import MlflowClient
@@ -161,6 +168,12 @@ def test_bad_cluster_input_is_named(tmp_path: Path) -> None:
     relative = _cli("submit", "--state-dir", str(tmp_path), "--address", "http://127.0.0.1:1", "--project-dir",
                     "shared", "--", "true", env=env, timeout=60)
     assert relative.returncode == 2 and "--project-dir 'shared': must be an absolute path" in relative.stderr
+    store = _cli("cluster", "--state-dir", str(tmp_path), "up", "--backend-store-uri", "bogus://x", env=env, timeout=60)
+    assert store.returncode == 2 and "--backend-store-uri 'bogus://x': expected a database URL" in store.stderr
+    if not any(importlib.util.find_spec(m) for m in ("psycopg2", "psycopg")):
+        pg = _cli("cluster", "--state-dir", str(tmp_path), "up", "--backend-store-uri", "postgresql://u:p@db/mlflow",
+                  env=env, timeout=60)
+        assert pg.returncode == 2 and "needs a postgresql driver" in pg.stderr and "psycopg2-binary" in pg.stderr
     assert not (tmp_path / "cluster.json").exists()  # nothing was started
 
 

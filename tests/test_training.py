@@ -83,17 +83,32 @@ def test_warmup_auto_follows_the_paper_and_lr_scaling() -> None:
     (dict(lr=-0.1), r"train.lr: must be a positive"),
     (dict(milestones=[48_000, 32_000]), r"train.milestones"),
     (dict(iterations=0), r"train.iterations"),
+    (dict(lr=float("inf")), r"train.lr: must be a finite number, got inf"),
+    (dict(weight_decay=float("nan")), r"train.weight_decay: must be a finite number, got nan"),
 ])
 def test_invalid_train_config(changes: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         dataclasses.replace(TrainConfig(), **changes).validate()
 
 
-def test_typo_in_params_is_reported(tmp_path: Path) -> None:
-    from resnet_pipeline.config import load_section
+def test_typo_in_params_is_reported(tmp_path: Path, monkeypatch) -> None:
+    from resnet_pipeline.config import load_params, load_section
 
     with pytest.raises(ConfigError, match=r"unknown key\(s\) in params section 'train': lerning_rate"):
         load_section(TrainConfig, "train", {"train": {"lerning_rate": 0.1}})
+    params = tmp_path / "params.yaml"
+    params.write_text("sweeps:\n  seeds: 3\n")  # a misspelt section: all of sweep's keys would stay at their defaults
+    with pytest.raises(ConfigError, match=r"unknown section\(s\) sweeps; valid sections are: data, model, train"):
+        load_params(params)
+    params.write_text("train: 5\n")
+    with pytest.raises(ConfigError, match=r"section 'train' must be a mapping of keys to values, got int 5"):
+        load_params(params)
+    # The default params file is the one in the folder the command runs in, as DVC reads it.
+    params.write_text("train:\n  lr: 0.05\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_params()["train"] == {"lr": 0.05}
+    with pytest.raises(ConfigError, match="train.experiment: must not be empty"):
+        load_section(TrainConfig, "train", experiment=" ")
 
 
 # --- checkpoints ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -63,11 +64,17 @@ class TrainConfig:
     inject_failure: Literal["raise", "sigkill"] = "raise"
 
     def validate(self) -> None:
+        for key in ("experiment", "storage_path"):
+            if not str(getattr(self, key)).strip():
+                raise ConfigError(f"train.{key}: must not be empty (e.g. {TrainConfig.__dataclass_fields__[key].default!r})")
         positive = ("iterations", "batch_size", "base_batch_size", "workers", "log_every", "eval_every",
                     "checkpoint_every", "keep_checkpoints")
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key}: must be a positive integer, got {getattr(self, key)}")
+        for key in ("lr", "warmup_lr", "momentum", "weight_decay", "lr_decay", "plateau_threshold"):
+            if not math.isfinite(getattr(self, key)):  # inf and nan pass the range checks below
+                raise ConfigError(f"train.{key}: must be a finite number, got {getattr(self, key)}")
         for key in ("lr", "warmup_lr"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"train.{key}: must be a positive number, got {getattr(self, key)}")
