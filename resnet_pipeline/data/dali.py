@@ -49,32 +49,36 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
             dont_use_mmap=True)
         # `prepare` already applied every EXIF rotation (re-encoding those files), so the decoder
         # need not look for one; the torch backend does not either.
-        images = fn.decoders.image(encoded, device="mixed" if device == "gpu" else "cpu",
-                                   output_type=types.RGB, adjust_orientation=False)  # HWC uint8
+        decode = dict(device="mixed" if device == "gpu" else "cpu", output_type=types.RGB, adjust_orientation=False)
         outputs = []
         if spec.kind == "cifar":
             # Each DALI CPU operator costs 10-17 us per 32x32 image whatever its arithmetic (its
-            # per-sample overhead), so the pipeline runs the fewest: a uint8 pad + crop and one
-            # crop_mirror_normalize (flip, divide by the std, HWC -> CHW, float). The mean, whether
-            # per pixel or per channel, is subtracted by the loader on the whole batch: it returns
-            # each sample's shift and flip, which select the mean image shifted and flipped alike
-            # (see `mean_table`). The result is the same as subtracting the mean at the stored
-            # resolution and padding with zeros (the mean colour, after normalising).
+            # per-sample overhead), so the pipeline runs the fewest: the decoder, and one
+            # crop_mirror_normalize (shift with zero fill, flip, divide by the std, HWC -> CHW,
+            # float). The mean, whether per pixel or per channel, is subtracted by the loader on the
+            # whole batch: it gets each sample's shift and flip, which select the mean image shifted
+            # and flipped alike (see `mean_table`). The result is the same as subtracting the mean
+            # at the stored resolution and padding with zeros (the mean colour, after normalising).
             mirror = 0
+            height, width = spec.image_size
+            crop = {}
             if spec.train:
-                # Sec. 4.2: pad 4 pixels, random 32x32 crop = shift the window by an integer in [-4, 4].
-                height, width = spec.image_size
-                shift = fn.random.uniform(values=[float(v) for v in range(-spec.pad, spec.pad + 1)], shape=[2])
-                # The anchor and shape inputs of a GPU slice are read on the CPU.
-                shape = types.Constant(np.array([width, height], np.float32), device="cpu")
-                images = fn.slice(images, shift, shape, axis_names="WH",
-                                  normalized_anchor=False, normalized_shape=False, out_of_bounds_policy="pad")
-                mirror = fn.random.coin_flip()
+                # Sec. 4.2: pad 4 pixels, random 32x32 crop = shift the window by an integer in
+                # [-4, 4]: the decoder decodes the part of the image the window keeps, and
+                # crop_mirror_normalize places it in the window, zeros on the side it left.
+                shift, anchor, shape, pos_x, pos_y, mirror = fn.external_source(
+                    source=ShiftSampler(spec), num_outputs=6, batch=True)
+                images = fn.decoders.image_slice(encoded, anchor, shape, axis_names="WH", normalized_anchor=False,
+                                                 normalized_shape=False, **decode)
+                crop = dict(crop=(height, width), crop_pos_x=pos_x, crop_pos_y=pos_y, out_of_bounds_policy="pad")
                 outputs = [shift, mirror]
+            else:
+                images = fn.decoders.image(encoded, **decode)  # HWC uint8
             images = fn.crop_mirror_normalize(images, mirror=mirror, mean=[0.0] * 3,
                                               std=[float(s) for s in spec.std], dtype=types.FLOAT,
-                                              output_layout="CHW")
+                                              output_layout="CHW", **crop)
         else:
+            images = fn.decoders.image(encoded, **decode)  # HWC uint8
             mean = [float(m) for m in spec.mean]
             std = [float(s) for s in spec.std]
             crop = (spec.crop_size, spec.crop_size)
@@ -106,6 +110,33 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
         return (images, *[(x.gpu() if device == "gpu" else x) for x in (labels, *outputs)])
 
     return pipeline()
+
+
+class ShiftSampler:
+    """The random part of the CIFAR training augmentation, a batch at a time (DALI's
+    ``external_source``): each sample's shift (x, y), an integer in [-pad, pad], and flip; and what the
+    pipeline derives from the shift: the part of the image the shifted window keeps (anchor and
+    shape for the decoder) and where it lies in the window (crop_mirror_normalize's position: 1 where
+    the shift is negative, which pads before the image, 0 where it pads after).
+
+    Drawn here rather than by DALI's random operators, and derived with numpy rather than DALI's
+    arithmetic operators: every DALI operator costs per sample, a call per batch does not
+    (`docs/benchmarks.md`). Seeded per (seed, shard) like the pipeline, so an epoch replays exactly.
+    """
+
+    def __init__(self, spec: LoaderSpec) -> None:
+        self.batch_size, self.pad = spec.batch_size, spec.pad
+        height, width = spec.image_size
+        self.size = np.array([width, height], np.float32)
+        self.rng = np.random.default_rng(shard_seed(spec.seed, spec.shard_id))
+
+    def __call__(self) -> tuple[np.ndarray, ...]:
+        shift = self.rng.integers(-self.pad, self.pad + 1, size=(self.batch_size, 2)).astype(np.float32)
+        flip = self.rng.integers(0, 2, size=self.batch_size).astype(np.int32)
+        anchor = np.maximum(shift, 0)
+        shape = self.size - np.abs(shift)
+        before = (shift < 0).astype(np.float32)
+        return shift, anchor, shape, np.ascontiguousarray(before[:, 0]), np.ascontiguousarray(before[:, 1]), flip
 
 
 def mean_table(spec: LoaderSpec) -> torch.Tensor:
