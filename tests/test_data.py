@@ -314,11 +314,13 @@ def test_zip_archive_with_one_top_folder(tmp_path):
         for f in sorted(src.rglob("*")):
             zf.write(f, f.relative_to(tmp_path).as_posix())
         zf.writestr("__MACOSX/._junk", b"resource fork")
+        zf.writestr("LICENSE.txt", b"CC-BY 4.0")  # a file beside the top folder
     m = _prepare(archive, tmp_path / "out")
     assert m["splits"]["train"]["count"] == 8 and m["splits"]["val"]["count"] == 2
     assert m["val_from"] == "source" and m["image_size"] == [40, 50]
-    assert m["rejected"]["files"] == [{"path": "__MACOSX/._junk", "kind": "layout",
-                                       "reason": "outside the top folder photos/"}]
+    assert m["rejected"]["files"] == [
+        {"path": "LICENSE.txt", "kind": "layout", "reason": "outside the top folder photos/"},
+        {"path": "__MACOSX/._junk", "kind": "layout", "reason": "outside the top folder photos/"}]
     assert m["source"]["kind"] == "archive" and len(m["source"]["sha256"]) == 64
 
 

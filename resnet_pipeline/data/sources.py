@@ -183,8 +183,9 @@ def find_image_root(root: Path, source: str) -> Path:
     if (root / "train").is_dir():
         return root
     children = visible_children(root)
-    if len(children) == 1 and children[0].is_dir() and (children[0] / "train").is_dir():
-        return children[0]
+    tops = [c for c in children if c.is_dir() and (c / "train").is_dir()]
+    if len(tops) == 1 and all(c.is_file() for c in children if c != tops[0]):
+        return tops[0]  # one top folder; files beside it (a LICENSE, a README) are listed, not data
     found = ", ".join(p.name + ("/" if p.is_dir() else "") for p in children[:10]) or "nothing"
     raise DataError(
         f"data.source: {source} has the wrong layout: expected train/<class>/<images> (and val/ "
