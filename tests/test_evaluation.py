@@ -172,6 +172,12 @@ def test_no_degradation_and_both_degrade() -> None:
     runs = _runs({20: 0.02, 56: 0.05}, {20: 0.02, 56: 0.01})
     assert degradation_check(runs, last_windows=3).verdict == "degradation"
     assert degradation_check(runs, last_windows=3, margin=0.05).verdict == "no degradation"
+    # A residual net worse than a shallower one counts, even when the deepest is back down.
+    middle = degradation_check(_runs({20: 0.02, 32: 0.04, 44: 0.06, 56: 0.08}, {20: 0.04, 32: 0.15, 44: 0.24,
+                                                                              56: 0.045}), last_windows=3)
+    assert middle.verdict == "both degrade" and middle.residual_rise == pytest.approx(0.005)
+    assert middle.residual_worst_rise == pytest.approx(0.20) and middle.residual_worst_depths == [20, 44]
+    assert "but ResNet-20 4.00% -> ResNet-44 24.00% (+20.00 points)" in middle.answer
 
 
 def test_not_enough_runs() -> None:

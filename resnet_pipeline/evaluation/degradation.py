@@ -8,8 +8,10 @@ while residual nets of the same depths do not. The check asks exactly that of a 
    (one window's error is noisy), then the mean (and std) over seeds per (shortcut, depth).
 2. It compares plain nets with the residual nets of each residual shortcut at the depths where
    both exist. At least 2 such depths are needed, else the answer is "not enough runs".
-3. A family "rises with depth" when its deepest net's error exceeds its shallowest's by more than
-   ``margin`` (a fraction: 0.01 = 1 percentage point).
+3. Plain nets "rise with depth" when the deepest one's error exceeds the shallowest one's by more
+   than ``margin`` (a fraction: 0.01 = 1 percentage point). Residual nets "rise" when any of them
+   exceeds a shallower one by more than the margin: a ResNet-44 worse than a ResNet-20 is no
+   residual success because the ResNet-56 happens to be as good as the ResNet-20.
 4. Degradation is reproduced when plain nets rise and residual nets do not.
 
 Pure Python on plain data structures.
@@ -56,6 +58,10 @@ class DegradationCheck:
     points: list[DepthPoint] = field(default_factory=list)
     plain_rise: float | None = None  # deepest minus shallowest (fraction)
     residual_rise: float | None = None
+    # The largest rise from a shallower to a deeper residual net (what decides for residual nets),
+    # and between which depths.
+    residual_worst_rise: float | None = None
+    residual_worst_depths: list[int] = field(default_factory=list)
     last_windows: int = 5
     margin: float = 0.01
 
@@ -123,13 +129,16 @@ def degradation_check(runs: Iterable[RunCurve], *, residual_shortcut: str | None
         points.append(DepthPoint(d, pm, rm, ps, rs, len(finals["plain", d]), len(finals[residual_shortcut, d])))
     plain_rise = points[-1].plain - points[0].plain
     residual_rise = points[-1].residual - points[0].residual
-    plain_up, residual_up = plain_rise > margin, residual_rise > margin
+    worst, low, high = max((b.residual - a.residual, a, b) for i, a in enumerate(points) for b in points[i + 1:])
+    plain_up, residual_up = plain_rise > margin, worst > margin
     shallow, deep = common[0], common[-1]
     numbers = (f"Final training error (mean of the last {last_windows} logging windows, averaged over seeds): "
                f"plain-{shallow} {_pct(points[0].plain)} -> plain-{deep} {_pct(points[-1].plain)} "
                f"({100 * plain_rise:+.2f} points); ResNet-{shallow} ({residual_shortcut}) {_pct(points[0].residual)} "
-               f"-> ResNet-{deep} {_pct(points[-1].residual)} ({100 * residual_rise:+.2f} points); "
-               f"margin {100 * margin:.2f} points.")
+               f"-> ResNet-{deep} {_pct(points[-1].residual)} ({100 * residual_rise:+.2f} points)"
+               + (f", but ResNet-{low.depth} {_pct(low.residual)} -> ResNet-{high.depth} {_pct(high.residual)} "
+                  f"({100 * worst:+.2f} points)" if residual_up and (low.depth, high.depth) != (shallow, deep) else "")
+               + f"; margin {100 * margin:.2f} points.")
     if plain_up and not residual_up:
         verdict: Verdict = "degradation"
         answer = (f"Yes: training error rises with depth among plain nets but not among residual nets, as in "
@@ -143,7 +152,8 @@ def degradation_check(runs: Iterable[RunCurve], *, residual_shortcut: str | None
         answer = (f"No: training error does not rise with depth among plain nets by more than the margin "
                   f"(the paper's degradation is not reproduced by these runs). {numbers}")
     return DegradationCheck(verdict=verdict, answer=answer, depths=common, points=points, plain_rise=plain_rise,
-                            residual_rise=residual_rise, **base)
+                            residual_rise=residual_rise, residual_worst_rise=worst,
+                            residual_worst_depths=[low.depth, high.depth], **base)
 
 
 def degradation_checks(runs: Iterable[RunCurve], *, last_windows: int = 5,

@@ -193,7 +193,8 @@ def dvc_metrics(summary: dict[str, Any]) -> dict[str, Any]:
         out[f"{e['shortcut']}-{e['depth']}"] = {k: v for k, v in entry.items() if v is not None}
     for check in summary["degradation"]:
         entry = {"reproduced": check["verdict"] == "degradation", "decided": check["verdict"] != "not enough runs",
-                 "plain_rise": check["plain_rise"], "residual_rise": check["residual_rise"]}
+                 "plain_rise": check["plain_rise"], "residual_rise": check["residual_rise"],
+                 "residual_worst_rise": check["residual_worst_rise"]}
         out[f"degradation-{check['residual_shortcut'] or 'none'}"] = {k: v for k, v in entry.items() if v is not None}
     return out
 
