@@ -182,7 +182,8 @@ def _acquire(cfg: DataConfig, out: Path, scratch: Path, timeout_s: float) -> _So
             raise DataError(f"data.source: {path} holds CIFAR-10 python batches; use dataset: cifar10")
         info["format"] = "cifar10-python"
         converted = scratch / "cifar10-images"
-        sources.cifar_batches_to_folders(batches, converted, source=str(path))
+        # An archive's batches lie in scratch: name the archive; a folder's are the user's own files.
+        sources.cifar_batches_to_folders(batches, converted, source=None if path.is_dir() else str(path))
         return _Source(info, converted, converted, owned=True, skipped=skipped)
     info["format"] = "image-folder"
     return _Source(info, root, sources.find_image_root(root, str(path)), owned=owned, skipped=skipped)
