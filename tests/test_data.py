@@ -322,6 +322,12 @@ def test_zip_archive_with_one_top_folder(tmp_path):
         {"path": "LICENSE.txt", "kind": "layout", "reason": "outside the top folder photos/"},
         {"path": "__MACOSX/._junk", "kind": "layout", "reason": "outside the top folder photos/"}]
     assert m["source"]["kind"] == "archive" and len(m["source"]["sha256"]) == 64
+    # Older Windows tools separate folders with backslashes.
+    windows = tmp_path / "windows.zip"
+    with zipfile.ZipFile(windows, "w") as zf:
+        for f in sorted(src.rglob("*.jpg")):
+            zf.write(f, "\\".join(f.relative_to(src).parts))
+    assert _prepare(windows, tmp_path / "out2")["splits"]["train"]["count"] == 8
 
 
 def test_offline_download_fails_fast_with_a_hint(tmp_path, silent_server):

@@ -223,6 +223,9 @@ def test_paper_references_and_secondary_marks() -> None:
     (imagenet_net,) = comparison_table([{**r, "family": "imagenet", "depth": 34, "shortcut": "B"} for r in rows],
                                        "cifar")
     assert imagenet_net["paper_top1_error"] is None
+    (r50,) = comparison_table([{**r, "family": "imagenet", "depth": 50, "shortcut": "B", "variant": "v1.5"}
+                               for r in rows], "imagenet")
+    assert r50["paper_top1_error"] == pytest.approx(0.2285) and "ours: v1.5 blocks" in r50["paper_note"]
     (entry,) = comparison_table(rows, "cifar")
     assert entry["top1_error_mean"] == pytest.approx(0.072)
     assert entry["top1_error_std"] == pytest.approx(0.004 / 2 ** 0.5)

@@ -140,6 +140,8 @@ def extract(archive: Path, dest: Path) -> list[str]:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
                 for info in zf.infolist():
+                    if "\\" in info.filename and "/" not in info.filename:
+                        info.filename = info.filename.replace("\\", "/")  # written by older Windows tools
                     if unsafe(info.filename):
                         skipped.append(info.filename)
                     else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from resnet_pipeline import paper
 
@@ -61,7 +61,9 @@ def comparison_table(rows: Iterable[Mapping[str, Any]], benchmark: str | None) -
         for key in EXTRA_KEYS:  # aggregated when the rows carry them
             if any(key in r for r in group):
                 entry[f"{key}_mean"], entry[f"{key}_std"] = mean_std(r.get(key) for r in group)
-        entry["paper_note"] = _note(family, depth, shortcut, refs) if family == benchmark else (
+        variants = sorted({str(r.get("variant", "v1")) for r in group})
+        entry["variants"] = variants
+        entry["paper_note"] = _note(family, depth, shortcut, refs, variants) if family == benchmark else (
             f"no paper figure: the paper trained {family} nets on {_BENCHMARK_DATA[family]}, not on this data")
         table.append(entry)
     return table
@@ -70,8 +72,11 @@ def comparison_table(rows: Iterable[Mapping[str, Any]], benchmark: str | None) -
 _BENCHMARK_DATA = {"cifar": "CIFAR-10", "imagenet": "ImageNet (ILSVRC2012, 1,000 classes)"}
 
 
-def _note(family: str, depth: int, shortcut: str, refs: Mapping[str, paper.Reference]) -> str:
+def _note(family: str, depth: int, shortcut: str, refs: Mapping[str, paper.Reference],
+          variants: Sequence[str] = ("v1",)) -> str:
     notes = [refs["top1"].note] if "top1" in refs and refs["top1"].note else []
+    if refs and "v1.5" in variants and depth >= 50:
+        notes.append("ours: v1.5 blocks (stride on the 3x3), the paper's are v1 (stride on the first 1x1)")
     if family == "cifar" and depth == 110 and shortcut == paper.CIFAR_RESIDUAL_SHORTCUT:
         mean, std = paper.CIFAR10_RESNET110_MEAN_STD
         notes.append(f"mean +- std over 5 runs {mean.value:g} +- {std.value:g} (~ secondary source)")
