@@ -181,10 +181,10 @@ def up(state_dir: Path | None = None, *, host: str = "127.0.0.1", mlflow_host: s
     for flag, _, p in ports:
         if not 0 < p < 65536:
             raise ClusterError(f"{flag}: must be a port number in 1..65535, got {p}")
-    for flag, h, p in ports:
-        _check_port_free(h, p, flag)
     if backend_store_uri is not None:
         check_backend_store_uri(backend_store_uri)
+    for flag, h, p in ports:
+        _check_port_free(h, p, flag)
     token = ensure_token(token_path())
     env = {**os.environ, **auth_env(token)}
     # Jobs' `python` is this environment's: they inherit the head's PATH.
