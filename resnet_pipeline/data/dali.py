@@ -54,11 +54,11 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
         if spec.kind == "cifar":
             # Each DALI CPU operator costs 10-17 us per 32x32 image whatever its arithmetic (its
             # per-sample overhead), so the pipeline runs the fewest: the decoder, and one
-            # crop_mirror_normalize (shift with zero fill, flip, divide by the std, HWC -> CHW,
-            # float). The mean, whether per pixel or per channel, is subtracted by the loader on the
-            # whole batch: it gets each sample's shift and flip, which select the mean image shifted
-            # and flipped alike (see `mean_table`). The result is the same as subtracting the mean
-            # at the stored resolution and padding with zeros (the mean colour, after normalising).
+            # crop_mirror_normalize (shift with zero fill, flip, HWC -> CHW, uint8). The loader
+            # normalises the whole batch in one pass: x / std minus the mean / std, the mean (per
+            # pixel or per channel) shifted and flipped as each sample was (see `mean_table`). The
+            # result is the same as subtracting the mean at the stored resolution and padding with
+            # zeros (the mean colour, after normalising).
             mirror = 0
             height, width = spec.image_size
             crop = {}
@@ -74,9 +74,8 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
                 outputs = [shift, mirror]
             else:
                 images = fn.decoders.image(encoded, **decode)  # HWC uint8
-            images = fn.crop_mirror_normalize(images, mirror=mirror, mean=[0.0] * 3,
-                                              std=[float(s) for s in spec.std], dtype=types.FLOAT,
-                                              output_layout="CHW", **crop)
+            # uint8 out: a quarter of the bytes for the iterator to copy; the loader normalises.
+            images = fn.crop_mirror_normalize(images, mirror=mirror, dtype=types.UINT8, output_layout="CHW", **crop)
         else:
             images = fn.decoders.image(encoded, **decode)  # HWC uint8
             mean = [float(m) for m in spec.mean]
@@ -210,9 +209,11 @@ class DaliLoader(SpecLoader):
         self.pipelines = [build_pipeline(s, device=device, device_id=device_id) for s in specs]
         self._iterators = [DALIGenericIterator(p, self._names, reader_name=READER,
                                                last_batch_policy=LastBatchPolicy.PARTIAL) for p in self.pipelines]
-        self._mean = None
+        self._mean = None  # CIFAR kind: -mean / std (`mean_table`), and 1 / std
         if spec.kind == "cifar":
-            self._mean = mean_table(spec).to(torch.device("cuda", device_id) if device == "gpu" else "cpu")
+            where = torch.device("cuda", device_id) if device == "gpu" else torch.device("cpu")
+            self._mean = mean_table(spec).neg().to(where)
+            self._inv_std = (1 / torch.tensor(spec.std, dtype=torch.float32)).view(1, 3, 1, 1).to(where)
         self._open = False  # an epoch was started and not finished
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -248,17 +249,19 @@ class DaliLoader(SpecLoader):
                 pass
 
     def _join(self, images: list[torch.Tensor], parts: list[dict]) -> torch.Tensor:
-        """The parts' images as one batch, less the mean (CIFAR kind), in one pass over the data."""
+        """The parts' images as one float batch; CIFAR kind: uint8 in, x / std - mean / std out, the
+        mean gathered for each sample's shift and flip, in one pass over the data."""
         if self._mean is None:
             return images[0] if len(images) == 1 else torch.cat(images)
-        means = [self._mean.index_select(0, table_index(part["shift"], part["flip"], self.spec.pad))
-                 if "shift" in part else self._mean for part in parts]
-        if len(images) == 1:
-            return images[0].sub_(means[0])
-        out = torch.empty((sum(len(x) for x in images), *images[0].shape[1:]), dtype=images[0].dtype,
+        out = torch.empty((sum(len(x) for x in images), *images[0].shape[1:]), dtype=torch.float32,
                           device=images[0].device)
         start = 0
-        for x, mean in zip(images, means):
-            torch.sub(x, mean, out=out[start:start + len(x)])
+        for x, part in zip(images, parts):
+            seg = out[start:start + len(x)]
+            if "shift" in part:
+                torch.index_select(self._mean, 0, table_index(part["shift"], part["flip"], self.spec.pad), out=seg)
+            else:
+                seg.copy_(self._mean.expand_as(seg))
+            seg.addcmul_(x, self._inv_std)
             start += len(x)
         return out
