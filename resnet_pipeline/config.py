@@ -15,7 +15,7 @@ from typing import Any, Mapping, TypeVar
 T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# As DVC reads it: params.yaml in the folder the command runs in.
+# params.yaml in the folder the command runs in (as DVC reads it), else the project's.
 DEFAULT_PARAMS = Path("params.yaml")
 SECTIONS = ("data", "model", "train", "sweep", "evaluate")
 
@@ -39,10 +39,11 @@ def load_params(path: str | Path | None = None) -> dict[str, Any]:
     """Read a params.yaml file into a dict of sections."""
     import yaml  # here, not at import time: the training loop runs where only torch is installed
 
-    path = Path(path) if path is not None else DEFAULT_PARAMS
+    if path is None:
+        path = DEFAULT_PARAMS if DEFAULT_PARAMS.is_file() else PROJECT_ROOT / DEFAULT_PARAMS
+    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"params file not found: {path.absolute()} (run in the project folder, or pass --params "
-                          "with an existing YAML file)")
+        raise ConfigError(f"params file not found: {path.absolute()} (pass --params with an existing YAML file)")
     try:
         params = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -103,10 +103,12 @@ def test_typo_in_params_is_reported(tmp_path: Path, monkeypatch) -> None:
     params.write_text("train: 5\n")
     with pytest.raises(ConfigError, match=r"section 'train' must be a mapping of keys to values, got int 5"):
         load_params(params)
-    # The default params file is the one in the folder the command runs in, as DVC reads it.
+    # The default params file is the one in the folder the command runs in, as DVC reads it, else the project's.
     params.write_text("train:\n  lr: 0.05\n")
     monkeypatch.chdir(tmp_path)
     assert load_params()["train"] == {"lr": 0.05}
+    params.unlink()
+    assert load_params()["train"]["lr"] == 0.1  # params.yaml of the project: the paper's recipe
     with pytest.raises(ConfigError, match="train.experiment: must not be empty"):
         load_section(TrainConfig, "train", experiment=" ")
 
