@@ -498,7 +498,10 @@ def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(demo_re
     figures: dict = {}
     params_path = repo / "pipelines/demo/params.yaml"
     params = yaml.safe_load(params_path.read_text())
-    params["train"].update(lr=0.05, experiment=EXPERIMENT)
+    # Long enough that the interrupt lands while the second trial trains: 40 iterations took ~3 s,
+    # and a Ctrl-C polled at its last checkpoint could reach the driver only as it exited (ignored).
+    iterations = 100
+    params["train"].update(lr=0.05, experiment=EXPERIMENT, iterations=iterations)
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     old_checkpoints = set((repo / "results" / "demo").glob("*/checkpoints/ckpt_*.pt"))
 
@@ -515,7 +518,7 @@ def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(demo_re
         runs = trials()
         done = [n for n, r in runs.items() if r.info.status == "FINISHED"]
         other = [n for n in runs if n not in done]
-        if done and other and _ckpt(repo, other[0]) >= 10:
+        if done and other and 10 <= _ckpt(repo, other[0]) < iterations:
             state.update(finished=done[0], interrupted=other[0])
             return True
         return False
@@ -538,7 +541,7 @@ def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(demo_re
     second = _Repro(repo, tmp_path / "repro2.log")
     # (Had Ctrl-C come after the last checkpoint, kill as soon as the trial runs again.)
     second.poll(lambda: _ckpt(repo, interrupted) > figures["ctrl_c_at"] or (
-        figures["ctrl_c_at"] >= 40 and trials()[interrupted].info.status == "RUNNING"))
+        figures["ctrl_c_at"] >= iterations and trials()[interrupted].info.status == "RUNNING"))
     figures["sigkill_at"] = _ckpt(repo, interrupted)
     (driver,) = [p for p in _descendants(second.proc) if "cli.py" in " ".join(p.cmdline())
                  and "sweep" in p.cmdline()]
@@ -569,9 +572,9 @@ def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(demo_re
     from resnet_pipeline import tracking
 
     steps = [s for s, _ in tracking.metric_history(uri, runs[finished].info.run_id, "train_loss")]
-    assert steps == [10, 20, 30, 40]
+    assert steps == list(range(10, iterations + 1, 10))
     steps = [s for s, _ in tracking.metric_history(uri, runs[interrupted].info.run_id, "train_loss")]
-    assert sorted(set(steps)) == [10, 20, 30, 40]
+    assert sorted(set(steps)) == list(range(10, iterations + 1, 10))
     figures["interrupted_trial_points"] = len(steps)
 
     # The stage's outputs: every trial FINISHED with finite metrics, and DVC sees the stage as done.
