@@ -400,6 +400,14 @@ def _descendants(proc: psutil.Process) -> set:
         return set()
 
 
+def _terminal_sigint() -> None:
+    """In the child, before exec: SIGINT as a terminal's shell gives it (default action, not blocked).
+    An ignored or blocked SIGINT is inherited across exec, and this test process may hold one from the
+    tests before it (the full suite, in a fresh clone, once left the Ctrl-C below without effect)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 class _Repro:
     """`dvc repro` of the demo pipeline, in its own session (as a terminal would run
     it), with every process it starts remembered so that exactly those can be checked and ended."""
@@ -411,7 +419,7 @@ class _Repro:
         self.log = log
         self.proc = psutil.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "pipelines/demo/dvc.yaml"],
                                  cwd=repo, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+                                 start_new_session=True, preexec_fn=_terminal_sigint)
         self.seen: set = set()
         self.started = time.perf_counter()
 
@@ -523,6 +531,8 @@ def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(demo_re
             return True
         return False
 
+    figures["test_process_sigint"] = (str(signal.getsignal(signal.SIGINT)),
+                                      sorted(map(int, signal.pthread_sigmask(signal.SIG_BLOCK, []))))
     first.poll(first_done_and_second_checkpointed)
     finished, interrupted = state["finished"], state["interrupted"]
     figures["ctrl_c_at"] = _ckpt(repo, interrupted)
