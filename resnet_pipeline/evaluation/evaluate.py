@@ -374,6 +374,7 @@ def _summarize(cfg: EvaluateConfig, rows: list[dict[str, Any]], histories: dict[
     checks = degradation_checks(curves, last_windows=cfg.last_windows, margin=cfg.degradation_margin)
     champion = tracking.alias_version(uri, registry, CHAMPION) if cfg.register else None
     families = sorted({r["family"] for r in rows})
+    benchmark = paper.benchmark(manifest)
     return {
         "units": UNITS,
         "sweep": sweep,
@@ -389,8 +390,8 @@ def _summarize(cfg: EvaluateConfig, rows: list[dict[str, Any]], histories: dict[
         "paper_protocol": {f: paper.protocol(f) for f in families},
         "runs": rows,
         "skipped": skipped,
-        "paper_benchmark": paper.benchmark(manifest),
-        "table": comparison_table(rows, paper.benchmark(manifest)),
+        "paper_benchmark": benchmark,
+        "table": comparison_table(rows, benchmark),
         "degradation": [c.to_dict() for c in checks],
         # Figure 7 in numbers: the seed-mean layer stds of each net, averaged over its 3x3 layers.
         "layer_responses": [{"shortcut": s["shortcut"], "depth": s["depth"], "layers": len(s["stds"]),
