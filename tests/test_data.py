@@ -406,10 +406,12 @@ def test_dali_cpu_eval_shapes_dtypes_and_normalisation(cifar_like, normalize):
 @pytest.mark.parametrize("normalize", ["per_pixel", "per_channel"])
 def test_train_augmentation_pads_crops_and_flips(cifar_like, backend, normalize):
     m = load_manifest(cifar_like)
+    threads = torch.get_num_threads()
     loader = make_loader(cifar_like, "train", train=True, batch_size=8, backend=backend, seed=3, normalize=normalize)
     n_train = m["splits"]["train"]["count"]
     assert len(loader) == n_train // 8
     images, labels = next(iter(loader))
+    assert torch.get_num_threads() == threads  # the DALI loader joins batches on one thread, then restores
     assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32 and labels.dtype == torch.int64
     raw, raw_labels = _decoded(cifar_like, "train")
     mean = np.load(cifar_like / "mean.npy") if normalize == "per_pixel" else np.asarray(m["mean"], np.float32)

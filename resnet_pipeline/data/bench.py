@@ -29,9 +29,9 @@ def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split
     Every backend gets the same ``num_threads``, used as each runs best on the same cores: torch
     runs that many worker processes (more were slower here), a DALI CPU training loader two
     pipelines of that many threads each (`dali.pipeline_parts`; each row's ``layout`` says which).
-    The backends take
-    turns, ``rounds`` times, so a change in the machine's load hits all of them alike. Each turn
-    builds a fresh loader, lets ``warmup_batches`` pass untimed (worker start-up, first
+    The backends take turns, ``rounds`` times, every other round in reverse order, so a change in
+    the machine's load hits all of them alike and none always runs right after another's shutdown.
+    Each turn builds a fresh loader, lets ``warmup_batches`` pass untimed (worker start-up, first
     allocations), then counts images for at least ``seconds``, across epochs if need be; GPU work
     is synchronised before the clock stops.
     Also reports images per CPU-second (this process and its worker processes).
@@ -44,8 +44,8 @@ def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split
     rates: dict[str, list[float]] = {}
     layout: dict[str, str] = {}
     per_cpu: dict[str, list[float]] = {}
-    for _ in range(rounds):
-        for backend in names:
+    for round_ in range(rounds):
+        for backend in (names if round_ % 2 == 0 else names[::-1]):
             # A fresh loader per turn: an idle loader left alive would refill its prefetch queue
             # (torch workers, DALI threads) while the next backend is being timed.
             loader = make_loader(data_dir, split, train=True, batch_size=batch_size, backend=backend,

@@ -5,6 +5,7 @@ The only module that imports DALI. The transforms are those described in `loader
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Iterator
 
@@ -66,12 +67,12 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
                 # Sec. 4.2: pad 4 pixels, random 32x32 crop = shift the window by an integer in
                 # [-4, 4]: the decoder decodes the part of the image the window keeps, and
                 # crop_mirror_normalize places it in the window, zeros on the side it left.
-                shift, anchor, shape, pos_x, pos_y, mirror = fn.external_source(
+                row, anchor, shape, pos_x, pos_y, mirror = fn.external_source(
                     source=ShiftSampler(spec), num_outputs=6, batch=True)
                 images = fn.decoders.image_slice(encoded, anchor, shape, axis_names="WH", normalized_anchor=False,
                                                  normalized_shape=False, **decode)
                 crop = dict(crop=(height, width), crop_pos_x=pos_x, crop_pos_y=pos_y, out_of_bounds_policy="pad")
-                outputs = [shift, mirror]
+                outputs = [row]
             else:
                 images = fn.decoders.image(encoded, **decode)  # HWC uint8
             # uint8 out: a quarter of the bytes for the iterator to copy; the loader normalises.
@@ -104,8 +105,8 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
             offset = sum(alpha[i] * constant(components[:, i], on="cpu") for i in range(3))  # per sample, on the CPU
             offset = fn.reshape(offset, shape=[3, 1, 1])
             images = images + (offset.gpu() if device == "gpu" else offset)
-        # On the GPU, labels (and shifts and flips) go there too: every output then comes out on the
-        # same device.
+        # On the GPU, labels (and the mean-table rows) go there too: every output then comes out on
+        # the same device.
         return (images, *[(x.gpu() if device == "gpu" else x) for x in (labels, *outputs)])
 
     return pipeline()
@@ -113,10 +114,11 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
 
 class ShiftSampler:
     """The random part of the CIFAR training augmentation, a batch at a time (DALI's
-    ``external_source``): each sample's shift (x, y), an integer in [-pad, pad], and flip; and what the
-    pipeline derives from the shift: the part of the image the shifted window keeps (anchor and
-    shape for the decoder) and where it lies in the window (crop_mirror_normalize's position: 1 where
-    the shift is negative, which pads before the image, 0 where it pads after).
+    ``external_source``): each sample's shift (x, y), an integer in [-pad, pad], and flip, and what
+    follows from them: the part of the image the shifted window keeps (anchor and shape for the
+    decoder), where it lies in the window (crop_mirror_normalize's position: 1 where the shift is
+    negative, which pads before the image, 0 where it pads after), and the row of `mean_table`
+    that the loader subtracts.
 
     Drawn here rather than by DALI's random operators, and derived with numpy rather than DALI's
     arithmetic operators: every DALI operator costs per sample, a call per batch does not
@@ -130,19 +132,22 @@ class ShiftSampler:
         self.rng = np.random.default_rng(shard_seed(spec.seed, spec.shard_id))
 
     def __call__(self) -> tuple[np.ndarray, ...]:
-        shift = self.rng.integers(-self.pad, self.pad + 1, size=(self.batch_size, 2)).astype(np.float32)
+        p = self.pad
+        shift = self.rng.integers(-p, p + 1, size=(self.batch_size, 2)).astype(np.float32)
         flip = self.rng.integers(0, 2, size=self.batch_size).astype(np.int32)
         anchor = np.maximum(shift, 0)
         shape = self.size - np.abs(shift)
         before = (shift < 0).astype(np.float32)
-        return shift, anchor, shape, np.ascontiguousarray(before[:, 0]), np.ascontiguousarray(before[:, 1]), flip
+        x, y = (shift.astype(np.int32) + p).T
+        row = (y * (2 * p + 1) + x) * 2 + flip  # the order `mean_table` stacks its entries in
+        return row, anchor, shape, np.ascontiguousarray(before[:, 0]), np.ascontiguousarray(before[:, 1]), flip
 
 
 def mean_table(spec: LoaderSpec) -> torch.Tensor:
     """What the loader subtracts from a CIFAR-kind batch after `build_pipeline`: mean / std (the
     per-pixel mean image, or the per-channel mean as a constant image), [1, 3, H, W] in evaluation;
     in training the same shifted and flipped as each sample was (zeros where the shift pads), one
-    entry per (shift y, shift x, flip): [(2 pad + 1)^2 * 2, 3, H, W], indexed by `table_index`
+    entry per (shift y, shift x, flip): [(2 pad + 1)^2 * 2, 3, H, W], the rows `ShiftSampler` gives
     (162 entries at the paper's pad of 4: 2 MB for 32x32 images, 8 MB at the CIFAR kind's largest,
     64x64)."""
     height, width = spec.image_size
@@ -157,12 +162,6 @@ def mean_table(spec: LoaderSpec) -> torch.Tensor:
     shifted = torch.stack([padded[:, p + dy:p + dy + height, p + dx:p + dx + width]
                            for dy in range(-p, p + 1) for dx in range(-p, p + 1)])
     return torch.stack([shifted, shifted.flip(-1)], dim=1).reshape(-1, 3, height, width).contiguous()
-
-
-def table_index(shift: torch.Tensor, flip: torch.Tensor, pad: int) -> torch.Tensor:
-    """Rows of `mean_table` for DALI's per-sample shifts ([N, 2] as (x, y)) and flips ([N])."""
-    x, y = (shift.reshape(-1, 2).round().long() + pad).unbind(1)
-    return (y * (2 * pad + 1) + x) * 2 + flip.reshape(-1).long()
 
 
 def pipeline_parts(spec: LoaderSpec, device: str) -> int:
@@ -200,7 +199,7 @@ class DaliLoader(SpecLoader):
             dataclasses.replace(spec, shard_id=spec.shard_id * parts + p, num_shards=spec.num_shards * parts,
                                 batch_size=spec.batch_size // parts)
             for p in range(parts)]
-        self._names = ["images", "labels"] + (["shift", "flip"] if spec.kind == "cifar" and spec.train else [])
+        self._names = ["images", "labels"] + (["row"] if spec.kind == "cifar" and spec.train else [])
         # PARTIAL: the iterator yields each shard whole, the padded repeats cut from its last
         # batch, and takes every batch the reader made for the epoch (with DROP it leaves one in
         # the pipeline when a shard is a sample longer than the shortest and that one is a
@@ -256,12 +255,33 @@ class DaliLoader(SpecLoader):
         out = torch.empty((sum(len(x) for x in images), *images[0].shape[1:]), dtype=torch.float32,
                           device=images[0].device)
         start = 0
-        for x, part in zip(images, parts):
-            seg = out[start:start + len(x)]
-            if "shift" in part:
-                torch.index_select(self._mean, 0, table_index(part["shift"], part["flip"], self.spec.pad), out=seg)
-            else:
-                seg.copy_(self._mean.expand_as(seg))
-            seg.addcmul_(x, self._inv_std)
-            start += len(x)
+        with single_threaded(out.device.type == "cpu"):
+            for x, part in zip(images, parts):
+                seg = out[start:start + len(x)]
+                if "row" in part:
+                    torch.index_select(self._mean, 0, part["row"].reshape(-1), out=seg)
+                else:
+                    seg.copy_(self._mean.expand_as(seg))
+                seg.addcmul_(x, self._inv_std)
+                start += len(x)
         return out
+
+
+@contextlib.contextmanager
+def single_threaded(enabled: bool = True) -> Iterator[None]:
+    """Run torch's CPU ops on one thread inside the block (and restore the count after).
+
+    For the loader's pass over a batch while DALI's threads decode the next ones. With torch's
+    intra-op threads as well, the cores are oversubscribed: an op split across threads waits
+    for its slowest one, which DALI has taken the core from, and the waiting threads spin. On 2
+    cores the pass over a CIFAR batch took 17 us of wall time per image inside the loader against
+    1 us alone, and the loader ran at 25k against 35k images/s on one thread (`docs/benchmarks.md`).
+    """
+    threads = torch.get_num_threads()
+    if enabled and threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
