@@ -118,7 +118,10 @@ def child_runs(uri: str, parent_run_id: str) -> list:
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    return [(m.step, m.value) for m in _retry(lambda: _client(uri).get_metric_history(run_id, key))]
+    """(step, value) of ``key``, by step, one value per step: the one logged last. A run resumed from
+    a checkpoint logs the steps between that checkpoint and the failure again, and MLflow keeps both."""
+    logged = sorted(_retry(lambda: _client(uri).get_metric_history(run_id, key)), key=lambda m: m.timestamp)
+    return sorted({m.step: m.value for m in logged}.items())
 
 
 def log_artifacts(uri: str, run_id: str, folder: str | Path, artifact_path: str | None = None) -> None:

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from conftest import write_images
-from resnet_pipeline import paper
+from resnet_pipeline import paper, tracking
 from resnet_pipeline.config import ConfigError
 from resnet_pipeline.evaluation import EvaluateConfig, RunCurve, degradation_check, degradation_checks, final_error
 from resnet_pipeline.evaluation.metrics import collect_predictions, confusion_matrix, summarize, topk_error
@@ -186,6 +186,20 @@ def test_not_enough_runs() -> None:
     assert "residual (A) nets at depths [20]" in only_one_common.answer
     assert degradation_check([], last_windows=3).verdict == "not enough runs"
     assert [c.verdict for c in degradation_checks(_runs({20: 0.02, 56: 0.08}, {}))] == ["not enough runs"]
+
+
+def test_metric_history_keeps_the_last_value_of_a_replayed_step(tmp_path: Path) -> None:
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(client.create_experiment("replay"))
+    # A run that failed after step 300 and resumed from its checkpoint at step 200 logs 300 again.
+    for t, (step, value) in enumerate([(100, 0.9), (200, 0.5), (300, 0.4), (300, 0.3), (400, 0.2)]):
+        client.log_metric(run.info.run_id, "train_error", value, timestamp=1_000 + t, step=step)
+    client.set_terminated(run.info.run_id)
+    assert tracking.metric_history(uri, run.info.run_id, "train_error") == [
+        (100, 0.9), (200, 0.5), (300, 0.3), (400, 0.2)]
 
 
 def test_final_training_error_is_the_mean_of_the_last_windows() -> None:
