@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import time
 import warnings
 from pathlib import Path
@@ -37,6 +38,23 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     return uri
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts (models, figures): for a local sqlite store, beside
+    the store, ``<store's folder>/mlruns/<experiment>`` (characters other than letters, digits, ``-``
+    and ``_`` as ``_``); else None, MLflow's choice (a tracking server has its own artifact root).
+
+    MLflow's default, ``./mlruns/<id>`` of the current directory at the experiment's creation, is
+    wrong for a store shared with other folders: `dvc exp run --temp` or ``--queue`` runs the stages
+    in a temporary copy of the repository and deletes it afterwards, and every run of an experiment
+    created there would keep its artifacts in the deleted folder.
+    """
+    if not uri.startswith("sqlite:////"):  # `resolve_tracking_uri` makes a local store's path absolute
+        return None
+    store = Path(uri[len("sqlite:///"):].partition("?")[0])
+    # MLflow reads the location as a URI (it would decode "%20"); keep the folder name plain.
+    return str(store.parent / "mlruns" / re.sub(r"[^A-Za-z0-9_-]", "_", experiment))
 
 
 def _retry(fn: Callable[[], T], attempts: int = 8) -> T:
@@ -82,7 +100,8 @@ def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any
 
     client = _client(uri)
     exp = _retry(lambda: client.get_experiment_by_name(experiment))
-    exp_id = exp.experiment_id if exp else _retry(lambda: client.create_experiment(experiment))
+    exp_id = exp.experiment_id if exp else _retry(
+        lambda: client.create_experiment(experiment, artifact_location=artifact_location(uri, experiment)))
     query = f"attributes.run_name = '{run_name}'"
     if match_tag:
         query += f" and tags.{match_tag} = '{tags[match_tag]}'"

@@ -202,6 +202,23 @@ def test_metric_history_keeps_the_last_value_of_a_replayed_step(tmp_path: Path) 
         (100, 0.9), (200, 0.5), (300, 0.3), (400, 0.2)]
 
 
+def test_artifacts_live_beside_the_sqlite_store_not_in_the_current_directory(tmp_path: Path, monkeypatch) -> None:
+    # `dvc exp run --temp` runs the stages in a temporary copy of the repository: an experiment
+    # created there must not keep its artifacts in that copy, which DVC deletes afterwards.
+    (tmp_path / "store").mkdir()
+    (tmp_path / "temporary-copy").mkdir()
+    monkeypatch.chdir(tmp_path / "temporary-copy")
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    run_id, _ = tracking.start_run(uri, "resnet demo", "run", {}, {})
+    tracking.log_dict(uri, run_id, {"a": 1}, "x.json")
+    tracking.end_run(uri, run_id, "FINISHED")
+    assert (tmp_path / "store" / "mlruns" / "resnet_demo" / run_id / "artifacts" / "x.json").is_file()
+    assert tracking.load_dict(uri, run_id, "x.json") == {"a": 1}
+    assert not any((tmp_path / "temporary-copy").iterdir())
+    # A tracking server chooses its own artifact root.
+    assert tracking.artifact_location("http://127.0.0.1:5000", "resnet demo") is None
+
+
 def test_final_training_error_is_the_mean_of_the_last_windows() -> None:
     curve = [(500, 0.10), (100, 0.90), (300, 0.20), (400, float("nan")), (200, 0.50)]
     assert final_error(curve, 2) == pytest.approx(0.15)  # (300, 500); NaN windows are left out
