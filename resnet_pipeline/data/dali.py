@@ -275,7 +275,8 @@ def single_threaded(enabled: bool = True) -> Iterator[None]:
     intra-op threads as well, the cores are oversubscribed: an op split across threads waits
     for its slowest one, which DALI has taken the core from, and the waiting threads spin. On 2
     cores the pass over a CIFAR batch took 17 us of wall time per image inside the loader against
-    1 us alone, and the loader ran at 25k against 35k images/s on one thread (`docs/benchmarks.md`).
+    1 us alone, and the loader ran at 25k against 37k images/s on one thread (`docs/benchmarks.md`).
+    A no-op where torch already runs one thread, as in every `cli.py` command (OMP_NUM_THREADS=1).
     """
     threads = torch.get_num_threads()
     if enabled and threads > 1:
