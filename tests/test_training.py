@@ -14,7 +14,7 @@ from resnet_pipeline.config import ConfigError
 from resnet_pipeline.models import ModelConfig
 from resnet_pipeline.training import CheckpointManager, PaperSchedule, TrainConfig, load_checkpoint
 from resnet_pipeline.training.checkpoint import display, join
-from resnet_pipeline.training.loop import DataSource, NonFiniteLossError, fit
+from resnet_pipeline.training.loop import DataSource, InjectedFailure, NonFiniteLossError, fit
 
 # ResNet-8 (n=1) keeps every run to seconds; the code paths are those of ResNet-20..1202.
 TINY = dict(batch_size=32, milestones=[1000], log_every=10, eval_every=20, checkpoint_every=10,
@@ -71,8 +71,10 @@ def test_plateau_divides_the_lr_after_patience_validations_without_progress() ->
 
 def test_warmup_auto_follows_the_paper_and_lr_scaling() -> None:
     cfg = TrainConfig()
-    assert not cfg.warmup_enabled(56) and cfg.warmup_enabled(110)
-    assert TrainConfig(warmup="on").warmup_enabled(20) and not TrainConfig(warmup="off").warmup_enabled(110)
+    assert not cfg.warmup_enabled(56, "cifar") and cfg.warmup_enabled(110, "cifar")
+    assert not cfg.warmup_enabled(152, ModelConfig(depth=152).resolved_family())  # ImageNet ResNet-152: no warm-up
+    assert TrainConfig(warmup="on").warmup_enabled(18, "imagenet")
+    assert not TrainConfig(warmup="off").warmup_enabled(110, "cifar")
     assert TrainConfig(batch_size=512, lr_scaling="linear").peak_lr == pytest.approx(0.4)
     assert TrainConfig(batch_size=512).peak_lr == pytest.approx(0.1)
 
@@ -82,6 +84,11 @@ def test_warmup_auto_follows_the_paper_and_lr_scaling() -> None:
     (dict(lr=0.0), r"train.lr: must be a positive"),
     (dict(lr=-0.1), r"train.lr: must be a positive"),
     (dict(milestones=[48_000, 32_000]), r"train.milestones"),
+    (dict(milestones=[32_000, 32_000]), r"train.milestones: must be strictly increasing"),
+    (dict(warmup_until_error=float("nan")), r"train.warmup_until_error: must be a training error in \(0, 1\]"),
+    (dict(warmup_until_error=5.0), r"train.warmup_until_error"),
+    (dict(warmup_max_iterations=-5), r"train.warmup_max_iterations: must be a positive integer"),
+    (dict(inject_failure_at=-3), r"train.inject_failure_at: must be an iteration >= 0"),
     (dict(iterations=0), r"train.iterations"),
     (dict(lr=float("inf")), r"train.lr: must be a finite number, got inf"),
     (dict(weight_decay=float("nan")), r"train.weight_decay: must be a finite number, got nan"),
@@ -197,6 +204,28 @@ def test_fit_resumes_bit_exactly(tiny_data: Path, tmp_path: Path, monkeypatch) -
     assert again.iteration == 40
     assert again.metrics == resumed.metrics
     assert resumed.metrics["train_error"] == straight.metrics["train_error"]
+
+
+def test_resume_from_a_checkpoint_inside_a_logging_window(tiny_data: Path, tmp_path: Path) -> None:
+    """checkpoint_every 15, log_every 10: a restart from the checkpoint at 15 still reports the window
+    16..20 with the totals of 11..15 (the window's training error also ends the warm-up)."""
+    cfg = TrainConfig(iterations=30, **{**TINY, "checkpoint_every": 15, "eval_every": 1000})
+
+    def run(folder: Path, **kw) -> list[tuple[int, float, float]]:
+        windows: list[tuple[int, float, float]] = []
+        def report(m: dict, step: int) -> None:
+            if "train_error" in m:
+                windows.append((step, m["train_error"], m["train_loss"]))
+        try:
+            fit(dataclasses.replace(cfg, **kw), ModelConfig(depth=8), _src(tiny_data), folder, report=report)
+        except InjectedFailure:
+            pass
+        return windows
+
+    straight = run(tmp_path / "a")
+    assert [w[0] for w in straight] == [10, 20, 30]
+    assert [w[0] for w in run(tmp_path / "b", inject_failure_at=17)] == [10]  # fails after the checkpoint at 15
+    assert run(tmp_path / "b", inject_failure_at=17) == straight[1:]
 
 
 def test_nonfinite_loss_stops_with_the_iteration(tiny_data: Path, tmp_path: Path) -> None:
@@ -417,6 +446,13 @@ def test_resuming_with_another_model_or_recipe_is_refused(tiny_data: Path, tmp_p
     longer = dataclasses.replace(cfg, iterations=20, log_every=5)
     assert train(longer, ModelConfig(depth=8, shortcut="A"), tiny_data, **run)["run_id"] == first["run_id"]
     client = MlflowClient(uri)
+    (only,) = client.search_runs([client.get_experiment_by_name("test-resume").experiment_id])
+    assert only.info.status == "FINISHED"
+    # An unreadable latest checkpoint: a ConfigError naming the file (the CLI's one line), not a traceback.
+    latest = max((tmp_path / "results").rglob("*.pt"), key=lambda p: p.name)
+    latest.write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match=rf"{latest.name}.* unreadable"):
+        train(dataclasses.replace(cfg, iterations=30), ModelConfig(depth=8), tiny_data, **run)
     (only,) = client.search_runs([client.get_experiment_by_name("test-resume").experiment_id])
     assert only.info.status == "FINISHED"
 

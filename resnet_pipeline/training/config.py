@@ -28,7 +28,7 @@ class TrainConfig:
     lr_scaling: Literal["none", "linear"] = "none"
     base_batch_size: int = 128
     # Warm-up (Section 4.2, ResNet-110): lr 0.01 until training error < 80%, then back to lr.
-    # auto: on for depth >= 110, as the paper; the cap keeps a net that never gets there from
+    # auto: on for CIFAR nets of depth >= 110, as the paper; the cap keeps a net that never gets there from
     # staying at the small lr (the paper: "about 400 iterations").
     warmup: Literal["auto", "on", "off"] = "auto"
     warmup_lr: float = 0.01
@@ -84,8 +84,18 @@ class TrainConfig:
             raise ConfigError(f"train.weight_decay: must be >= 0, got {self.weight_decay}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"train.lr_decay: must be in (0, 1], got {self.lr_decay}")
-        if list(self.milestones) != sorted(self.milestones) or any(m <= 0 for m in self.milestones):
-            raise ConfigError(f"train.milestones: must be increasing positive iterations, got {self.milestones}")
+        ms = list(self.milestones)
+        if any(b <= a for a, b in zip(ms, ms[1:])) or any(m <= 0 for m in ms):
+            raise ConfigError(f"train.milestones: must be strictly increasing positive iterations, got {ms}")
+        if not 0 < self.warmup_until_error <= 1:  # also refuses nan
+            raise ConfigError(f"train.warmup_until_error: must be a training error in (0, 1], "
+                              f"got {self.warmup_until_error}")
+        if self.warmup_max_iterations <= 0:
+            raise ConfigError(f"train.warmup_max_iterations: must be a positive integer (warmup: off turns the "
+                              f"warm-up off), got {self.warmup_max_iterations}")
+        if self.inject_failure_at is not None and self.inject_failure_at < 0:
+            raise ConfigError(f"train.inject_failure_at: must be an iteration >= 0, or null, "
+                              f"got {self.inject_failure_at}")
         if self.plateau_patience < 0:
             raise ConfigError(f"train.plateau_patience: must be >= 0 (0: off), got {self.plateau_patience}")
         if not 0 <= self.plateau_threshold < 1:
@@ -112,5 +122,6 @@ class TrainConfig:
         scale = self.batch_size / self.base_batch_size if self.lr_scaling == "linear" else 1.0
         return self.lr * scale
 
-    def warmup_enabled(self, depth: int) -> bool:
-        return self.warmup == "on" or (self.warmup == "auto" and depth >= 110)
+    def warmup_enabled(self, depth: int, family: str) -> bool:
+        """``auto``: the paper's warm-up is for its CIFAR ResNet-110 (Sec. 4.2), not ImageNet's 101/152."""
+        return self.warmup == "on" or (self.warmup == "auto" and family == "cifar" and depth >= 110)

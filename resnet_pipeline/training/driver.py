@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterator
 from resnet_pipeline.config import PROJECT_ROOT, ConfigError
 from resnet_pipeline.models import ModelConfig
 from resnet_pipeline.training.config import TrainConfig
-from resnet_pipeline.training.checkpoint import CheckpointManager, credentials_in, display, is_uri, join, open_store
+from resnet_pipeline.training.checkpoint import (CheckpointError, CheckpointManager, credentials_in, display, is_uri, join,
+                                                 open_store)
 from resnet_pipeline.training.loop import DataSource
 
 
@@ -50,8 +51,12 @@ RECIPE = ("batch_size", "lr", "momentum", "weight_decay", "milestones", "lr_deca
 
 def check_resumable(checkpoints: str | Path, train_cfg: TrainConfig, model_cfg: ModelConfig, run_name: str) -> None:
     """Before anything starts: a run that resumes from checkpoints made with another model or recipe
-    would fail on loading the weights, or silently mix two settings; ConfigError names the keys."""
-    state = CheckpointManager(checkpoints).load_latest()
+    would fail on loading the weights, or silently mix two settings; ConfigError names the keys. An
+    unreadable latest checkpoint is a ConfigError too (one line from the CLI; it names the file)."""
+    try:
+        state = CheckpointManager(checkpoints).load_latest()
+    except CheckpointError as exc:
+        raise ConfigError(str(exc)) from exc
     if state is None or "config" not in state:
         return
 

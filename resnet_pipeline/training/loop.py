@@ -245,7 +245,8 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.peak_lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     schedule = PaperSchedule(optimizer, cfg.peak_lr, cfg.milestones, cfg.lr_decay,
-                             warmup=cfg.warmup_enabled(model_cfg.depth), warmup_lr=cfg.warmup_lr,
+                             warmup=cfg.warmup_enabled(model_cfg.depth, model_cfg.resolved_family()),
+                             warmup_lr=cfg.warmup_lr,
                              warmup_until_error=cfg.warmup_until_error,
                              warmup_max_iterations=cfg.warmup_max_iterations,
                              plateau_patience=cfg.plateau_patience, plateau_threshold=cfg.plateau_threshold)
@@ -254,6 +255,7 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
 
     iteration, epoch, batch_in_epoch, nonfinite_skipped = 0, 0, 0, 0
     metrics: dict[str, float] = {}  # the last training window's, which the final metrics report
+    window_sums = [0.0, 0.0, 0.0]  # the training window's totals over all ranks at the checkpoint
     state = ckpts.load_latest(map_location=device)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -265,6 +267,10 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
         # A run restarted after its last checkpoint (in the test pass, or logging the model) trains
         # no further, and still reports the last window's training error.
         metrics = state.get("metrics", {})
+        # A checkpoint within a logging window (checkpoint_every or eval_every not a multiple of
+        # log_every) holds the window's totals so far: the window's training error, which also ends
+        # the warm-up, then counts all its iterations, as without the restart.
+        window_sums = state.get("window", window_sums)
         rngs = state["rng"]
         set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
 
@@ -278,9 +284,11 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
 
     def checkpoint(val_error: float | None) -> None:
         rngs: list[Any] = [rng_state()]
+        sums = window.tolist()
         if world_size > 1:
             rngs = [None] * world_size
             dist.all_gather_object(rngs, rng_state())
+            sums = _all_reduce_sum(sums, device)
         # A checkpoint at the end of an epoch resumes at the start of the next, not by replaying it.
         ep, pos = (epoch + 1, 0) if batch_in_epoch >= epoch_len else (epoch, batch_in_epoch)
         if rank == 0:
@@ -288,13 +296,15 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
                 "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "scaler": scaler.state_dict(), "iteration": iteration,
                 "epoch": ep, "batch_in_epoch": pos, "rng": rngs,
-                "nonfinite_skipped": nonfinite_skipped, "metrics": metrics, "config": config_snapshot or {
+                "nonfinite_skipped": nonfinite_skipped, "metrics": metrics, "window": sums,
+                "config": config_snapshot or {
                     "train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)},
             }, iteration, val_error)
         if world_size > 1:
             dist.barrier()  # nobody runs ahead of a checkpoint that may be needed to restart
 
-    window = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, wrong, count
+    # Loss sum, wrong, count of this rank's window (rank 0 starts from the totals at the checkpoint).
+    window = torch.tensor(window_sums if rank == 0 else [0.0, 0.0, 0.0], dtype=torch.float64, device=device)
     first_bad = torch.full((2,), -1.0, dtype=torch.float64, device=device)  # iteration, loss value
     window_start, window_iters = time.perf_counter(), 0
 
