@@ -133,14 +133,14 @@ class ShiftSampler:
 
     def __call__(self) -> tuple[np.ndarray, ...]:
         p = self.pad
-        shift = self.rng.integers(-p, p + 1, size=(self.batch_size, 2)).astype(np.float32)
+        shift = self.rng.integers(-p, p + 1, size=(self.batch_size, 2), dtype=np.int32)  # (x, y)
         flip = self.rng.integers(0, 2, size=self.batch_size).astype(np.int32)
-        anchor = np.maximum(shift, 0)
-        shape = self.size - np.abs(shift)
-        before = (shift < 0).astype(np.float32)
-        x, y = (shift.astype(np.int32) + p).T
+        anchor = np.maximum(shift, 0).astype(np.float32)
+        shape = (self.size - np.abs(shift)).astype(np.float32)
+        before_x, before_y = (shift < 0).astype(np.float32).T
+        x, y = (shift + p).T
         row = (y * (2 * p + 1) + x) * 2 + flip  # the order `mean_table` stacks its entries in
-        return row, anchor, shape, np.ascontiguousarray(before[:, 0]), np.ascontiguousarray(before[:, 1]), flip
+        return row, anchor, shape, np.ascontiguousarray(before_x), np.ascontiguousarray(before_y), flip
 
 
 def mean_table(spec: LoaderSpec) -> torch.Tensor:
