@@ -485,17 +485,21 @@ def _print_bench_depths(report: dict) -> None:
 @click.option("--trials", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--iterations", type=click.IntRange(min=1), default=1, show_default=True, help="Per trial.")
 @click.option("--launcher", "launchers", multiple=True, type=click.Choice(["in-trial", "ray-train"]),
-              help="Trial launcher(s) to time, one sweep each, in one Ray instance (default: both).")
+              help="Trial launcher(s) to time, one sweep each, in one Ray instance (default: both; "
+                   "ray-train alone with --workers above 1).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Training workers per trial (the in-trial launcher takes 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench_overhead(params_file: str | None, data_dir: str | None, trials: int, iterations: int,
-                   launchers: tuple[str, ...], as_json: bool) -> None:
+                   launchers: tuple[str, ...], workers: int, as_json: bool) -> None:
     """Per-trial overhead of a sweep: real sweeps of tiny trials, each trial's time split up."""
     from resnet_pipeline.data import load_data_config
     from resnet_pipeline.training.bench import bench_overhead as run_bench
 
+    default = ("in-trial", "ray-train") if workers == 1 else ("ray-train",)
     with _json_only_on_stdout(as_json):
         report = run_bench(data_dir or load_data_config(params_file).out_dir, trials=trials, iterations=iterations,
-                           launchers=launchers or ("in-trial", "ray-train"))
+                           workers=workers, launchers=launchers or default)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -505,7 +509,8 @@ def bench_overhead(params_file: str | None, data_dir: str | None, trials: int, i
 def _print_bench_overhead(report: dict) -> None:
     click.echo(f"ray.init {report['ray_start_s']:.1f} s")
     for sweep in report["sweeps"]:
-        _print_rows(f"Sweep of {report['trials']} trials x {report['iterations']} iteration(s), trial launcher "
+        _print_rows(f"Sweep of {report['trials']} trials x {report['iterations']} iteration(s) x "
+                    f"{report['workers']} worker(s), trial launcher "
                     f"{sweep['launcher']}: sweep set-up and summary {sweep['sweep_fixed_s']:.1f} s, overhead per "
                     f"trial {sweep['overhead_per_trial_s']:.1f} s (median after the first)",
                     sweep["results"], ("run_name", "gap_s", "to_first_step_s", "steps_s", "evaluation_s",

@@ -40,6 +40,21 @@ def test_bench_depths_reports_effective_flops() -> None:
         assert bad.exit_code == 2 and message in bad.output, bad.output
 
 
+def test_bench_overhead_refuses_what_it_cannot_time_before_ray_starts(tiny_data: Path) -> None:
+    import ray
+    from click.testing import CliRunner
+
+    from resnet_pipeline.cli import main
+
+    running = ray.is_initialized()  # the session's shared instance may be up; this call must start none
+    for args, message in ((["--launcher", "in-trial", "--workers", "2"],
+                           "workers=2: the in-trial launcher trains one worker per trial"),
+                          (["--workers", "0"], "Invalid value for '--workers'")):
+        bad = CliRunner().invoke(main, ["bench", "overhead", "--data", str(tiny_data), *args])
+        assert bad.exit_code == 2 and message in bad.output, bad.output
+        assert ray.is_initialized() == running
+
+
 def test_bench_train_precision_and_memory_format_axes(tiny_data: Path) -> None:
     from resnet_pipeline.training.bench import bench_train
 

@@ -256,11 +256,11 @@ def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
 # --- sweep overhead ----------------------------------------------------------------------------
 
 def bench_overhead(data_dir: str | Path, *, trials: int = 3, iterations: int = 1, batch_size: int = 128,
-                   depth: int = 20, backend: str = "dali-cpu",
+                   depth: int = 20, backend: str = "dali-cpu", workers: int = 1,
                    launchers: tuple[str, ...] = ("in-trial", "ray-train")) -> dict[str, Any]:
     """For each trial launcher (`sweep.trial_launcher`), one after the other in one Ray instance, run
-    a real sweep (`sweep.run_sweep`, one worker per trial) of ``trials`` tiny trials and split each
-    trial's wall time, from MLflow's timestamps, into:
+    a real sweep (`sweep.run_sweep`, ``workers`` workers per trial; in-trial takes one) of ``trials``
+    tiny trials and split each trial's wall time, from MLflow's timestamps, into:
 
     - ``gap_s``: previous trial's end (or the sweep's start) to this trial's MLflow run start: Tune
       starting (or reusing) the trial's process, imports, validation, creating the MLflow run;
@@ -276,27 +276,32 @@ def bench_overhead(data_dir: str | Path, *, trials: int = 3, iterations: int = 1
     """
     import ray
 
+    from resnet_pipeline.config import ConfigError
     from resnet_pipeline.training.driver import check_data_dir
-    from resnet_pipeline.training.ray_launch import init_ray
+    from resnet_pipeline.training.ray_launch import check_local_capacity, init_ray
 
     data = check_data_dir(data_dir)
+    if workers < 1 or (workers > 1 and "in-trial" in launchers):
+        raise ConfigError(f"workers={workers}: the in-trial launcher trains one worker per trial; give workers=1, "
+                          f"or time the ray-train launcher alone")
+    check_local_capacity(workers, "off")
     if ray.is_initialized():
         raise RuntimeError("bench overhead times Ray's start: run it in a process where Ray is not running yet")
     with _stopping_ray_it_starts():
         start = time.time()
-        init_ray(workers=1)
+        init_ray(workers=workers)
         ray_start = time.time() - start
-        sweeps = [_overhead_sweep(data, launcher, trials, iterations, batch_size, depth, backend)
+        sweeps = [_overhead_sweep(data, launcher, trials, iterations, batch_size, depth, backend, workers)
                   for launcher in launchers]
     from resnet_pipeline.data.bench import machine_info
 
     return {"trials": trials, "iterations": iterations, "batch_size": batch_size, "depth": depth, "backend": backend,
-            "data_dir": str(data), "ray_start_s": ray_start, "sweeps": sweeps,
+            "workers": workers, "data_dir": str(data), "ray_start_s": ray_start, "sweeps": sweeps,
             "machine": {**machine_info(), "load": load_average()}}
 
 
 def _overhead_sweep(data: Path, launcher: str, trials: int, iterations: int, batch_size: int, depth: int,
-                    backend: str) -> dict[str, Any]:
+                    backend: str, workers: int) -> dict[str, Any]:
     from resnet_pipeline import tracking
     from resnet_pipeline.sweep import SweepConfig, run_sweep
 
@@ -307,7 +312,7 @@ def _overhead_sweep(data: Path, launcher: str, trials: int, iterations: int, bat
                             out=str(Path(tmp) / "metrics"), max_concurrent=1, trial_launcher=launcher)
         train = TrainConfig(iterations=iterations, batch_size=batch_size, milestones=[iterations * 10],
                             log_every=iterations, eval_every=iterations, checkpoint_every=iterations,
-                            workers=1, precision="fp32", experiment="bench-overhead",
+                            workers=workers, precision="fp32", experiment="bench-overhead",
                             storage_path=str(Path(tmp) / "results"))
         sweep_start = time.time()
         summary = run_sweep(sweep, train, ModelConfig(depth=depth), data, backend=backend, num_threads=2,
