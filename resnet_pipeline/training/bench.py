@@ -281,7 +281,9 @@ def bench_overhead(data_dir: str | Path, *, trials: int = 3, iterations: int = 1
     from resnet_pipeline.training.ray_launch import check_local_capacity, init_ray
 
     data = check_data_dir(data_dir)
-    if workers < 1 or (workers > 1 and "in-trial" in launchers):
+    if workers < 1:
+        raise ConfigError(f"workers: must be >= 1, got {workers}")
+    if workers > 1 and "in-trial" in launchers:
         raise ConfigError(f"workers={workers}: the in-trial launcher trains one worker per trial; give workers=1, "
                           f"or time the ray-train launcher alone")
     check_local_capacity(workers, "off")
