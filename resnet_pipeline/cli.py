@@ -496,10 +496,9 @@ def bench_overhead(params_file: str | None, data_dir: str | None, trials: int, i
     from resnet_pipeline.data import load_data_config
     from resnet_pipeline.training.bench import bench_overhead as run_bench
 
-    default = ("in-trial", "ray-train") if workers == 1 else ("ray-train",)
     with _json_only_on_stdout(as_json):
         report = run_bench(data_dir or load_data_config(params_file).out_dir, trials=trials, iterations=iterations,
-                           workers=workers, launchers=launchers or default)
+                           workers=workers, launchers=launchers or None)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

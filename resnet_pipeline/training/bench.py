@@ -257,10 +257,11 @@ def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
 
 def bench_overhead(data_dir: str | Path, *, trials: int = 3, iterations: int = 1, batch_size: int = 128,
                    depth: int = 20, backend: str = "dali-cpu", workers: int = 1,
-                   launchers: tuple[str, ...] = ("in-trial", "ray-train")) -> dict[str, Any]:
-    """For each trial launcher (`sweep.trial_launcher`), one after the other in one Ray instance, run
-    a real sweep (`sweep.run_sweep`, ``workers`` workers per trial; in-trial takes one) of ``trials``
-    tiny trials and split each trial's wall time, from MLflow's timestamps, into:
+                   launchers: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """For each trial launcher (`sweep.trial_launcher`; default both with one worker, ray-train alone
+    with more), one after the other in one Ray instance, run a real sweep (`sweep.run_sweep`,
+    ``workers`` workers per trial; in-trial takes one) of ``trials`` tiny trials and split each
+    trial's wall time, from MLflow's timestamps, into:
 
     - ``gap_s``: previous trial's end (or the sweep's start) to this trial's MLflow run start: Tune
       starting (or reusing) the trial's process, imports, validation, creating the MLflow run;
@@ -281,8 +282,12 @@ def bench_overhead(data_dir: str | Path, *, trials: int = 3, iterations: int = 1
     from resnet_pipeline.training.ray_launch import check_local_capacity, init_ray
 
     data = check_data_dir(data_dir)
-    if workers < 1:
-        raise ConfigError(f"workers: must be >= 1, got {workers}")
+    # Checked here, before Ray starts; each sweep gets its own storage folder (`_overhead_sweep`).
+    train = TrainConfig(iterations=iterations, batch_size=batch_size, milestones=[iterations * 10],
+                        log_every=iterations, eval_every=iterations, checkpoint_every=iterations,
+                        workers=workers, precision="fp32", experiment="bench-overhead")
+    train.validate()
+    launchers = launchers or (("in-trial", "ray-train") if workers == 1 else ("ray-train",))
     if workers > 1 and "in-trial" in launchers:
         raise ConfigError(f"workers={workers}: the in-trial launcher trains one worker per trial; give workers=1, "
                           f"or time the ray-train launcher alone")
@@ -293,8 +298,7 @@ def bench_overhead(data_dir: str | Path, *, trials: int = 3, iterations: int = 1
         start = time.time()
         init_ray(workers=workers)
         ray_start = time.time() - start
-        sweeps = [_overhead_sweep(data, launcher, trials, iterations, batch_size, depth, backend, workers)
-                  for launcher in launchers]
+        sweeps = [_overhead_sweep(data, launcher, trials, train, depth, backend) for launcher in launchers]
     from resnet_pipeline.data.bench import machine_info
 
     return {"trials": trials, "iterations": iterations, "batch_size": batch_size, "depth": depth, "backend": backend,
@@ -302,8 +306,8 @@ def bench_overhead(data_dir: str | Path, *, trials: int = 3, iterations: int = 1
             "machine": {**machine_info(), "load": load_average()}}
 
 
-def _overhead_sweep(data: Path, launcher: str, trials: int, iterations: int, batch_size: int, depth: int,
-                    backend: str, workers: int) -> dict[str, Any]:
+def _overhead_sweep(data: Path, launcher: str, trials: int, train: TrainConfig, depth: int,
+                    backend: str) -> dict[str, Any]:
     from resnet_pipeline import tracking
     from resnet_pipeline.sweep import SweepConfig, run_sweep
 
@@ -312,13 +316,9 @@ def _overhead_sweep(data: Path, launcher: str, trials: int, iterations: int, bat
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         sweep = SweepConfig(depths=[depth], shortcuts=["A"], seeds=trials, name=f"bench-overhead-{launcher}",
                             out=str(Path(tmp) / "metrics"), max_concurrent=1, trial_launcher=launcher)
-        train = TrainConfig(iterations=iterations, batch_size=batch_size, milestones=[iterations * 10],
-                            log_every=iterations, eval_every=iterations, checkpoint_every=iterations,
-                            workers=workers, precision="fp32", experiment="bench-overhead",
-                            storage_path=str(Path(tmp) / "results"))
         sweep_start = time.time()
-        summary = run_sweep(sweep, train, ModelConfig(depth=depth), data, backend=backend, num_threads=2,
-                            tracking_uri=uri)
+        summary = run_sweep(sweep, dataclasses.replace(train, storage_path=str(Path(tmp) / "results")),
+                            ModelConfig(depth=depth), data, backend=backend, num_threads=2, tracking_uri=uri)
         sweep_wall = time.time() - sweep_start
         runs = sorted((tracking.get_run(uri, t["run_id"]) for t in summary["trials"] if t["run_id"]),
                       key=lambda r: r.info.start_time)
@@ -330,7 +330,7 @@ def _overhead_sweep(data: Path, launcher: str, trials: int, iterations: int, bat
             test = max(tracking.metric_timestamps(uri, rid, "test_error"))[1]
             final = max(tracking.metric_timestamps(uri, rid, "final_test_error"))[1]
             ips = tracking.metric_history(uri, rid, "images_per_s")[0][1]
-            steps = iterations * batch_size / ips
+            steps = train.iterations * train.batch_size / ips
             row = {"launcher": launcher, "run_name": run.info.run_name, "status": run.info.status,
                    "gap_s": run_start - previous_end, "to_first_step_s": first - run_start - steps,
                    "steps_s": steps, "evaluation_s": test - first, "model_logging_s": final - test,
