@@ -446,10 +446,17 @@ def _print_bench_train(report: dict) -> None:
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Timed seconds per net and round.")
 @click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True, help="Rounds; the median is reported.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "bf16"]),
+              help="Repeat for several (default: fp32): every net at each, taking turns; vs_first compares "
+                   "each with the first precision and graph.")
+@click.option("--graph", "graphs", multiple=True, type=click.Choice(["eager", "compiled"]),
+              help="Repeat for several (default: eager). compiled: the net in torch.compile, as train.compile "
+                   "runs it (first_step_s includes the compilation).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench_depths(cifar_depths: str, imagenet_depths: str, imagenet_input: int, batch_size: int, seconds: float,
-                 rounds: int, as_json: bool) -> None:
-    """Images/s and effective GFLOP/s of bare training steps for each depth (synthetic data)."""
+                 rounds: int, precisions: tuple[str, ...], graphs: tuple[str, ...], as_json: bool) -> None:
+    """Images/s and effective GFLOP/s of bare training steps for each depth, precision and graph mode
+    (synthetic data)."""
     from resnet_pipeline.training.bench import bench_depths as run_bench
 
     from resnet_pipeline.models import ModelConfig
@@ -464,7 +471,8 @@ def bench_depths(cifar_depths: str, imagenet_depths: str, imagenet_input: int, b
             except ValueError as exc:
                 raise click.BadParameter(str(exc).removeprefix("model.depth: "), param_hint=flag) from None
     report = run_bench(cifar_depths=depths["cifar"], imagenet_depths=depths["imagenet"],
-                       imagenet_input=imagenet_input, batch_size=batch_size, seconds=seconds, rounds=rounds)
+                       imagenet_input=imagenet_input, batch_size=batch_size, seconds=seconds, rounds=rounds,
+                       precisions=precisions or ("fp32",), graphs=graphs or ("eager",))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -472,10 +480,15 @@ def bench_depths(cifar_depths: str, imagenet_depths: str, imagenet_input: int, b
 
 
 def _print_bench_depths(report: dict) -> None:
-    _print_rows(f"Training steps per depth, batch {report['batch_size']}, {report['precision']}, "
-                f"{report['memory_format']}; peak {report['peak']['gflops']:.0f} GFLOP/s = {report['peak']['formula']}",
-                report["results"], ("family", "depth", "input_size", "mult_adds", "images_per_s", "gflops",
-                                    "peak_fraction", "gflops_per_cpu_s", "core_peak_fraction"))
+    _print_rows(f"Training steps per depth, batch {report['batch_size']}, {', '.join(report['precisions'])}, "
+                f"{', '.join(report['graphs'])}, {report['memory_format']}; "
+                f"fp32 peak {report['peak']['gflops']:.0f} GFLOP/s = {report['peak']['formula']}",
+                report["results"], ("family", "depth", "input_size",
+                                    *(["precision"] if len(report["precisions"]) > 1 else []),
+                                    *(["graph"] if len(report["graphs"]) > 1 else []), "mult_adds", "images_per_s",
+                                    *(["vs_first"] if len(report["precisions"]) + len(report["graphs"]) > 2 else []),
+                                    "gflops", "peak_fraction", "gflops_per_cpu_s", "core_peak_fraction",
+                                    *(["first_step_s"] if "compiled" in report["graphs"] else [])))
 
 
 @bench.command("overhead")

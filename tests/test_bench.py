@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from resnet_pipeline.config import PROJECT_ROOT
@@ -21,14 +22,25 @@ def test_bench_depths_reports_effective_flops() -> None:
     from resnet_pipeline.training.bench import bench_depths
 
     report = bench_depths(cifar_depths=(8,), imagenet_depths=(18,), imagenet_input=32, batch_size=4, seconds=0,
-                          min_steps=1, rounds=1)
+                          min_steps=1, rounds=1, precisions=("fp32", "bf16"))
     peak = report["peak"]
     assert peak["gflops"] == peak["cores"] * peak["ghz"] * peak["flops_per_cycle"] > 0
-    assert [(r["family"], r["depth"]) for r in report["results"]] == [("cifar", 8), ("imagenet", 18)]
-    for r in report["results"]:
-        assert r["images_per_s"] > 0 and r["mult_adds"] > 0
+    rows = report["results"]
+    assert [(r["family"], r["depth"], r["precision"]) for r in rows] == [
+        ("cifar", 8, "fp32"), ("cifar", 8, "bf16"), ("imagenet", 18, "fp32"), ("imagenet", 18, "bf16")]
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["mult_adds"] > 0 and r["first_step_s"] > 0
         assert abs(r["gflops"] - r["images_per_s"] * 6 * r["mult_adds"] / 1e9) < 1e-9 * r["gflops"]
-        assert abs(r["peak_fraction"] - r["gflops"] / peak["gflops"]) < 1e-12
+    for fp32, bf16 in (rows[:2], rows[2:]):
+        assert abs(fp32["peak_fraction"] - fp32["gflops"] / peak["gflops"]) < 1e-12 and fp32["vs_first"] == 1
+        # the peak is fp32's: no fraction of it for bf16; the ratio is against the same net in fp32
+        assert bf16["peak_fraction"] is None and bf16["core_peak_fraction"] is None
+        assert bf16["mult_adds"] == fp32["mult_adds"]
+        assert abs(bf16["vs_first"] - bf16["images_per_s"] / fp32["images_per_s"]) < 1e-12
+    with pytest.raises(ValueError, match="unknown precision 'fp16'; valid are fp32, bf16"):
+        bench_depths(cifar_depths=(8,), imagenet_depths=(), precisions=("fp16",))
+    with pytest.raises(ValueError, match="unknown graph 'jit'; valid are eager, compiled"):
+        bench_depths(cifar_depths=(8,), imagenet_depths=(), graphs=("jit",))
     from click.testing import CliRunner
 
     from resnet_pipeline.cli import main
@@ -38,6 +50,33 @@ def test_bench_depths_reports_effective_flops() -> None:
                           (["--rounds", "0"], "Invalid value for '--rounds'")):
         bad = CliRunner().invoke(main, ["bench", "depths", *args])
         assert bad.exit_code == 2 and message in bad.output, bad.output
+    tiny = ["bench", "depths", "--cifar-depths", "8", "--imagenet-depths", "", "--batch-size", "2", "--seconds", "0.01",
+            "--rounds", "1"]
+    table = CliRunner(env={"COLUMNS": "250"}).invoke(main, [*tiny, "--precision", "fp32", "--precision", "bf16"])
+    assert table.exit_code == 0, table.output
+    assert "vs_first" in table.output and "bf16" in table.output and "first_step_s" not in table.output
+
+
+def test_bench_depths_compiles_each_net_and_precision() -> None:
+    """`bench depths --graph compiled` times what `train.compile` trains: each (net, precision) through
+    its own torch.compile graph, beside the eager net, the compilation counted in the warm-up step."""
+    import torch._dynamo
+    from click.testing import CliRunner
+
+    from resnet_pipeline.cli import main
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    result = CliRunner().invoke(main, ["bench", "depths", "--cifar-depths", "8", "--imagenet-depths", "",
+                                       "--batch-size", "2", "--seconds", "0.01", "--rounds", "1",
+                                       "--precision", "bf16", "--precision", "fp32", "--graph", "eager",
+                                       "--graph", "compiled", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["precisions"] == ["bf16", "fp32"] and report["graphs"] == ["eager", "compiled"]
+    assert [(r["precision"], r["graph"], r["vs_first"] == 1) for r in report["results"]] == [
+        ("bf16", "eager", True), ("fp32", "eager", False), ("bf16", "compiled", False), ("fp32", "compiled", False)]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # one per model at least
 
 
 def test_bench_overhead_refuses_what_it_cannot_time_before_ray_starts(tiny_data: Path) -> None:

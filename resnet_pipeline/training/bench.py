@@ -5,8 +5,9 @@
   and cores, side by side in one run (these machines are shared and noisy, so only ratios measured
   together mean much). Throughput is the median of the per-window images/s after the first window
   (which includes warm-up); start-up is reported apart.
-- `bench_depths`: bare training steps on synthetic tensors (no loader) for each depth, with the
-  effective GFLOP/s (images/s x 3 x 2 x multiply-adds; backward ~ 2x forward) against the CPU's peak.
+- `bench_depths`: bare training steps on synthetic tensors (no loader) for each depth, precision and
+  graph mode (eager or torch.compile), with the effective GFLOP/s (images/s x 3 x 2 x multiply-adds;
+  backward ~ 2x forward) against the CPU's fp32 peak.
 - `bench_overhead`: what a sweep costs per trial beyond its training steps and evaluation.
 """
 
@@ -26,6 +27,7 @@ from resnet_pipeline.models import ModelConfig
 from resnet_pipeline.training.config import TrainConfig
 
 PRECISIONS = ("fp32", "bf16")
+GRAPHS = ("eager", "compiled")  # `bench depths`: the model as is, or in torch.compile (train.compile)
 MEMORY_FORMATS = ("channels_last", "nchw")
 
 
@@ -197,59 +199,89 @@ def _timed_steps(step, batch: int, seconds: float, min_steps: int) -> tuple[floa
 
 def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
                  imagenet_depths: tuple[int, ...] = (18, 34, 50), imagenet_input: int = 64,
-                 batch_size: int = 128, precision: str = "fp32", channels_last: bool = True,
-                 seconds: float = 5.0, min_steps: int = 2, rounds: int = 2) -> dict[str, Any]:
-    """Images/s of bare training steps (`loop.train_step`, SGD) on synthetic tensors per depth.
+                 batch_size: int = 128, precisions: tuple[str, ...] = ("fp32",), channels_last: bool = True,
+                 graphs: tuple[str, ...] = ("eager",), seconds: float = 5.0, min_steps: int = 2,
+                 rounds: int = 2) -> dict[str, Any]:
+    """Images/s of bare training steps (`loop.train_step`, SGD) on synthetic tensors per depth,
+    precision and graph mode.
 
     CIFAR nets at 32x32 with 10 classes; ImageNet nets (Table 1 stem and stages) at
-    ``imagenet_input`` with 1000 classes. Every model gets one untimed warm-up step, then the models
-    take turns for ``rounds`` rounds of at least ``seconds`` each; the median round is reported.
+    ``imagenet_input`` with 1000 classes. Every (net, precision, graph) gets its own model and one
+    untimed warm-up step (``first_step_s``: oneDNN primitive creation, and for graph "compiled" the
+    compilation: the model is wrapped in ``torch.compile``, as ``train.compile`` does); then they
+    take turns for ``rounds`` rounds of at least ``seconds`` each, and the median round is
+    reported. ``vs_first``: images/s against the same net at the first precision and graph. The
+    peak is fp32's, so GFLOP/s fractions of it are given for fp32 rows only.
     """
     import torch
 
     from resnet_pipeline.models import count_params, resnet_cifar, resnet_imagenet, resnet_mult_adds
     from resnet_pipeline.training.loop import resolve_precision, train_step
 
+    precisions, graphs = tuple(dict.fromkeys(precisions)), tuple(dict.fromkeys(graphs))
+    for value, valid, name in ((precisions, PRECISIONS, "precision"), (graphs, GRAPHS, "graph")):
+        for v in value:
+            if v not in valid:
+                raise ValueError(f"unknown {name} {v!r}; valid are {', '.join(valid)}")
     torch.set_num_threads(os.cpu_count() or 1)
-    amp_dtype = resolve_precision(precision, torch.device("cpu"))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     gen = torch.Generator().manual_seed(0)
     nets = [("cifar", d, 32, 10) for d in cifar_depths] + [("imagenet", d, imagenet_input, 1000)
                                                            for d in imagenet_depths]
     entries = []
     for family, depth, size, classes in nets:
-        model = (resnet_cifar(depth, classes) if family == "cifar" else resnet_imagenet(depth, classes)).to(
-            memory_format=fmt)
         x = torch.randn(batch_size, 3, size, size, generator=gen).contiguous(memory_format=fmt)
         y = torch.randint(0, classes, (batch_size,), generator=gen)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        entries.append({"family": family, "depth": depth, "input_size": size, "params": count_params(model),
-                        "mult_adds": resnet_mult_adds(model, size), "rates": [],
-                        "step": lambda m=model, x=x, y=y, o=opt, s=scaler: train_step(m, x, y, o, s, amp_dtype)[0].item()})
-    for e in entries:
-        e["step"]()  # warm-up: first allocations, oneDNN primitive creation
-    for _ in range(rounds):
+        for graph, precision in ((g, p) for g in graphs for p in precisions):
+            torch.manual_seed(depth)  # the same initial weights in every combination
+            model = (resnet_cifar(depth, classes) if family == "cifar" else resnet_imagenet(depth, classes)).to(
+                memory_format=fmt)
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+            scaler = torch.amp.GradScaler("cpu", enabled=False)
+            amp_dtype = resolve_precision(precision, torch.device("cpu"))
+            net = torch.compile(model) if graph == "compiled" else model
+            entries.append({"family": family, "depth": depth, "input_size": size, "precision": precision,
+                            "graph": graph, "params": count_params(model),
+                            "mult_adds": resnet_mult_adds(model, size), "rates": [],
+                            "step": lambda m=net, x=x, y=y, o=opt, s=scaler, a=amp_dtype:
+                                train_step(m, x, y, o, s, a)[0].item()})
+    # Every net is a `ResNet`, so every compiled one is a recompilation of the same forward: past
+    # dynamo's limit (8) the rest would quietly run eager.
+    compiled = sum(g == "compiled" for g in graphs) * len(precisions) * len(nets)
+    limits = dict(recompile_limit=max(8, compiled), accumulated_recompile_limit=max(256, 2 * compiled))
+    with torch._dynamo.config.patch(**limits):
         for e in entries:
-            e["rates"].append(_timed_steps(e["step"], batch_size, seconds, min_steps))
+            start = time.perf_counter()
+            e["step"]()  # warm-up: first allocations, oneDNN primitive creation, compilation
+            e["first_step_s"] = time.perf_counter() - start
+        for _ in range(rounds):
+            for e in entries:
+                e["rates"].append(_timed_steps(e["step"], batch_size, seconds, min_steps))
     peak = cpu_peak()
     results = []
     for e in entries:
         ips = statistics.median(r[0] for r in e["rates"])
         per_cpu_s = statistics.median(r[1] for r in e["rates"])
         flop = 3 * 2 * e["mult_adds"] / 1e9  # GFLOP per image: forward + backward ~ 3 forwards, 2 per mult-add
+        fp32 = e["precision"] == "fp32" and peak["gflops"]
         results.append({"family": e["family"], "depth": e["depth"], "input_size": e["input_size"],
-                        "params": e["params"], "mult_adds": e["mult_adds"], "images_per_s": ips,
-                        "rounds_images_per_s": [r[0] for r in e["rates"]], "images_per_cpu_s": per_cpu_s,
-                        "gflops": ips * flop, "peak_fraction": ips * flop / peak["gflops"] if peak["gflops"] else None,
+                        "precision": e["precision"], "graph": e["graph"], "params": e["params"],
+                        "mult_adds": e["mult_adds"],
+                        "images_per_s": ips, "rounds_images_per_s": [r[0] for r in e["rates"]],
+                        "images_per_cpu_s": per_cpu_s, "first_step_s": e["first_step_s"], "gflops": ips * flop,
+                        "peak_fraction": ips * flop / peak["gflops"] if fp32 else None,
                         # per CPU-second against one core's peak: less sensitive to other jobs' load
                         "gflops_per_cpu_s": per_cpu_s * flop,
-                        "core_peak_fraction": per_cpu_s * flop * peak["cores"] / peak["gflops"] if peak["gflops"] else None})
+                        "core_peak_fraction": per_cpu_s * flop * peak["cores"] / peak["gflops"] if fp32 else None})
+    first = {(r["family"], r["depth"]): r["images_per_s"] for r in results
+             if (r["precision"], r["graph"]) == (precisions[0], graphs[0])}
+    for r in results:
+        r["vs_first"] = r["images_per_s"] / first[r["family"], r["depth"]]
     from resnet_pipeline.data.bench import machine_info
 
-    return {"batch_size": batch_size, "precision": precision,
-            "memory_format": "channels_last" if channels_last else "nchw", "seconds_per_round": seconds,
-            "rounds": rounds, "threads": torch.get_num_threads(), "peak": peak,
+    return {"batch_size": batch_size, "precisions": list(precisions),
+            "memory_format": "channels_last" if channels_last else "nchw", "graphs": list(graphs),
+            "seconds_per_round": seconds, "rounds": rounds, "threads": torch.get_num_threads(), "peak": peak,
             "machine": {**machine_info(), "load": load_average()}, "results": results}
 
 
