@@ -31,6 +31,15 @@ GRAPHS = ("eager", "compiled")  # `bench depths`: the model as is, or in torch.c
 MEMORY_FORMATS = ("channels_last", "nchw")
 
 
+def _choices(values: tuple[str, ...], valid: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """``values`` once each, in order (one named twice would run twice and overwrite its reference),
+    each checked against ``valid``."""
+    for v in values:
+        if v not in valid:
+            raise ValueError(f"unknown {name} {v!r}; valid are {', '.join(valid)}")
+    return tuple(dict.fromkeys(values))
+
+
 def _steady(speeds: list[float]) -> float:
     return statistics.median(speeds[1:] if len(speeds) > 2 else speeds)
 
@@ -68,17 +77,12 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
     """
     if rounds < 1:
         raise ValueError(f"rounds: {rounds} is not valid; use an integer >= 1")
-    # A mode or variant named twice would run twice in a round and overwrite its reference.
-    modes, precisions, memory_formats = (tuple(dict.fromkeys(x)) for x in (modes, precisions, memory_formats))
+    modes = tuple(dict.fromkeys(modes))
+    precisions = _choices(precisions, PRECISIONS, "precision")
+    memory_formats = _choices(memory_formats, MEMORY_FORMATS, "memory format")
     from resnet_pipeline.training.driver import check_data_dir, train
     from resnet_pipeline.training.loop import DataSource, fit
 
-    for p in precisions:
-        if p not in PRECISIONS:
-            raise ValueError(f"unknown precision {p!r}; valid are {', '.join(PRECISIONS)}")
-    for f in memory_formats:
-        if f not in MEMORY_FORMATS:
-            raise ValueError(f"unknown memory format {f!r}; valid are {', '.join(MEMORY_FORMATS)}")
     data = check_data_dir(data_dir)
     cores = os.cpu_count() or 1
     base = TrainConfig(iterations=iterations, batch_size=batch_size, log_every=log_every, eval_every=iterations,
@@ -218,11 +222,7 @@ def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
     from resnet_pipeline.models import count_params, resnet_cifar, resnet_imagenet, resnet_mult_adds
     from resnet_pipeline.training.loop import resolve_precision, train_step
 
-    precisions, graphs = tuple(dict.fromkeys(precisions)), tuple(dict.fromkeys(graphs))
-    for value, valid, name in ((precisions, PRECISIONS, "precision"), (graphs, GRAPHS, "graph")):
-        for v in value:
-            if v not in valid:
-                raise ValueError(f"unknown {name} {v!r}; valid are {', '.join(valid)}")
+    precisions, graphs = _choices(precisions, PRECISIONS, "precision"), _choices(graphs, GRAPHS, "graph")
     torch.set_num_threads(os.cpu_count() or 1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     gen = torch.Generator().manual_seed(0)
@@ -232,6 +232,7 @@ def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
     for family, depth, size, classes in nets:
         x = torch.randn(batch_size, 3, size, size, generator=gen).contiguous(memory_format=fmt)
         y = torch.randint(0, classes, (batch_size,), generator=gen)
+        counts = None  # (params, mult-adds): the same in every combination, counted once
         for graph, precision in ((g, p) for g in graphs for p in precisions):
             torch.manual_seed(depth)  # the same initial weights in every combination
             model = (resnet_cifar(depth, classes) if family == "cifar" else resnet_imagenet(depth, classes)).to(
@@ -240,14 +241,14 @@ def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
             scaler = torch.amp.GradScaler("cpu", enabled=False)
             amp_dtype = resolve_precision(precision, torch.device("cpu"))
             net = torch.compile(model) if graph == "compiled" else model
+            counts = counts or (count_params(model), resnet_mult_adds(model, size))
             entries.append({"family": family, "depth": depth, "input_size": size, "precision": precision,
-                            "graph": graph, "params": count_params(model),
-                            "mult_adds": resnet_mult_adds(model, size), "rates": [],
+                            "graph": graph, "params": counts[0], "mult_adds": counts[1], "rates": [],
                             "step": lambda m=net, x=x, y=y, o=opt, s=scaler, a=amp_dtype:
                                 train_step(m, x, y, o, s, a)[0].item()})
     # Every net is a `ResNet`, so every compiled one is a recompilation of the same forward: past
     # dynamo's limit (8) the rest would quietly run eager.
-    compiled = sum(g == "compiled" for g in graphs) * len(precisions) * len(nets)
+    compiled = sum(e["graph"] == "compiled" for e in entries)
     limits = dict(recompile_limit=max(8, compiled), accumulated_recompile_limit=max(256, 2 * compiled))
     with torch._dynamo.config.patch(**limits):
         for e in entries:
