@@ -28,6 +28,7 @@ from PIL import Image
 from conftest import make_image_folder, tree_digest, write_images
 from resnet_pipeline.config import ConfigError
 from resnet_pipeline.data import DataConfig, DataError, load_data_config, load_manifest, make_loader, prepare
+from resnet_pipeline.data.loader import loader_spec
 
 BACKENDS = ["dali-cpu", "torch"]
 
@@ -474,6 +475,51 @@ def test_train_shards_step_together_and_partition_an_epoch(cifar_like, backend, 
         flat = [s for shard in sums for s in shard[epoch]]
         assert len(set(flat)) == len(flat), f"an image appeared twice in epoch {epoch} across ranks"
     assert sums[0][0] != sums[0][1], "each epoch is reshuffled"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_loader_reshuffles_every_epoch_and_resumes_mid_epoch_exactly(cifar_like, backend):
+    """The training loader is built once per run: each iter() runs the rest of the current epoch and
+    the next one is reshuffled. A new loader given `state_dict()` from any point (mid-epoch, the end of
+    an epoch, past it) continues the same stream, starting at that batch (DALI: from its checkpoint,
+    which skips to the position without decoding what lies before)."""
+    def build():
+        return make_loader(cifar_like, "train", train=True, batch_size=8, backend=backend, seed=3, num_threads=1)
+
+    def take(loader, count: int, out: list) -> None:
+        while len(out) < count:
+            for images, labels in loader:
+                out.append((images.clone(), labels.clone()))
+                if len(out) == count:
+                    return
+
+    n = len(build())
+    straight: list = []
+    take(build(), 3 * n, straight)
+    first, second = (torch.cat([b[1] for b in straight[e * n:(e + 1) * n]]) for e in range(2))
+    assert not torch.equal(first, second), "each epoch is reshuffled"
+    for stop in (2, n, n + 1, 2 * n - 1):
+        taken: list = []
+        loader = build()
+        take(loader, stop, taken)
+        state = loader.state_dict()
+        assert (state["epoch"], state["position"]) == (stop // n - (stop % n == 0), stop % n or n)
+        resumed = build()
+        resumed.load_state_dict(state)
+        take(resumed, 3 * n, taken)
+        for i, ((a, la), (b, lb)) in enumerate(zip(straight, taken)):
+            assert torch.equal(a, b) and torch.equal(la, lb), f"batch {i} differs after resuming at {stop}"
+
+
+def test_torch_sampler_starts_at_the_position_without_reading_before(cifar_like):
+    """The torch loader's sampler yields only the keys from the resumed batch on: nothing before it is
+    read or decoded."""
+    from resnet_pipeline.data.torch_loader import TorchLoader
+
+    loader = TorchLoader(loader_spec(cifar_like, "train", train=True, batch_size=8, seed=3, num_threads=1))
+    whole = list(loader._sampler)
+    loader._sampler.start = 2
+    assert list(loader._sampler) == whole[16:] and len(loader._sampler) == len(whole) - 16
 
 
 def _png16(path: Path, rgb16: np.ndarray) -> None:

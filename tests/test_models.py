@@ -190,3 +190,39 @@ def test_cli_models_json() -> None:
     assert r56["params"] == 853_018 and r56["input_size"] == 32
     table = CliRunner().invoke(main, ["models", "--family", "cifar"])
     assert table.exit_code == 0 and "853,018" in table.output
+
+
+# Operations whose CUDA kernels raise under torch.use_deterministic_algorithms(True) (PyTorch's list;
+# the ones a classification net could reach).
+NONDETERMINISTIC_ON_CUDA = {
+    "_adaptive_avg_pool2d_backward", "adaptive_max_pool2d_backward", "avg_pool3d_backward",
+    "fractional_max_pool2d_backward", "max_unpool2d", "reflection_pad2d_backward", "replication_pad2d_backward",
+    "upsample_bilinear2d_backward", "nll_loss2d_forward", "grid_sampler_2d_backward", "histc", "bincount",
+}
+
+
+@pytest.mark.parametrize("depth", [8, 18, 50])
+@pytest.mark.parametrize("shortcut", ["plain", "A", "B"])
+def test_no_operation_that_deterministic_cuda_refuses(depth: int, shortcut: str) -> None:
+    """train.deterministic on a GPU: the forward, the loss and the backward of every net use only
+    operations that have deterministic CUDA kernels. Recorded on the CPU: the operators are chosen
+    before the device is. The global pooling, ``nn.AdaptiveAvgPool2d(1)``, is one: PyTorch lowers an
+    output size of 1 to a mean over H and W on every device (but XPU and mkldnn tensors), so
+    ``_adaptive_avg_pool2d_backward``, which raises on CUDA, never runs; another output size would."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    model = build_model(ModelConfig(depth=depth, shortcut=shortcut), num_classes=10, input_size=32)
+    images = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with Ops() as ops:
+        torch.nn.functional.cross_entropy(model(images), torch.tensor([1, 2])).backward()
+    assert "mean" in ops.names
+    assert not ops.names & NONDETERMINISTIC_ON_CUDA, ops.names & NONDETERMINISTIC_ON_CUDA

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import s3_keys
 from resnet_pipeline.config import ConfigError
@@ -285,6 +286,91 @@ def test_nonfinite_skip_is_taken_by_every_rank_together(tmp_path: Path) -> None:
     assert results[0]["skipped"] == results[1]["skipped"] == [False, True, False]
     for w0, w1 in zip(results[0]["weights"], results[1]["weights"]):
         assert torch.equal(w0, w1)
+
+
+# --- the GPU path, proved on the CPU -----------------------------------------------------------
+
+class HostSyncs(TorchDispatchMode):
+    """Records the operations that make the host wait for a device, or copy a host value to it:
+    ``_local_scalar_dense`` (``.item()``, ``float()``/``bool()`` of a tensor) and ``lift_fresh`` (a
+    tensor built from Python data, e.g. ``new_tensor(3.0)``, which on a GPU is a host-to-device copy)."""
+
+    SYNCS = ("_local_scalar_dense", "lift_fresh", "lift_fresh_copy")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in self.SYNCS:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", ["dali-cpu", "torch"])
+def test_training_steps_never_sync_with_the_host(tiny_data: Path, tmp_path: Path, backend: str) -> None:
+    """Between logging windows the step loop neither reads a device value back nor builds a tensor from
+    Python numbers (on a GPU each is a blocking copy): 15 steps record none."""
+    from resnet_pipeline.training.loop import Trainer
+
+    cfg = TrainConfig(iterations=40, **{**TINY, "log_every": 20})
+    trainer = Trainer(cfg, ModelConfig(depth=8), DataSource(str(tiny_data), backend=backend, num_threads=1),
+                      tmp_path)
+    trainer.wrap()
+    trainer.train_until(2)  # the first steps build the loader's workers and the optimizer state
+    with HostSyncs() as syncs:
+        trainer.train_until(17)
+    assert trainer.iteration == 17 and syncs.seen == []
+    trainer.end_window()  # reads the totals back, once per window
+    assert 0 <= trainer.metrics["data_wait_fraction"] <= 1 and trainer.metrics["train_error"] <= 1
+    # The detector sees what the old loop did every step: float() of a device value, and a tensor
+    # built from a Python number on the device.
+    loss = torch.ones(())
+    with HostSyncs() as syncs:
+        loss.new_tensor(float(17)) + float(loss)
+    assert syncs.seen == ["lift_fresh", "_local_scalar_dense"]
+
+
+@pytest.mark.filterwarnings("ignore:.*meta parameter")
+def test_a_checkpoint_resumes_onto_another_device(tiny_data: Path, tmp_path: Path) -> None:
+    """A checkpoint is read onto the CPU and only the weights and optimizer state move to the model's
+    device: read onto the device (a GPU), the saved RNG state became a device tensor, which
+    torch.set_rng_state refuses, and every restart on a GPU died. The 'meta' device stands in for a
+    GPU here: a restore onto it must leave the RNG states on the CPU and the tensors on 'meta'."""
+    from resnet_pipeline.training.loop import Trainer
+
+    cfg = TrainConfig(iterations=10, **TINY)
+    fit(cfg, ModelConfig(depth=8), _src(tiny_data), tmp_path)
+    trainer = Trainer(dataclasses.replace(cfg, iterations=20), ModelConfig(depth=8), _src(tiny_data), tmp_path,
+                      device=torch.device("meta"))
+    assert trainer.restore() and trainer.iteration == 10
+    assert torch.get_rng_state().device.type == "cpu"
+    assert next(trainer.model.parameters()).device.type == "meta"
+    momentum = next(iter(trainer.optimizer.state.values()))["momentum_buffer"]
+    assert momentum.device.type == "meta"
+
+
+def test_the_loader_is_built_once_per_run(tiny_data: Path, tmp_path: Path) -> None:
+    """40 iterations of 6-batch epochs cross 6 epoch ends on one loader, which reshuffles itself."""
+    from resnet_pipeline.training.loop import Trainer
+
+    trainer = Trainer(TrainConfig(iterations=40, **TINY), ModelConfig(depth=8), _src(tiny_data), tmp_path)
+    loader = trainer.loader
+    result = trainer.run()
+    assert result.iteration == 40 and trainer.loader is loader
+    assert (loader.epoch, loader.position) == (40 // len(loader), 40 % len(loader))
+
+
+def test_cudnn_benchmark_follows_determinism() -> None:
+    from resnet_pipeline.training.loop import configure_torch
+
+    configure_torch(TrainConfig(deterministic=False), torch.device("cuda", 0), 1)
+    assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+    configure_torch(TrainConfig(deterministic=True), torch.device("cuda", 0), 1)
+    assert not torch.backends.cudnn.benchmark and torch.are_deterministic_algorithms_enabled()
+    configure_torch(TrainConfig(deterministic=False), torch.device("cpu"), 1)
+    assert not torch.backends.cudnn.benchmark
 
 
 def test_unwrap_removes_the_compile_wrapper() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -17,8 +17,13 @@ from resnet_pipeline.data.loader import FIVE_CROPS, LIGHTING_STD, LoaderSpec, Sp
 READER = "reader"  # the reader's name, which the iterator reads its epoch size from
 
 
-def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | None = None):
+def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | None = None,
+                   checkpoint: bytes | None = None):
     """A DALI pipeline yielding (images float32 CHW, labels int32 [1]) per sample.
+
+    Training pipelines keep DALI checkpoints (the reader's epoch and position, every random
+    operator's state): ``checkpoint`` restores one, the reader then skipping to its position
+    without reading or decoding what lies before.
 
     ``device="gpu"`` decodes with nvJPEG ("mixed") and runs the augmentation on the GPU;
     ``device="cpu"`` runs everything on the CPU and needs ``device_id=None`` (DALI's
@@ -30,7 +35,8 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
         return types.Constant(np.ascontiguousarray(array, dtype=np.float32), device=on)
 
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads, device_id=device_id,
-                  seed=shard_seed(spec.seed, spec.shard_id), prefetch_queue_depth=2)
+                  seed=shard_seed(spec.seed, spec.shard_id), prefetch_queue_depth=2,
+                  enable_checkpointing=spec.train, checkpoint=checkpoint)
     def pipeline():
         encoded, labels = fn.readers.file(
             file_root=str(spec.root), files=list(spec.files), labels=list(spec.labels), name=READER,
@@ -68,7 +74,7 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
                 # [-4, 4]: the decoder decodes the part of the image the window keeps, and
                 # crop_mirror_normalize places it in the window, zeros on the side it left.
                 row, anchor, shape, pos_x, pos_y, mirror = fn.external_source(
-                    source=ShiftSampler(spec), num_outputs=6, batch=True)
+                    source=ShiftSampler(spec), num_outputs=6, batch=True, batch_info=True)
                 images = fn.decoders.image_slice(encoded, anchor, shape, axis_names="WH", normalized_anchor=False,
                                                  normalized_shape=False, **decode)
                 crop = dict(crop=(height, width), crop_pos_x=pos_x, crop_pos_y=pos_y, out_of_bounds_policy="pad")
@@ -122,19 +128,21 @@ class ShiftSampler:
 
     Drawn here rather than by DALI's random operators, and derived with numpy rather than DALI's
     arithmetic operators: every DALI operator costs per sample, a call per batch does not
-    (`docs/benchmarks.md`). Seeded per (seed, shard) like the pipeline, so an epoch replays exactly.
+    (`docs/benchmarks.md`). Each batch's draws are a function of (seed, shard, epoch, batch), which
+    DALI gives (``batch_info``) and restores from a checkpoint, so a restored pipeline replays exactly.
     """
 
     def __init__(self, spec: LoaderSpec) -> None:
         self.batch_size, self.pad = spec.batch_size, spec.pad
         height, width = spec.image_size
         self.size = np.array([width, height], np.float32)
-        self.rng = np.random.default_rng(shard_seed(spec.seed, spec.shard_id))
+        self.seed = shard_seed(spec.seed, spec.shard_id)
 
-    def __call__(self) -> tuple[np.ndarray, ...]:
+    def __call__(self, info) -> tuple[np.ndarray, ...]:
         p = self.pad
-        shift = self.rng.integers(-p, p + 1, size=(self.batch_size, 2), dtype=np.int32)  # (x, y)
-        flip = self.rng.integers(0, 2, size=self.batch_size).astype(np.int32)
+        rng = np.random.default_rng([self.seed, info.epoch_idx, info.iteration])
+        shift = rng.integers(-p, p + 1, size=(self.batch_size, 2), dtype=np.int32)  # (x, y)
+        flip = rng.integers(0, 2, size=self.batch_size).astype(np.int32)
         anchor = np.maximum(shift, 0).astype(np.float32)
         shape = (self.size - np.abs(shift)).astype(np.float32)
         before_x, before_y = (shift < 0).astype(np.float32).T
@@ -185,43 +193,73 @@ class DaliLoader(SpecLoader):
     rank is shard ``shard_id * parts + p`` of ``num_shards * parts``, so the parts together read
     exactly this rank's shard, and each batch joins one sub-batch of every part. Every part steps
     the same number of batches per epoch (``len(self)``; see `LoaderSpec.__len__`).
+
+    Built once per run: each ``iter()`` runs the rest of the current epoch, and the reader reshuffles
+    for the next. `state_dict` holds the epoch, the batch and the parts' DALI checkpoints;
+    `load_state_dict` rebuilds the pipelines from them, so a restored loader continues the stream
+    exactly without decoding the batches before its position.
     """
 
     def __init__(self, spec: LoaderSpec, *, device: str = "cpu", device_id: int | None = None):
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-
         if device == "cpu":
             device_id = None
         self.spec = spec
         self.backend = f"dali-{device}"
+        self._device, self._device_id = device, device_id
         parts = pipeline_parts(spec, device)
-        specs = [spec] if parts == 1 else [
+        self._specs = [spec] if parts == 1 else [
             dataclasses.replace(spec, shard_id=spec.shard_id * parts + p, num_shards=spec.num_shards * parts,
                                 batch_size=spec.batch_size // parts)
             for p in range(parts)]
         self._names = ["images", "labels"] + (["row"] if spec.kind == "cifar" and spec.train else [])
-        # PARTIAL: the iterator yields each shard whole, the padded repeats cut from its last
-        # batch, and takes every batch the reader made for the epoch (with DROP it leaves one in
-        # the pipeline when a shard is a sample longer than the shortest and that one is a
-        # multiple of the batch: the next epoch would start with it). Training stops each part
-        # after the same number of full batches and throws the rest of the epoch away.
-        self.pipelines = [build_pipeline(s, device=device, device_id=device_id) for s in specs]
-        self._iterators = [DALIGenericIterator(p, self._names, reader_name=READER,
-                                               last_batch_policy=LastBatchPolicy.PARTIAL) for p in self.pipelines]
+        self._build()
         self._mean = None  # CIFAR kind: -mean / std (`mean_table`), and 1 / std
         if spec.kind == "cifar":
             where = torch.device("cuda", device_id) if device == "gpu" else torch.device("cpu")
             self._mean = mean_table(spec).neg().to(where)
             self._inv_std = (1 / torch.tensor(spec.std, dtype=torch.float32)).view(1, 3, 1, 1).to(where)
-        self._open = False  # an epoch was started and not finished
+        self.epoch, self.position = 0, 0
+
+    def _build(self, checkpoints: list[bytes] | None = None) -> None:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        # PARTIAL: the iterator yields each shard whole, the padded repeats cut from its last
+        # batch, and takes every batch the reader made for the epoch (with DROP it leaves one in
+        # the pipeline when a shard is a sample longer than the shortest and that one is a
+        # multiple of the batch: the next epoch would start with it). Training stops each part
+        # after the same number of full batches and throws the rest of the epoch away.
+        self.pipelines = [build_pipeline(s, device=self._device, device_id=self._device_id,
+                                         checkpoint=checkpoints[i] if checkpoints else None)
+                          for i, s in enumerate(self._specs)]
+        self._iterators = [DALIGenericIterator(p, self._names, reader_name=READER,
+                                               last_batch_policy=LastBatchPolicy.PARTIAL) for p in self.pipelines]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream is: the epoch, the batches of it taken, and (training) DALI's checkpoints."""
+        state: dict[str, Any] = {"epoch": self.epoch, "position": self.position}
+        if self.spec.train:
+            state["dali"] = [cpt for iterator in self._iterators for cpt in iterator.checkpoints()]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        checkpoints = state.get("dali")
+        if checkpoints is not None and len(checkpoints) != len(self._specs):
+            raise ValueError(f"the loader state has {len(checkpoints)} DALI pipelines, this loader "
+                             f"{len(self._specs)}: it was saved with another number of workers or threads")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        if checkpoints is not None:
+            self._build(list(checkpoints))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self._open:
-            self._finish_epoch()  # DALI cannot restart mid-epoch; finish the abandoned one first
-        self._open = True
-        produced = 0
+        train = self.spec.train
+        if train and self.position >= len(self):
+            self._finish_epoch()  # the rest of the reader's epoch (past the common number of batches)
+            self.epoch, self.position = self.epoch + 1, 0
+        elif not train and self.position:
+            self._finish_epoch()  # an abandoned evaluation pass: DALI cannot restart mid-epoch
+            self.position = 0
         iterators = [iter(iterator) for iterator in self._iterators]
-        while not self.spec.train or produced < len(self):
+        while not train or self.position < len(self):
             try:
                 parts = [next(iterator)[0] for iterator in iterators]
             except StopIteration:
@@ -230,12 +268,15 @@ class DaliLoader(SpecLoader):
             labels = parts[0]["labels"] if len(parts) == 1 else torch.cat([part["labels"] for part in parts])
             if images.shape[0] == 0:
                 continue  # a shard one sample shorter than the longest can end in an empty batch
-            produced += 1
+            self.position += 1
             yield images, labels.reshape(-1).long()  # DALI gives int32 [N, 1]
-        self._finish_epoch()
-        self._open = False
-        if produced != len(self):  # ranks would fall out of step; fail loudly instead
-            raise RuntimeError(f"DALI produced {produced} batches in an epoch, expected {len(self)}")
+        if not train:
+            produced, self.position = self.position, 0
+            self._finish_epoch()
+            if produced != len(self):
+                raise RuntimeError(f"DALI produced {produced} batches in an evaluation pass, expected {len(self)}")
+        elif self.position != len(self):  # ranks would fall out of step; fail loudly instead
+            raise RuntimeError(f"DALI produced {self.position} batches in epoch {self.epoch}, expected {len(self)}")
 
     def _finish_epoch(self) -> None:
         """Run every iterator to the end of its epoch (`next`, not `iter`: iter() on an iterator

@@ -9,7 +9,7 @@ and pinned memory when a GPU is present.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -44,39 +44,44 @@ class ShardDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.spec.num_samples
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """``key``: a sample index, or (index, epoch) in training, whose augmentation is then drawn
+        from a generator seeded by (seed, shard, epoch, index): the same sample of the same epoch gets
+        the same crop and flip whichever worker decodes it and wherever the epoch was started."""
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
         spec = self.spec
+        rng = torch.Generator().manual_seed(sample_seed(shard_seed(spec.seed, spec.shard_id), epoch, index))
         data = torchvision.io.read_file(str(spec.root / spec.files[index]))
         image = decode_image(data, mode=ImageReadMode.RGB)  # uint8 CHW
-        x = self._cifar(image) if spec.kind == "cifar" else self._imagenet(image)
+        x = self._cifar(image, rng) if spec.kind == "cifar" else self._imagenet(image, rng)
         if spec.train and spec.color_aug:
-            alpha = torch.randn(3) * LIGHTING_STD
+            alpha = torch.randn(3, generator=rng) * LIGHTING_STD
             x = x + (self.lighting @ alpha).view(3, 1, 1)
         return x, spec.labels[index]
 
-    def _cifar(self, image: torch.Tensor) -> torch.Tensor:
+    def _cifar(self, image: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         x = (image.float() - self.mean) * self.inv_std
         if self.spec.train:
             pad = self.spec.pad
             _, height, width = x.shape
             x = F.pad(x, (pad, pad, pad, pad))  # zeros: the mean colour after normalising
-            dy, dx = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+            dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=rng).tolist()
             x = x[:, dy:dy + height, dx:dx + width]
-            if torch.rand(()) < 0.5:
+            if torch.rand((), generator=rng) < 0.5:
                 x = x.flip(-1)
         return x.contiguous()
 
-    def _imagenet(self, image: torch.Tensor) -> torch.Tensor:
+    def _imagenet(self, image: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         spec = self.spec
         c = spec.crop_size
         if spec.train:
             low, high = spec.resize_range
-            image = _resize_shorter(image, int(torch.randint(low, high + 1, ())))
+            image = _resize_shorter(image, int(torch.randint(low, high + 1, (), generator=rng)))
             _, height, width = image.shape
-            top = int(torch.randint(0, height - c + 1, ()))
-            left = int(torch.randint(0, width - c + 1, ()))
+            top = int(torch.randint(0, height - c + 1, (), generator=rng))
+            left = int(torch.randint(0, width - c + 1, (), generator=rng))
             x = image[:, top:top + c, left:left + c]
-            if torch.rand(()) < 0.5:
+            if torch.rand((), generator=rng) < 0.5:
                 x = x.flip(-1)
             return self._normalize(x)
         image = _resize_shorter(image, spec.eval_resize)
@@ -103,32 +108,45 @@ def _resize_shorter(image: torch.Tensor, shorter: int) -> torch.Tensor:
     return TF.resize(image, size, antialias=True)
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed per (seed, epoch, sample): a cheap integer mix (a generator per sample costs
+    microseconds; numpy's SeedSequence costs tens)."""
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + index) % 2**63
+
+
 class ShardSampler(torch.utils.data.Sampler):
-    """This rank's sample indices: its contiguous shard in file order (eval), or its contiguous
-    N // S slice of a fresh permutation of the whole split every epoch (train)."""
+    """This rank's sample keys from batch ``start`` of epoch ``epoch``: its contiguous shard in file
+    order (eval), or (index, epoch) pairs of its contiguous N // S slice of a permutation of the whole
+    split drawn for the epoch (train). Skipped batches are never read."""
 
     def __init__(self, spec: LoaderSpec):
         self.spec = spec
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
 
-    def __iter__(self) -> Iterator[int]:
-        spec = self.spec
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
+        spec, skip = self.spec, self.start * self.spec.batch_size
         if not spec.train:
-            return iter(range(*spec.shard_bounds()))
+            begin, end = spec.shard_bounds()
+            return iter(range(begin + skip, end))
         generator = torch.Generator().manual_seed(shard_seed(spec.seed, 10_000 + self.epoch))
         order = torch.randperm(spec.num_samples, generator=generator)
         per_rank = spec.num_samples // spec.num_shards
-        return iter(order[spec.shard_id * per_rank:(spec.shard_id + 1) * per_rank].tolist())
+        mine = order[spec.shard_id * per_rank:(spec.shard_id + 1) * per_rank].tolist()
+        return iter([(i, self.epoch) for i in mine[skip:]])
 
     def __len__(self) -> int:
         if not self.spec.train:
             begin, end = self.spec.shard_bounds()
-            return end - begin
-        return self.spec.num_samples // self.spec.num_shards
+            return max(0, end - begin - self.start * self.spec.batch_size)
+        return self.spec.num_samples // self.spec.num_shards - self.start * self.spec.batch_size
 
 
 class TorchLoader(SpecLoader):
-    """Iterable over epochs of (images float32 [N,3,H,W], labels int64 [N]); see `make_loader`."""
+    """Iterable over epochs of (images float32 [N,3,H,W], labels int64 [N]); see `make_loader`.
+
+    Each ``iter()`` runs the rest of the current epoch, then moves to the next; `state_dict` and
+    `load_state_dict` say and set where (epoch, batch): every epoch's stream is a function of the
+    seed and the epoch, so a loader restored mid-epoch continues it exactly, reading nothing before."""
 
     def __init__(self, spec: LoaderSpec):
         self.spec = spec
@@ -138,12 +156,23 @@ class TorchLoader(SpecLoader):
         self._loader = torch.utils.data.DataLoader(
             ShardDataset(spec), batch_size=spec.batch_size, sampler=self._sampler, drop_last=spec.train,
             num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-            prefetch_factor=4 if workers > 0 else None,
-            # Workers' augmentation streams derive from this generator: reproducible per (seed, shard).
-            generator=torch.Generator().manual_seed(shard_seed(spec.seed, spec.shard_id)))
-        self._epoch = 0
+            prefetch_factor=4 if workers > 0 else None)
+        self.epoch, self.position = 0, 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._sampler.epoch = self._epoch
-        self._epoch += 1
-        return iter(self._loader)
+        if self.spec.train and self.position >= len(self):
+            self.epoch, self.position = self.epoch + 1, 0
+        self._sampler.epoch, self._sampler.start = self.epoch, self.position
+        for batch in self._loader:
+            self.position += 1
+            yield batch
+        if not self.spec.train:
+            self.position = 0
+        else:
+            self.position = len(self)  # the next iter() starts the next epoch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -18,7 +18,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -127,12 +127,31 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+# Images per forward pass in evaluation: ten-crop batches of 256 are 2,560 views, which ResNet-152
+# would hold as activations all at once; chunks bound the memory whatever the batch.
+EVAL_CHUNK = 256
+
+
+def predict_views(model: nn.Module, images: torch.Tensor, amp_dtype: torch.dtype | None = None,
+                  chunk: int = EVAL_CHUNK) -> torch.Tensor:
+    """Class probabilities float32 [B, classes] of a [B, 3, H, W] batch, or of a [B, K, 3, H, W] batch of
+    K views (e.g. ten-crop) averaged over the views; the forward passes run under ``amp_dtype``'s
+    autocast, ``chunk`` images at a time."""
+    views = images.shape[1] if images.dim() == 5 else 1
+    flat = images.flatten(0, 1) if views > 1 else images  # (B * K, 3, H, W)
+    with torch.autocast(flat.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        logits = torch.cat([model(part.contiguous(memory_format=torch.channels_last)).float()
+                            for part in flat.split(chunk)])
+    return logits.softmax(1).view(images.shape[0], views, -1).mean(1)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
              amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Loss, top-1 and top-5 error over ``loader`` (summed across ranks when distributed).
 
-    A [N, K, 3, H, W] batch (e.g. ten-crop) is scored by averaging the K views' softmax outputs.
+    A [N, K, 3, H, W] batch (e.g. ten-crop) is scored by averaging the K views' softmax outputs
+    (`predict_views`).
     """
     was_training = model.training
     model.eval()
@@ -140,12 +159,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
     try:
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            views = images.shape[1] if images.dim() == 5 else 1
-            flat = images.flatten(0, 1) if views > 1 else images
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(flat.contiguous(memory_format=torch.channels_last)).float()
-            probs = logits.softmax(1).view(labels.shape[0], views, -1).mean(1)  # (B, classes)
-            sums[0] += F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum")
+            probs = predict_views(model, images, amp_dtype)  # (B, classes)
+            # -log p of the label, gathered: nll_loss is on CUDA's nondeterministic list (its 2-d form).
+            sums[0] -= probs.clamp_min(1e-12).log().gather(1, labels[:, None]).sum()
             top5 = probs.topk(min(5, probs.shape[1]), dim=1).indices
             sums[1] += (top5[:, 0] != labels).sum()
             sums[2] += (~(top5 == labels[:, None]).any(1)).sum()
@@ -171,17 +187,13 @@ class DataSource:
     aug: dict[str, Any] = field(default_factory=dict)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Each epoch's loader gets its own seed, so that resuming mid-run replays the same stream."""
-    return (seed * 1_000_003 + epoch) % 2**31
-
-
-def make_train_loader(src: DataSource, batch: int, rank: int, world: int, seed: int, epoch: int):
+def make_train_loader(src: DataSource, batch: int, rank: int, world: int, seed: int):
+    """The run's training loader, built once: it reshuffles every epoch (see `Loader`)."""
     from resnet_pipeline.data import make_loader
 
     return make_loader(src.data_dir, "train", train=True, batch_size=batch, backend=src.backend, shard_id=rank,
-                       num_shards=world, seed=epoch_seed(seed, epoch), num_threads=src.num_threads,
-                       normalize=src.normalize, **src.aug)
+                       num_shards=world, seed=seed, num_threads=src.num_threads, normalize=src.normalize,
+                       **src.aug)
 
 
 def make_eval_loader(src: DataSource, split: str, batch: int, rank: int, world: int):
@@ -207,6 +219,286 @@ class FitResult:
     checkpoint_dir: str | Path  # a folder, or a URI
 
 
+class Window:
+    """One logging window's training totals, kept on the device so that a step never waits for the
+    host: the loss sum and wrong count grow by device ops, the first non-finite loss is remembered with
+    `torch.where`, and the host reads them once, at the window's end (`read`)."""
+
+    def __init__(self, device: torch.device, sums: list[float] | None = None) -> None:
+        loss_sum, wrong, count = sums or (0.0, 0.0, 0.0)
+        self.loss_sum = torch.full((), loss_sum, dtype=torch.float64, device=device)
+        self.wrong = torch.full((), wrong, dtype=torch.float64, device=device)
+        self.count = count  # samples, a host number (known without the device)
+        self.step = torch.zeros((), dtype=torch.float64, device=device)  # the iteration, counted on the device
+        self.bad = torch.full((2,), -1.0, dtype=torch.float64, device=device)  # first non-finite: iteration, loss
+        self.iterations, self.data_wait_s = 0, 0.0
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, wrong: torch.Tensor, samples: int) -> None:
+        bad_now = (~torch.isfinite(loss)) & (self.bad[0] < 0)
+        self.bad.copy_(torch.where(bad_now, torch.stack([self.step, loss.double()]), self.bad))
+        self.loss_sum.add_(loss.double(), alpha=samples)
+        self.wrong.add_(wrong)
+        self.count += samples
+
+    def sums(self) -> list[float]:
+        """[loss sum, wrong, count] (one host sync)."""
+        return [*torch.stack([self.loss_sum, self.wrong]).tolist(), float(self.count)]
+
+    def restart(self) -> None:
+        """Zero the totals (at a logging window's end); the device iteration counter goes on."""
+        self.loss_sum.zero_()
+        self.wrong.zero_()
+        self.count, self.iterations, self.data_wait_s = 0, 0, 0.0
+        self.started = time.perf_counter()
+
+
+class Trainer:
+    """The paper's iteration-based schedule for one rank: `train_until` runs steps (the hot loop, with
+    no host sync), `end_window` logs a window, `validate` and `checkpoint` run between windows,
+    `restore` resumes from the newest checkpoint, and `run` strings them together.
+
+    State that a checkpoint keeps: the model, optimizer, schedule and scaler; ``iteration``; the
+    training loader's position (its epoch, batch and DALI state); ``nonfinite_skipped``; the last
+    window's ``metrics``; the open window's totals; every rank's RNG states.
+    """
+
+    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str | Path, *,
+                 rank: int = 0, world_size: int = 1, device: torch.device | None = None,
+                 report: Report | None = None, config_snapshot: dict[str, Any] | None = None) -> None:
+        self.cfg, self.model_cfg, self.rank, self.world_size = cfg, model_cfg, rank, world_size
+        self.device = device = device or resolve_device(cfg.use_gpu)
+        self.report = report or (lambda metrics, step: None)
+        self.config_snapshot = config_snapshot
+        configure_torch(cfg, device, world_size)
+        seed_everything(cfg.seed)  # the same on every rank: identical initial weights
+        self.amp_dtype = resolve_precision(cfg.precision, device)
+        from resnet_pipeline.data import load_manifest
+
+        self.has_test = "test" in load_manifest(src.data_dir)["splits"]
+        self.src, per_worker = src, cfg.per_worker_batch
+        self.val_loader = make_eval_loader(src, "val", per_worker, rank, world_size)
+        self.loader = make_train_loader(src, per_worker, rank, world_size, cfg.seed)
+        if len(self.loader) == 0:
+            raise ValueError(f"train.batch_size {cfg.batch_size} is larger than the training split "
+                             f"({self.loader.num_samples} images over {world_size} workers)")
+        model = build_model(model_cfg, num_classes=self.loader.num_classes, input_size=self.loader.spec.input_size)
+        self.model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+        # fused on CUDA: one kernel for the update, and GradScaler (fp16) then checks for inf/NaN
+        # gradients on the device instead of reading them back every step.
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.peak_lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
+        self.schedule = PaperSchedule(
+            self.optimizer, cfg.peak_lr, cfg.milestones, cfg.lr_decay,
+            warmup=cfg.warmup_enabled(model_cfg.depth, model_cfg.resolved_family()), warmup_lr=cfg.warmup_lr,
+            warmup_until_error=cfg.warmup_until_error, warmup_max_iterations=cfg.warmup_max_iterations,
+            plateau_patience=cfg.plateau_patience, plateau_threshold=cfg.plateau_threshold)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.ckpts = CheckpointManager(join(run_dir, "checkpoints"), cfg.keep_checkpoints)
+        self.iteration, self.nonfinite_skipped, self.lr = 0, 0, cfg.peak_lr
+        self.metrics: dict[str, float] = {}  # the last training window's, which the final metrics report
+        self.window = Window(device)
+        self._batches: Iterator | None = None
+
+    # -- resume ------------------------------------------------------------------------------------
+
+    def restore(self) -> bool:
+        """Resume from the newest checkpoint, if any. It is read onto the CPU: the RNG states must stay
+        CPU tensors (torch.set_rng_state takes nothing else); the weights and the optimizer state are
+        copied to the model's device by load_state_dict."""
+        state = self.ckpts.load_latest(map_location="cpu")
+        if state is None:
+            return False
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration = state["iteration"]
+        self.nonfinite_skipped = state.get("nonfinite_skipped", 0)
+        # A run restarted after its last checkpoint (in the test pass, or logging the model) trains
+        # no further, and still reports the last window's training error.
+        self.metrics = state.get("metrics", {})
+        # A checkpoint within a logging window holds the window's totals so far (on rank 0): the
+        # window's training error then counts all its iterations, as without the restart.
+        self.window = Window(self.device, state.get("window") if self.rank == 0 else None)
+        self.window.step.fill_(self.iteration)
+        self.window.iterations = self.iteration % self.cfg.log_every
+        self._restore_loader(state)
+        rngs = state["rng"]
+        set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
+        return True
+
+    def _restore_loader(self, state: dict[str, Any]) -> None:
+        loaders = state.get("loader") or []
+        if len(loaders) == self.world_size:
+            self.loader.load_state_dict(loaders[self.rank])
+        else:
+            # Another number of workers shards the data otherwise: the stream cannot continue where
+            # it was, so the next epoch starts afresh (a new shuffle, no sample skipped twice).
+            self.loader.load_state_dict({"epoch": state.get("epoch", 0) + 1, "position": 0})
+
+    def wrap(self) -> None:
+        """DDP and torch.compile around the model (after `restore`, which loads the plain ResNet)."""
+        if self.world_size > 1:
+            if self.cfg.sync_bn:
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        if self.cfg.compile:
+            self.model = torch.compile(self.model)
+        self.model.train()
+
+    # -- the hot loop --------------------------------------------------------------------------------
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The training stream across epochs (the loader goes on to its next epoch at each end)."""
+        while True:
+            yield from self.loader
+
+    def train_until(self, stop: int) -> None:
+        """Train up to iteration ``stop``. No host sync: the step's numbers stay on the device
+        (`Window`), and the only host work is the schedule's lr and the time spent waiting for data."""
+        cfg, window = self.cfg, self.window
+        if self._batches is None:
+            self._batches = self.batches()
+        while self.iteration < stop:
+            waited = time.perf_counter()
+            images, labels = next(self._batches)
+            window.data_wait_s += time.perf_counter() - waited
+            images = images.to(self.device, non_blocking=True)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels = labels.to(self.device, non_blocking=True)
+            self.lr = self.schedule.step(self.iteration)
+            if cfg.inject_failure_at == self.iteration:
+                self._inject_failure()
+            loss, wrong = train_step(self.model, images, labels, self.optimizer, self.scaler, self.amp_dtype,
+                                     skip_nonfinite=cfg.nonfinite == "skip")
+            if wrong is None:
+                self.nonfinite_skipped += 1
+            else:
+                window.add(loss, wrong, labels.shape[0])
+            window.step.add_(1)
+            window.iterations += 1
+            self.iteration += 1
+
+    def _inject_failure(self) -> None:
+        """Chaos testing (`train.inject_failure_at`): rank 0 fails once, as an exception or a SIGKILL."""
+        if self.rank == 0 and self.ckpts.mark_once(".failure_injected"):
+            if self.cfg.inject_failure == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise InjectedFailure(f"injected failure at iteration {self.iteration} (train.inject_failure_at)")
+
+    # -- between windows -----------------------------------------------------------------------------
+
+    def end_window(self) -> None:
+        """Read the window's totals (all-reduced), check them, report them, and start the next window."""
+        window = self.window
+        local = window.sums() + window.bad.tolist()
+        loss_sum, wrong_sum, count, bad_it, _ = _all_reduce_sum(local, self.device) if self.world_size > 1 else local
+        if self.cfg.nonfinite == "fail" and (bad_it >= 0 or not math.isfinite(loss_sum)):
+            it_local, val_local = local[3:]
+            raise NonFiniteLossError(
+                f"non-finite training loss {val_local if it_local >= 0 else loss_sum} at iteration "
+                f"{int(it_local) if it_local >= 0 else self.iteration}; set train.nonfinite: skip to skip such steps")
+        elapsed = max(time.perf_counter() - window.started, 1e-9)
+        train_error = wrong_sum / max(count, 1)
+        self.schedule.observe_train_error(train_error)
+        self.metrics = {
+            "train_loss": loss_sum / max(count, 1), "train_error": train_error, "lr": self.lr,
+            "images_per_s": window.iterations * self.cfg.batch_size / elapsed, "epoch": self.loader.epoch,
+            # Of the window's wall time, the part this rank waited for its next batch: near 0 when the
+            # device is the bottleneck, near 1 when the loader is.
+            "data_wait_fraction": min(1.0, window.data_wait_s / elapsed),
+            "nonfinite_skipped": self.nonfinite_skipped}
+        self.report(self.metrics, self.iteration)
+        window.restart()
+
+    def validate(self) -> float:
+        val = evaluate(self.model, self.val_loader, self.device, self.amp_dtype)
+        self.schedule.observe_val_error(val["top1_error"])
+        self.report({"val_loss": val["loss"], "val_error": val["top1_error"],
+                     "val_top5_error": val["top5_error"]}, self.iteration)
+        return val["top1_error"]
+
+    def checkpoint(self, val_error: float | None) -> None:
+        rngs: list[Any] = [rng_state()]
+        loaders: list[Any] = [self.loader.state_dict()]
+        sums = self.window.sums()
+        if self.world_size > 1:
+            rngs, loaders = [None] * self.world_size, [None] * self.world_size
+            dist.all_gather_object(rngs, rng_state())
+            dist.all_gather_object(loaders, self.loader.state_dict())
+            sums = _all_reduce_sum(sums, self.device)
+        if self.rank == 0:
+            cfg = self.cfg
+            self.ckpts.save({
+                "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+                "iteration": self.iteration, "epoch": self.loader.epoch, "batch_in_epoch": self.loader.position,
+                "loader": loaders, "rng": rngs, "nonfinite_skipped": self.nonfinite_skipped,
+                "metrics": self.metrics, "window": sums,
+                "config": self.config_snapshot or {"train": dataclasses.asdict(cfg),
+                                                   "model": dataclasses.asdict(self.model_cfg)},
+            }, self.iteration, val_error)
+        if self.world_size > 1:
+            dist.barrier()  # nobody runs ahead of a checkpoint that may be needed to restart
+
+    def test(self) -> dict[str, float]:
+        """The test split, once, at the end: the test set never selects anything."""
+        loader = make_eval_loader(self.src, "test", self.cfg.per_worker_batch, self.rank, self.world_size)
+        test = evaluate(self.model, loader, self.device, self.amp_dtype)
+        metrics = {"test_loss": test["loss"], "test_error": test["top1_error"], "test_top5_error": test["top5_error"]}
+        self.report(metrics, self.iteration)
+        return metrics
+
+    # -- the schedule --------------------------------------------------------------------------------
+
+    def next_stop(self) -> int:
+        """The next iteration at which something other than a step happens."""
+        cfg, it = self.cfg, self.iteration
+        return min(cfg.iterations, *((it // every + 1) * every
+                                     for every in (cfg.log_every, cfg.eval_every, cfg.checkpoint_every)))
+
+    def run(self) -> FitResult:
+        self.restore()
+        self.wrap()
+        cfg = self.cfg
+        self.window.started = time.perf_counter()
+        while self.iteration < cfg.iterations:
+            self.train_until(self.next_stop())
+            it, last = self.iteration, self.iteration == cfg.iterations
+            if it % cfg.log_every == 0 or last:
+                self.end_window()
+            evaluating = it % cfg.eval_every == 0 or last
+            if evaluating or it % cfg.checkpoint_every == 0:
+                self.checkpoint(self.validate() if evaluating else None)
+                # Evaluation and saving are neither training throughput nor data wait.
+                self.window.started, self.window.data_wait_s = time.perf_counter(), 0.0
+        final = dict(self.metrics)
+        if self.has_test:
+            final.update(self.test())
+        best = self.ckpts.best_error()
+        if best is not None:
+            final["best_val_error"] = best
+        return FitResult(self.iteration, final, unwrap(self.model), self.ckpts.directory)
+
+
+def configure_torch(cfg: TrainConfig, device: torch.device, world_size: int) -> None:
+    """Threads, determinism and cuDNN's algorithm search for this process."""
+    torch.set_num_threads(cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // world_size))
+    if cfg.deterministic:
+        # cuBLAS (the fc layer on a GPU) is deterministic only with a fixed workspace, which it reads
+        # from the environment when the process first uses it; without one, use_deterministic_algorithms
+        # makes the first step raise. (No effect on the CPU.)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    # cuDNN benchmarks its convolution algorithms for each new input shape and keeps the fastest (the
+    # shapes are fixed here, so once per run); its choice may differ between runs, so not when
+    # deterministic. No effect on the CPU.
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.deterministic
+
+
 def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str | Path, *, rank: int = 0,
         world_size: int = 1, device: torch.device | None = None, report: Report | None = None,
         config_snapshot: dict[str, Any] | None = None) -> FitResult:
@@ -216,174 +508,5 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
     ``report(metrics, iteration)`` is called on every rank at each logging window and evaluation,
     with the same (all-reduced) metrics, the same number of times on every rank.
     """
-    device = device or resolve_device(cfg.use_gpu)
-    threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // world_size)
-    torch.set_num_threads(threads)
-    if cfg.deterministic:
-        # cuBLAS (the fc layer on a GPU) is deterministic only with a fixed workspace, which it reads
-        # from the environment when the process first uses it; without one, use_deterministic_algorithms
-        # makes the first step raise. (No effect on the CPU.)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    seed_everything(cfg.seed)  # the same on every rank: identical initial weights
-    amp_dtype = resolve_precision(cfg.precision, device)
-    report = report or (lambda metrics, step: None)
-    per_worker = cfg.per_worker_batch
-
-    from resnet_pipeline.data import load_manifest
-
-    has_test = "test" in load_manifest(src.data_dir)["splits"]
-    val_loader = make_eval_loader(src, "val", per_worker, rank, world_size)
-    probe = make_train_loader(src, per_worker, rank, world_size, cfg.seed, 0)
-    if len(probe) == 0:
-        raise ValueError(f"train.batch_size {cfg.batch_size} is larger than the training split "
-                         f"({probe.num_samples} images over {world_size} workers)")
-    epoch_len = len(probe)  # batches per epoch per rank, the same every epoch
-    input_size = probe.spec.input_size
-    model = build_model(model_cfg, num_classes=probe.num_classes, input_size=input_size)
-    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.peak_lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
-    schedule = PaperSchedule(optimizer, cfg.peak_lr, cfg.milestones, cfg.lr_decay,
-                             warmup=cfg.warmup_enabled(model_cfg.depth, model_cfg.resolved_family()),
-                             warmup_lr=cfg.warmup_lr,
-                             warmup_until_error=cfg.warmup_until_error,
-                             warmup_max_iterations=cfg.warmup_max_iterations,
-                             plateau_patience=cfg.plateau_patience, plateau_threshold=cfg.plateau_threshold)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ckpts = CheckpointManager(join(run_dir, "checkpoints"), cfg.keep_checkpoints)
-
-    iteration, epoch, batch_in_epoch, nonfinite_skipped = 0, 0, 0, 0
-    metrics: dict[str, float] = {}  # the last training window's, which the final metrics report
-    window_sums = [0.0, 0.0, 0.0]  # the training window's totals over all ranks at the checkpoint
-    state = ckpts.load_latest(map_location=device)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        iteration, epoch, batch_in_epoch = state["iteration"], state["epoch"], state["batch_in_epoch"]
-        nonfinite_skipped = state.get("nonfinite_skipped", 0)
-        # A run restarted after its last checkpoint (in the test pass, or logging the model) trains
-        # no further, and still reports the last window's training error.
-        metrics = state.get("metrics", {})
-        # A checkpoint within a logging window (checkpoint_every or eval_every not a multiple of
-        # log_every) holds the window's totals so far: the window's training error, which also ends
-        # the warm-up, then counts all its iterations, as without the restart.
-        window_sums = state.get("window", window_sums)
-        rngs = state["rng"]
-        set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
-
-    if world_size > 1:
-        if cfg.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        model = torch.compile(model)
-    model.train()
-
-    def checkpoint(val_error: float | None) -> None:
-        rngs: list[Any] = [rng_state()]
-        sums = window.tolist()
-        if world_size > 1:
-            rngs = [None] * world_size
-            dist.all_gather_object(rngs, rng_state())
-            sums = _all_reduce_sum(sums, device)
-        # A checkpoint at the end of an epoch resumes at the start of the next, not by replaying it.
-        ep, pos = (epoch + 1, 0) if batch_in_epoch >= epoch_len else (epoch, batch_in_epoch)
-        if rank == 0:
-            ckpts.save({
-                "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "scaler": scaler.state_dict(), "iteration": iteration,
-                "epoch": ep, "batch_in_epoch": pos, "rng": rngs,
-                "nonfinite_skipped": nonfinite_skipped, "metrics": metrics, "window": sums,
-                "config": config_snapshot or {
-                    "train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)},
-            }, iteration, val_error)
-        if world_size > 1:
-            dist.barrier()  # nobody runs ahead of a checkpoint that may be needed to restart
-
-    # Loss sum, wrong, count of this rank's window (rank 0 starts from the totals at the checkpoint).
-    window = torch.tensor(window_sums if rank == 0 else [0.0, 0.0, 0.0], dtype=torch.float64, device=device)
-    first_bad = torch.full((2,), -1.0, dtype=torch.float64, device=device)  # iteration, loss value
-    window_start, window_iters = time.perf_counter(), 0
-
-    while iteration < cfg.iterations:
-        loader = probe if epoch == 0 and probe is not None else make_train_loader(
-            src, per_worker, rank, world_size, cfg.seed, epoch)
-        probe = None
-        for b, (images, labels) in enumerate(loader):
-            if b < batch_in_epoch:
-                continue  # replaying the epoch's stream up to the checkpointed position
-            images = images.to(device, non_blocking=True)
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = labels.to(device, non_blocking=True)
-            lr = schedule.step(iteration)
-            if cfg.inject_failure_at == iteration and rank == 0 and ckpts.mark_once(".failure_injected"):
-                if cfg.inject_failure == "sigkill":
-                    os.kill(os.getpid(), signal.SIGKILL)
-                raise InjectedFailure(f"injected failure at iteration {iteration} (train.inject_failure_at)")
-            loss, wrong = train_step(model, images, labels, optimizer, scaler, amp_dtype,
-                                     skip_nonfinite=cfg.nonfinite == "skip")
-            if wrong is None:
-                nonfinite_skipped += 1
-            else:
-                # Remember the first non-finite loss without a host sync; it is checked per window.
-                bad_now = (~torch.isfinite(loss)) & (first_bad[0] < 0)
-                first_bad.copy_(torch.where(bad_now, torch.stack([loss.new_tensor(float(iteration)).double(),
-                                                                  loss.double()]), first_bad))
-                window += torch.stack([loss.double() * labels.shape[0], wrong.double(),
-                                       loss.new_tensor(float(labels.shape[0])).double()])
-            iteration += 1
-            batch_in_epoch = b + 1
-            window_iters += 1
-
-            if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
-                loss_sum, wrong_sum, count, bad_it, bad_val = _all_reduce_sum(
-                    window.tolist() + first_bad.tolist(), device) if world_size > 1 else \
-                    window.tolist() + first_bad.tolist()
-                if cfg.nonfinite == "fail" and (bad_it >= 0 or not math.isfinite(loss_sum)):
-                    it_local, val_local = first_bad.tolist()
-                    raise NonFiniteLossError(
-                        f"non-finite training loss {val_local if it_local >= 0 else loss_sum} at iteration "
-                        f"{int(it_local) if it_local >= 0 else iteration}; set train.nonfinite: skip to skip such steps")
-                elapsed = time.perf_counter() - window_start
-                train_error = wrong_sum / max(count, 1)
-                schedule.observe_train_error(train_error)
-                metrics = {"train_loss": loss_sum / max(count, 1), "train_error": train_error, "lr": lr,
-                           "images_per_s": window_iters * cfg.batch_size / max(elapsed, 1e-9), "epoch": epoch,
-                           "nonfinite_skipped": nonfinite_skipped}
-                report(metrics, iteration)
-                window.zero_()
-                window_start, window_iters = time.perf_counter(), 0
-
-            evaluating = iteration % cfg.eval_every == 0 or iteration == cfg.iterations
-            val_error = None
-            if evaluating:
-                val = evaluate(model, val_loader, device, amp_dtype)
-                val_error = val["top1_error"]
-                schedule.observe_val_error(val_error)
-                report({"val_loss": val["loss"], "val_error": val["top1_error"],
-                        "val_top5_error": val["top5_error"]}, iteration)
-                window_start = time.perf_counter()  # evaluation time is not training throughput
-            if evaluating or iteration % cfg.checkpoint_every == 0:
-                checkpoint(val_error)
-                window_start = time.perf_counter()
-            if iteration >= cfg.iterations:
-                break
-        else:
-            epoch, batch_in_epoch = epoch + 1, 0
-            continue
-        break
-
-    final = dict(metrics)
-    if has_test:  # reported once, at the end: the test set never selects anything
-        test = evaluate(model, make_eval_loader(src, "test", per_worker, rank, world_size), device, amp_dtype)
-        final.update({"test_loss": test["loss"], "test_error": test["top1_error"],
-                      "test_top5_error": test["top5_error"]})
-        report({k: final[k] for k in ("test_loss", "test_error", "test_top5_error")}, iteration)
-    best = ckpts.best_error()
-    if best is not None:
-        final["best_val_error"] = best
-    return FitResult(iteration, final, unwrap(model), ckpts.directory)
+    return Trainer(cfg, model_cfg, src, run_dir, rank=rank, world_size=world_size, device=device, report=report,
+                   config_snapshot=config_snapshot).run()
