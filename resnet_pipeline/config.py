@@ -76,7 +76,10 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
                 return _coerce(name, value, candidate)
             except ConfigError:
                 continue
-        raise ConfigError(f"{name}: {value!r} is not one of the accepted types {inner}")
+        described = [f"one of {', '.join(map(repr, typing.get_args(a)))}" if typing.get_origin(a) is typing.Literal
+                     else {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(a, str(a))
+                     for a in inner]
+        raise ConfigError(f"{name}: {value!r} is not valid; expected {' or '.join(described)}")
     if origin is typing.Literal:
         if value not in args:
             hint = ' (YAML reads unquoted on/off as true/false: write "on" or "off")' if isinstance(value, bool) else ""

@@ -21,7 +21,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from resnet_pipeline.config import ConfigError, check_name
 from resnet_pipeline.models import SHORTCUTS, ModelConfig, infer_family
@@ -48,6 +48,10 @@ class SweepConfig:
     # from its checkpoints); ray-train: a Ray Train worker group per trial (restarts failed workers);
     # auto: in-trial for train.workers 1, else ray-train.
     trial_launcher: str = "auto"
+    # GPUs per one-worker (in-trial) trial: a fraction packs several trials on one GPU. auto: 0.25 for
+    # the CIFAR nets (a ResNet-110 at batch 128 uses a small part of a modern GPU), 1 for ImageNet's.
+    # Trials of several workers take one GPU per worker.
+    gpus_per_trial: float | Literal["auto"] = "auto"
 
     def validate(self) -> None:
         self.included()  # raises on a malformed entry
@@ -65,6 +69,9 @@ class SweepConfig:
         if self.max_concurrent < 0:
             raise ConfigError(f"sweep.max_concurrent: must be >= 0 (0: automatic), got {self.max_concurrent}")
         check_name("sweep.name", self.name, "cifar-plain-vs-resnet")
+        if self.gpus_per_trial != "auto" and not 0 < self.gpus_per_trial <= 1:
+            raise ConfigError(f"sweep.gpus_per_trial: must be in (0, 1] (a fraction of one GPU) or auto, "
+                              f"got {self.gpus_per_trial}")
         if self.trial_launcher not in TRIAL_LAUNCHERS:
             raise ConfigError(f"sweep.trial_launcher: {self.trial_launcher!r} is not valid; use one of "
                               f"{', '.join(TRIAL_LAUNCHERS)}")
@@ -75,6 +82,12 @@ class SweepConfig:
             raise ConfigError(f"sweep.trial_launcher: in-trial runs one worker per trial, but train.workers is "
                               f"{workers}; use auto or ray-train")
         return self.trial_launcher == "in-trial" or (self.trial_launcher == "auto" and workers == 1)
+
+    def gpu_fraction(self) -> float:
+        """The GPUs of one in-trial trial (`gpus_per_trial`, auto resolved by the nets' family)."""
+        if self.gpus_per_trial != "auto":
+            return float(self.gpus_per_trial)
+        return 0.25 if self.family == "cifar" else 1.0
 
     @property
     def all_depths(self) -> list[int]:
@@ -199,10 +212,11 @@ def _data_shape(data_dir: Path, aug: dict[str, Any] | None = None) -> tuple[int,
 
 def dry_run(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path,
             measure: bool = True, aug: dict[str, Any] | None = None) -> dict[str, Any]:
-    from resnet_pipeline.training.driver import check_data_dir
+    from resnet_pipeline.training.driver import check_data_dir, resolve_workers
 
-    trials = plan(sweep, train)
     train.validate()
+    train = resolve_workers(train)
+    trials = plan(sweep, train)
     data_path = check_data_dir(data_dir)
     num_classes, input_size, _ = _data_shape(data_path, aug)
     rate = calibrate(input_size, train.per_worker_batch) if measure else None
@@ -233,7 +247,8 @@ def _trial_fn(config: dict[str, Any]) -> None:
         launch = {"launcher": "ray", "callbacks": [TuneReportCallback()]}
     train(train_cfg, model_cfg, base["data_dir"], backend=base["backend"], normalize=base["normalize"],
           num_threads=base["num_threads"], aug=base["aug"], tracking_uri=base["tracking_uri"],
-          parent_run_id=base["parent_run_id"], snapshot={**base["snapshot"], "sweep_trial": t}, **launch)
+          parent_run_id=base["parent_run_id"], snapshot={**base["snapshot"], "sweep_trial": t},
+          gpu_share=base.get("gpu_share", 1.0), **launch)
 
 
 def trial_threads(cpus: float, node_cpus: float, concurrent: int, trial_cpus: int, workers: int) -> int:
@@ -266,17 +281,33 @@ def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConf
                           f"driver) but the Ray cluster has {cpus:g}; lower train.workers or add nodes")
     concurrent = sweep.max_concurrent or max(1, int(cpus // per_trial))
     node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=cpus)
-    gpu_trials = in_trial and use_gpu_resolved(train.use_gpu)
-    if gpu_trials:
-        if resources.get("GPU", 0) < 1:
-            raise ConfigError(f"train.use_gpu={train.use_gpu} but the Ray cluster has no GPU; set train.use_gpu: off")
-        concurrent = sweep.max_concurrent or min(concurrent, int(resources["GPU"]))  # one GPU per trial
+    gpus = resources.get("GPU", 0)
+    on_gpus = use_gpu_resolved(train.use_gpu)
+    if on_gpus and gpus < 1:
+        raise ConfigError(f"train.use_gpu={train.use_gpu} but the Ray cluster has no GPU; set train.use_gpu: off")
     threads = train.threads_per_worker or trial_threads(cpus, node_cpus, concurrent, trial_cpus, train.workers)
-    base["train"] = {**base["train"], "threads_per_worker": threads}
     # An in-trial trial asks Ray for the cores its threads use (at most a node's), so that Ray never puts
     # more threads on a node than it has cores. A Ray Train trial's driver asks for one CPU and each of
-    # its workers for one (`ray_launch`); their threads share the cores as computed above.
-    trial_resources = {"CPU": min(threads, node_cpus) if in_trial else 1, **({"GPU": 1} if gpu_trials else {})}
+    # its workers for their own (`ray_launch`); their threads share the cores as computed above.
+    trial_resources: dict[str, float] = {"CPU": min(threads, node_cpus) if in_trial else 1}
+    if on_gpus and in_trial:
+        # Several small trials share a GPU (sweep.gpus_per_trial), each with its share of the GPU's cores.
+        fraction = sweep.gpu_fraction()
+        from resnet_pipeline.training.driver import available_devices
+
+        share = max(1, int(available_devices().cpus_per_gpu * fraction))
+        threads = train.threads_per_worker or share
+        trial_resources = {"CPU": min(share, node_cpus), "GPU": fraction}
+        base["gpu_share"] = fraction
+        concurrent = sweep.max_concurrent or max(1, min(int(gpus // fraction), int(cpus // share)))
+    elif on_gpus:
+        # A Ray Train trial takes one GPU per worker: more trials at once than the GPUs allow would wait
+        # for a placement that never comes, time out and retry for ever.
+        if train.workers > gpus:
+            raise ConfigError(f"train.workers={train.workers} with GPUs needs {train.workers} GPUs per trial but the "
+                              f"Ray cluster has {gpus:g}; lower train.workers or set train.use_gpu: off")
+        concurrent = min(sweep.max_concurrent or concurrent, int(gpus // train.workers))
+    base["train"] = {**base["train"], "threads_per_worker": threads}
     scheduler = None
     if sweep.asha:
         from ray.tune.schedulers import ASHAScheduler
@@ -314,10 +345,11 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
               aug: dict[str, Any] | None = None, tracking_uri: str | None = None,
               snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
     from resnet_pipeline import tracking
-    from resnet_pipeline.training.driver import check_data_dir, environment_tags, resolve_storage
+    from resnet_pipeline.training.driver import check_data_dir, environment_tags, resolve_storage, resolve_workers
 
-    trials = plan(sweep, train)
     train.validate()
+    train = resolve_workers(train)
+    trials = plan(sweep, train)
     for t in trials:
         _model_cfg(model_cfg, t).validate()
     data_path = check_data_dir(data_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -36,7 +37,9 @@ class TrainConfig:
     warmup_max_iterations: int = 400
 
     # Distribution and speed.
-    workers: int = 2
+    # Data-parallel processes. auto: one per GPU (this machine's, or the Ray cluster's), else 2 on the
+    # CPU (at most the cores); see `resolved`.
+    workers: int | Literal["auto"] = "auto"
     use_gpu: Literal["auto", "on", "off"] = "auto"
     sync_bn: bool = False  # the paper's multi-GPU training uses per-GPU batch statistics
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where supported
@@ -67,8 +70,8 @@ class TrainConfig:
         for key in ("experiment", "storage_path"):
             if not str(getattr(self, key)).strip():
                 raise ConfigError(f"train.{key}: must not be empty (e.g. {TrainConfig.__dataclass_fields__[key].default!r})")
-        positive = ("iterations", "batch_size", "base_batch_size", "workers", "log_every", "eval_every",
-                    "checkpoint_every", "keep_checkpoints")
+        positive = ("iterations", "batch_size", "base_batch_size", "log_every", "eval_every",
+                    "checkpoint_every", "keep_checkpoints") + (("workers",) if self.workers != "auto" else ())
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"train.{key}: must be a positive integer, got {getattr(self, key)}")
@@ -100,7 +103,7 @@ class TrainConfig:
             raise ConfigError(f"train.plateau_patience: must be >= 0 (0: off), got {self.plateau_patience}")
         if not 0 <= self.plateau_threshold < 1:
             raise ConfigError(f"train.plateau_threshold: must be in [0, 1), got {self.plateau_threshold}")
-        if self.batch_size % self.workers:
+        if self.workers != "auto" and self.batch_size % self.workers:
             raise ConfigError(
                 f"train.batch_size {self.batch_size} is not divisible by train.workers {self.workers}: the global "
                 f"batch is split evenly across workers; use e.g. batch_size "
@@ -113,8 +116,21 @@ class TrainConfig:
         if self.run_name is not None:
             check_name("train.run_name", self.run_name, "resnet20-baseline")
 
+    def resolved(self, gpus: int, cpus: int) -> "TrainConfig":
+        """This config with ``workers: auto`` made a number, given the GPUs and CPU cores that training
+        can use: one worker per GPU (unless use_gpu is off), else 2 on the CPU (at most the cores);
+        then the largest count not above that which divides the global batch. An explicit number is
+        kept (and checked where it runs)."""
+        if self.workers != "auto":
+            return self
+        want = gpus if gpus > 0 and self.use_gpu != "off" else min(2, max(1, cpus))
+        workers = next(n for n in range(max(1, want), 0, -1) if self.batch_size % n == 0)
+        return dataclasses.replace(self, workers=workers)
+
     @property
     def per_worker_batch(self) -> int:
+        if self.workers == "auto":
+            raise ValueError("train.workers is 'auto': call TrainConfig.resolved() first")
         return self.batch_size // self.workers
 
     @property

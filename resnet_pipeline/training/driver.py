@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from dataclasses import dataclass
 import signal
 import subprocess
 from contextlib import contextmanager
@@ -104,6 +105,60 @@ def environment_tags(workers: int) -> dict[str, str]:
     return tags
 
 
+@dataclass(frozen=True)
+class Devices:
+    """What training can use: the Ray cluster's when one is given ($RAY_ADDRESS, or one this process
+    is connected to), else this machine's."""
+
+    gpus: int
+    cpus: int
+    cpus_per_gpu: int  # on the GPU nodes (the fewest, on a cluster); 0 without GPUs
+
+
+def available_devices() -> Devices:
+    import os
+    import sys
+
+    ray = sys.modules.get("ray")
+    if os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):
+        from resnet_pipeline.training.ray_launch import cluster_devices
+
+        return Devices(*cluster_devices())
+    import torch
+
+    gpus, cpus = torch.cuda.device_count(), os.cpu_count() or 1
+    return Devices(gpus, cpus, cpus // gpus if gpus else 0)
+
+
+def loader_threads(train_cfg: TrainConfig, backend: str, num_threads: int, devices: Devices,
+                   gpu_share: float = 1.0) -> int:
+    """DALI threads (torch: loader processes) per training worker. On the CPU, ``data.num_threads``
+    shared by the workers. With DALI on GPUs, about the cores of a GPU's share of its node: nvJPEG
+    decodes on the GPU, but reading, the ImageNet resize and the crops keep several CPU threads busy
+    per GPU, and ``num_threads // workers`` (1 with 8 workers) would starve it. ``gpu_share``: the part
+    of a GPU that each worker has (a sweep's fractional GPUs)."""
+    from resnet_pipeline.data.loader import dali_available
+
+    on_gpu = train_cfg.use_gpu != "off" and devices.gpus > 0
+    shared = max(1, num_threads // train_cfg.workers)
+    if on_gpu and backend in ("auto", "dali-gpu") and dali_available():
+        # One core of each GPU's share is left to the training process itself (and a Tune trial's driver).
+        return max(shared, int(devices.cpus_per_gpu * gpu_share) - 1)
+    return shared
+
+
+def resolve_workers(train_cfg: TrainConfig) -> TrainConfig:
+    """``train.workers: auto`` made a number for the devices at hand (`TrainConfig.resolved`), said once."""
+    if train_cfg.workers != "auto":
+        return train_cfg
+    devices = available_devices()
+    gpus, cpus = devices.gpus, devices.cpus
+    resolved = train_cfg.resolved(gpus, cpus)
+    why = (f"one per GPU ({gpus} found)" if gpus and train_cfg.use_gpu != "off" else f"no GPU in use, {cpus} CPU cores")
+    print(f"train.workers: auto -> {resolved.workers} ({why}; the largest count dividing batch {train_cfg.batch_size})")
+    return resolved
+
+
 def check_data_dir(data_dir: str | Path) -> Path:
     from resnet_pipeline.data import load_manifest
 
@@ -148,7 +203,7 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
           launcher: str = "auto",
           tracking_uri: str | None = None, snapshot: dict[str, Any] | None = None,
           parent_run_id: str | None = None, callbacks: list | None = None,
-          on_report: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+          on_report: Callable[[dict[str, float]], None] | None = None, gpu_share: float = 1.0) -> dict[str, Any]:
     """Train one model. Returns a summary dict (run id, name, metrics, checkpoint folder).
 
     ``launcher``: "ray" (a Ray Train worker group; ``callbacks`` are its RunConfig callbacks),
@@ -156,12 +211,14 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
     (Ray when installed).
 
     ``aug``: ImageNet-kind geometry (`DataConfig.aug`: crop_size, resize_range, eval_resize,
-    color_aug); None keeps the loader's defaults."""
+    color_aug); None keeps the loader's defaults. ``gpu_share``: the part of a GPU this run has (a sweep's
+    fractional GPUs per trial), which scales its DALI threads (`loader_threads`)."""
     from resnet_pipeline import tracking
 
     train_cfg.validate()
     model_cfg.validate()
     data_path = check_data_dir(data_dir)
+    train_cfg = resolve_workers(train_cfg)
     from resnet_pipeline.data.loader import loader_spec
 
     # Before Ray starts: the loader settings fit this dataset (e.g. per-pixel mean needs fixed-size
@@ -188,7 +245,8 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
     storage = resolve_storage(train_cfg.storage_path)
     run_dir = join(storage, run_name)
     check_resumable(join(run_dir, "checkpoints"), train_cfg, model_cfg, run_name)
-    src = DataSource(str(data_path), backend, normalize, max(1, num_threads // train_cfg.workers), dict(aug or {}))
+    threads = loader_threads(train_cfg, backend, num_threads, available_devices(), gpu_share)
+    src = DataSource(str(data_path), backend, normalize, threads, dict(aug or {}))
     snapshot = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
                 for k, v in (snapshot or {"model": model_cfg}).items()}
     # Logged and printed without the credentials a storage URI may carry; the workers get it whole.
@@ -219,7 +277,7 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
                 from resnet_pipeline.training.ray_launch import fit_with_ray
 
                 fit_with_ray(config, train_cfg.workers, train_cfg.use_gpu, run_name, storage,
-                             train_cfg.max_failures, callbacks)
+                             train_cfg.max_failures, callbacks, cpus_per_worker=threads)
             else:
                 run_worker(config, report_to=on_report)
         status = tracking.FINISHED

@@ -43,6 +43,19 @@ def init_ray(workers: int, concurrent_trials: int = 1, trial_cpus: int = TRIAL_C
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
 
 
+def cluster_devices() -> tuple[int, int, int]:
+    """(GPUs, CPUs, CPUs per GPU on the GPU node that has the fewest) of the Ray cluster, connecting to
+    $RAY_ADDRESS first if need be."""
+    import ray
+
+    if not ray.is_initialized():
+        init_ray(1)
+    total = ray.cluster_resources()
+    per_gpu = [int(n["Resources"].get("CPU", 0) // n["Resources"]["GPU"]) for n in ray.nodes()
+               if n.get("Alive") and n["Resources"].get("GPU", 0) > 0]
+    return int(total.get("GPU", 0)), int(total.get("CPU", 0)), min(per_gpu, default=0)
+
+
 def check_capacity(workers: int, use_gpu: bool, cpus_per_worker: float = 1) -> None:
     """Fail at once, not wait forever, when the cluster cannot place the worker group."""
     import ray
@@ -183,20 +196,25 @@ def _ctrl_c_as_interrupt() -> Iterator[None]:
 
 
 def fit_with_ray(config: dict[str, Any], workers: int, use_gpu: str, run_name: str, storage_path: str | Path,
-                 max_failures: int, extra_callbacks: list | None = None) -> dict[str, Any]:
-    """Run the worker group to completion; returns the last reported metrics of rank 0."""
+                 max_failures: int, extra_callbacks: list | None = None, cpus_per_worker: int = 1) -> dict[str, Any]:
+    """Run the worker group to completion; returns the last reported metrics of rank 0.
+
+    ``cpus_per_worker``: on GPUs, the CPUs each worker reserves (its DALI threads, `loader_threads`),
+    so that Ray places no more decoding threads on a node than it has cores; on the CPU each worker
+    reserves one (its threads are set per worker, see `init_ray`)."""
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     init_ray(workers)
     gpu = use_gpu_resolved(use_gpu)
-    check_capacity(workers, gpu)
+    cpus = max(1, cpus_per_worker) if gpu else 1
+    check_capacity(workers, gpu, cpus)
     check_storage(storage_path)
     trainer = TorchTrainer(
         _ray_worker_fn,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": 1}),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(name=run_name, **ray_storage(storage_path),
                              failure_config=FailureConfig(max_failures=max_failures),
                              callbacks=extra_callbacks or None, logging_config=LoggingConfig("WARNING")),
