@@ -180,6 +180,28 @@ def test_no_degradation_and_both_degrade() -> None:
     assert "but ResNet-20 4.00% -> ResNet-44 24.00% (+20.00 points)" in middle.answer
 
 
+def test_second_half_basis_compares_the_curves_at_equal_iterations() -> None:
+    """A short run: plain-56 lies above plain-20 over the whole second half, then both curves drop at
+    an lr step and the last windows cross. The final-windows basis misses the degradation; the
+    second-half basis (mean over iterations > half the run, at equal iterations) sees it and says so."""
+    def curve(second_half: list[float]) -> list[tuple[int, float]]:
+        return [(100, 0.9), (200, 0.6)] + [(300 + 100 * i, e) for i, e in enumerate(second_half)]
+
+    runs = [RunCurve("plain", 20, 0, curve([0.40, 0.38, 0.20, 0.19])),
+            RunCurve("plain", 56, 0, curve([0.50, 0.48, 0.19, 0.18])),
+            RunCurve("A", 20, 0, curve([0.38, 0.36, 0.18, 0.17])),
+            RunCurve("A", 56, 0, curve([0.34, 0.32, 0.15, 0.14]))]
+    final = degradation_check(runs, last_windows=2)
+    assert final.verdict == "no degradation" and final.basis == "final"
+    half = degradation_check(runs, last_windows=2, basis="second_half")
+    assert half.verdict == "degradation" and half.basis == "second_half"
+    # The windows logged after iteration 300 of a 600-iteration run: (0.38 + 0.20 + 0.19) / 3 for plain-20.
+    assert [p.plain for p in half.points] == pytest.approx([0.77 / 3, 0.85 / 3])
+    assert "second half of the run" in half.answer and "plain-20 25.67% -> plain-56 28.33%" in half.answer
+    with pytest.raises(ValueError, match="basis must be one of final, second_half"):
+        degradation_check(runs, basis="middle")
+
+
 def test_not_enough_runs() -> None:
     only_one_common = degradation_check(_runs({20: 0.02, 56: 0.08}, {20: 0.03}), last_windows=3)
     assert only_one_common.verdict == "not enough runs" and "at least 2 depths" in only_one_common.answer

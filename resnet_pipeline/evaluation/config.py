@@ -38,6 +38,10 @@ class EvaluateConfig:
     # 0.01 = 1 percentage point), so noise between seeds is not called degradation.
     last_windows: int = 5
     degradation_margin: float = 0.01
+    # What the degradation check compares: each run's final training error (its last `last_windows`
+    # windows), or its mean over the second half of the run at equal iterations (short schedules,
+    # where the last windows of two curves can cross).
+    degradation_basis: Literal["final", "second_half"] = "final"
     # MLflow model registry: one registered model per dataset; null means resnet-<dataset>.
     register: bool = True
     registry_name: str | None = None

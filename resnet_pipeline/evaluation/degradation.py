@@ -4,8 +4,13 @@ Sec. 4.1/4.2 and Figure 6: with BN and He initialisation, a deeper *plain* net r
 training error* than a shallower one (so it is an optimisation difficulty, not overfitting),
 while residual nets of the same depths do not. The check asks exactly that of a set of runs:
 
-1. Each run's final training error is the mean of its last ``last_windows`` logging windows
-   (one window's error is noisy), then the mean (and std) over seeds per (shortcut, depth).
+1. Each run's training error is measured one of two ways (``basis``), then averaged (mean and std)
+   over seeds per (shortcut, depth):
+   - ``final``: the mean of its last ``last_windows`` logging windows (one window's error is noisy);
+   - ``second_half``: the mean over the logging windows of the second half of the run, which
+     compares the nets at equal iterations along the curve, as Figure 1 reads. On a short schedule
+     the last windows alone can cross (a deeper net catching up just after an lr step), while the
+     second half shows which curve lies above.
 2. It compares plain nets with the residual nets of each residual shortcut at the depths where
    both exist. At least 2 such depths are needed, else the answer is "not enough runs".
 3. Plain nets "rise with depth" when the deepest one's error exceeds the shallowest one's by more
@@ -25,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 Verdict = Literal["degradation", "no degradation", "both degrade", "not enough runs"]
+Basis = Literal["final", "second_half"]
+BASES = ("final", "second_half")
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class DegradationCheck:
     residual_worst_depths: list[int] = field(default_factory=list)
     last_windows: int = 5
     margin: float = 0.01
+    basis: Basis = "final"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,11 +86,22 @@ def final_error(curve: Sequence[tuple[int, float]], last_windows: int) -> float 
     return statistics.fmean(tail) if tail else None
 
 
-def final_errors(runs: Iterable[RunCurve], last_windows: int) -> dict[tuple[str, int], list[float]]:
-    """{(shortcut, depth): [final training error of each seed]} (runs without a curve left out)."""
+def second_half_error(curve: Sequence[tuple[int, float]]) -> float | None:
+    """Mean of the finite points logged after the middle of the run (the last iteration / 2), or None."""
+    points = {step: v for step, v in curve if v is not None and math.isfinite(v)}
+    if not points:
+        return None
+    middle = max(points) / 2
+    return statistics.fmean(v for step, v in points.items() if step > middle)
+
+
+def final_errors(runs: Iterable[RunCurve], last_windows: int,
+                 basis: Basis = "final") -> dict[tuple[str, int], list[float]]:
+    """{(shortcut, depth): [training error of each seed, measured by ``basis``]} (runs without a curve
+    left out)."""
     out: dict[tuple[str, int], list[float]] = {}
     for r in runs:
-        e = final_error(r.train_error, last_windows)
+        e = final_error(r.train_error, last_windows) if basis == "final" else second_half_error(r.train_error)
         if e is not None:
             out.setdefault((r.shortcut, r.depth), []).append(e)
     return out
@@ -97,7 +116,7 @@ def _pct(x: float) -> str:
 
 
 def degradation_check(runs: Iterable[RunCurve], *, residual_shortcut: str | None = None, last_windows: int = 5,
-                      margin: float = 0.01) -> DegradationCheck:
+                      margin: float = 0.01, basis: Basis = "final") -> DegradationCheck:
     """Does training error rise with depth among plain nets but not among residual nets?
 
     ``residual_shortcut``: which residual nets to compare with (A, B or C); None picks the one
@@ -107,14 +126,16 @@ def degradation_check(runs: Iterable[RunCurve], *, residual_shortcut: str | None
         raise ValueError(f"last_windows must be >= 1, got {last_windows}")
     if not 0 <= margin < 1:
         raise ValueError(f"margin must be a fraction in [0, 1), got {margin}")
-    finals = final_errors(runs, last_windows)
+    if basis not in BASES:
+        raise ValueError(f"basis must be one of {', '.join(BASES)}, got {basis!r}")
+    finals = final_errors(runs, last_windows, basis)
     plain_depths = {d for s, d in finals if s == "plain"}
     residual_shortcuts = sorted({s for s, _ in finals if s != "plain"})
     if residual_shortcut is None and residual_shortcuts:
         residual_shortcut = max(residual_shortcuts,
                                 key=lambda s: (len(plain_depths & {d for t, d in finals if t == s}), s == "A"))
     common = sorted(plain_depths & {d for s, d in finals if s == residual_shortcut}) if residual_shortcut else []
-    base = dict(residual_shortcut=residual_shortcut, last_windows=last_windows, margin=margin)
+    base = dict(residual_shortcut=residual_shortcut, last_windows=last_windows, margin=margin, basis=basis)
     if len(common) < 2:
         have = (f"plain nets at depths {sorted(plain_depths) or 'none'}, residual ({residual_shortcut}) nets at "
                 f"depths {sorted(d for s, d in finals if s == residual_shortcut) or 'none'}"
@@ -132,7 +153,9 @@ def degradation_check(runs: Iterable[RunCurve], *, residual_shortcut: str | None
     worst, low, high = max((b.residual - a.residual, a, b) for i, a in enumerate(points) for b in points[i + 1:])
     plain_up, residual_up = plain_rise > margin, worst > margin
     shallow, deep = common[0], common[-1]
-    numbers = (f"Final training error (mean of the last {last_windows} logging windows, averaged over seeds): "
+    measure = (f"Final training error (mean of the last {last_windows} logging windows" if basis == "final" else
+               "Training error over the second half of the run (mean of its logging windows, at equal iterations")
+    numbers = (f"{measure}, averaged over seeds): "
                f"plain-{shallow} {_pct(points[0].plain)} -> plain-{deep} {_pct(points[-1].plain)} "
                f"({100 * plain_rise:+.2f} points); ResNet-{shallow} ({residual_shortcut}) {_pct(points[0].residual)} "
                f"-> ResNet-{deep} {_pct(points[-1].residual)} ({100 * residual_rise:+.2f} points)"
@@ -156,14 +179,14 @@ def degradation_check(runs: Iterable[RunCurve], *, residual_shortcut: str | None
                             residual_worst_depths=[low.depth, high.depth], **base)
 
 
-def degradation_checks(runs: Iterable[RunCurve], *, last_windows: int = 5,
-                       margin: float = 0.01) -> list[DegradationCheck]:
+def degradation_checks(runs: Iterable[RunCurve], *, last_windows: int = 5, margin: float = 0.01,
+                       basis: Basis = "final") -> list[DegradationCheck]:
     """One check per residual shortcut present (a single "not enough runs" check when none is)."""
     runs = list(runs)
     shortcuts = sorted({r.shortcut for r in runs if r.shortcut != "plain"}, key=lambda s: (s != "A", s))
     if not shortcuts:
-        return [degradation_check(runs, last_windows=last_windows, margin=margin)]
-    return [degradation_check(runs, residual_shortcut=s, last_windows=last_windows, margin=margin)
+        return [degradation_check(runs, last_windows=last_windows, margin=margin, basis=basis)]
+    return [degradation_check(runs, residual_shortcut=s, last_windows=last_windows, margin=margin, basis=basis)
             for s in shortcuts]
 
 

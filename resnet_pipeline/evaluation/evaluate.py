@@ -371,7 +371,8 @@ def _summarize(cfg: EvaluateConfig, rows: list[dict[str, Any]], histories: dict[
 
     curves = [RunCurve(r["shortcut"], r["depth"], r["seed"], histories[r["run_id"]]["train_error"], r["run_id"])
               for r in rows]
-    checks = degradation_checks(curves, last_windows=cfg.last_windows, margin=cfg.degradation_margin)
+    checks = degradation_checks(curves, last_windows=cfg.last_windows, margin=cfg.degradation_margin,
+                                basis=cfg.degradation_basis)
     champion = tracking.alias_version(uri, registry, CHAMPION) if cfg.register else None
     families = sorted({r["family"] for r in rows})
     benchmark = paper.benchmark(manifest)
