@@ -129,6 +129,27 @@ def test_ten_crop_scores_the_mean_of_the_views_softmax() -> None:
     assert torch.tensor(table)[[0] + [1] * 9].mean(0).argmax() == 0  # logit averaging would differ
 
 
+def test_ten_crop_views_are_scored_in_bounded_chunks_under_autocast() -> None:
+    """predict_views runs a [B, 10, 3, H, W] batch through the model at most ``chunk`` images at a time
+    (ResNet-152 on 2,560 views at once may not fit a GPU) with the same result, and under the autocast
+    dtype it is given."""
+    from resnet_pipeline.models import ModelConfig, build_model
+    from resnet_pipeline.training.loop import predict_views
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(depth=8), num_classes=5, input_size=16).eval()
+    seen: list[tuple[int, torch.dtype]] = []
+    model.fc.register_forward_hook(lambda m, i, o: seen.append((o.shape[0], o.dtype)))
+    views = torch.randn(4, 10, 3, 16, 16)
+    with torch.no_grad():
+        whole = predict_views(model, views, chunk=1000)
+        chunked = predict_views(model, views, chunk=7)
+        low = predict_views(model, views, torch.bfloat16, chunk=16)
+    assert [n for n, _ in seen[1:7]] == [7, 7, 7, 7, 7, 5]  # 40 views, 7 at a time
+    assert torch.allclose(whole, chunked, atol=1e-6) and whole.shape == (4, 5)
+    assert seen[-1][1] == torch.bfloat16 and torch.allclose(low, whole, atol=0.05)
+
+
 def test_confusion_matrix_rows_are_true_classes() -> None:
     cm = confusion_matrix(torch.tensor([1, 1, 2]), torch.tensor([0, 1, 2]), 3)
     assert cm.tolist() == [[0, 1, 0], [0, 1, 0], [0, 0, 1]]

@@ -59,8 +59,13 @@ def evaluate_model(model, data_dir: str | Path, classes: list[str], *, split: st
     from resnet_pipeline.evaluation.metrics import collect_predictions, summarize
     from resnet_pipeline.evaluation.responses import ResponseRecorder
 
+    from resnet_pipeline.training.loop import resolve_precision
+
     device = device or torch.device("cpu")
     model = model.to(device, memory_format=torch.channels_last).eval()
+    # On a GPU, under the autocast training used (bf16 where supported): ten-crop views of ResNet-152
+    # in fp32 are what would not fit. On the CPU in fp32, as before.
+    amp = resolve_precision("auto", device) if device.type == "cuda" else None
 
     def loader(name: str, crops: bool = False):
         return make_loader(data_dir, name, train=False, batch_size=batch_size, backend=backend,
@@ -68,13 +73,13 @@ def evaluate_model(model, data_dir: str | Path, classes: list[str], *, split: st
 
     passes: dict[str, dict[str, Any]] = {}
     with ResponseRecorder(model) as recorder:
-        probs, labels = collect_predictions(model, loader(split), device)
+        probs, labels = collect_predictions(model, loader(split), device, amp)
     passes[split] = summarize(probs, labels, classes)
     predicted = probs.argmax(1).tolist()
     if split != "val":
-        passes["val"] = summarize(*collect_predictions(model, loader("val"), device), classes)
+        passes["val"] = summarize(*collect_predictions(model, loader("val"), device, amp), classes)
     if ten_crop:
-        passes[f"{split}_10crop"] = summarize(*collect_predictions(model, loader(split, True), device), classes)
+        passes[f"{split}_10crop"] = summarize(*collect_predictions(model, loader(split, True), device, amp), classes)
     return ModelEvaluation(passes, recorder.stds(), predicted, labels.tolist())
 
 

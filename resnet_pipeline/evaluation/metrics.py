@@ -18,20 +18,20 @@ from torch import nn
 
 
 @torch.no_grad()
-def collect_predictions(model: nn.Module, loader: Iterable,
-                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities float64 [N, classes], labels int64 [N]) over ``loader``, on the CPU."""
+def collect_predictions(model: nn.Module, loader: Iterable, device: torch.device,
+                        amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities float64 [N, classes], labels int64 [N]) over ``loader``, on the CPU. Ten-crop
+    batches average their views; the forward passes run under ``amp_dtype``'s autocast, in bounded
+    chunks (`predict_views`)."""
+    from resnet_pipeline.training.loop import predict_views
+
     was_training = model.training
     model.eval()
     probs, labels = [], []
     try:
         for images, target in loader:
-            images = images.to(device, non_blocking=True)
-            views = images.shape[1] if images.dim() == 5 else 1
-            flat = images.flatten(0, 1) if images.dim() == 5 else images  # (B * views, 3, H, W)
-            logits = model(flat.contiguous(memory_format=torch.channels_last)).float()
-            p = logits.double().softmax(1).view(target.shape[0], views, -1).mean(1)  # (B, classes)
-            probs.append(p.cpu())
+            p = predict_views(model, images.to(device, non_blocking=True), amp_dtype)  # (B, classes)
+            probs.append(p.double().cpu())
             labels.append(target.to("cpu", torch.int64))
     finally:
         model.train(was_training)
