@@ -432,10 +432,11 @@ def _print_bench_train(report: dict) -> None:
     _print_rows(f"Training throughput, ResNet-{report['depth']}, batch {report['batch_size']}, "
                 f"{report['iterations']} iterations ({report['machine']['cpu']}, {report['machine']['cores']} cores)",
                 report["results"], ("round", "mode", "precision", "memory_format", "images_per_s", "vs_bare",
-                                    "wall_s", "overhead_s"))
+                                    "data_wait_fraction", "wall_s", "overhead_s"))
     if report["rounds"] > 1:
         _print_rows(f"Median of {report['rounds']} rounds (vs_bare: the median ratio to the same round's bare loop)",
-                    report["summary"], ("mode", "rounds", "images_per_s", "vs_bare", "vs_bare_min", "vs_bare_max"))
+                    report["summary"], ("mode", "rounds", "images_per_s", "vs_bare", "vs_bare_min", "vs_bare_max",
+                                        "data_wait_fraction"))
 
 
 @bench.command("depths")

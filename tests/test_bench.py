@@ -110,6 +110,9 @@ def test_bench_train_precision_and_memory_format_axes(tiny_data: Path) -> None:
     [summary] = report["summary"]
     assert summary["mode"] == "bare" and summary["rounds"] == 2 and summary["vs_bare"] == 1.0
     assert summary["images_per_s"] == statistics.median(r["images_per_s"] for r in report["results"][:2])
+    # The loop's wait for data, a fraction of each window's time, reported per row and in the summary.
+    assert all(0 <= r["data_wait_fraction"] <= 1 for r in report["results"])
+    assert summary["data_wait_fraction"] == statistics.median(r["data_wait_fraction"] for r in report["results"][:2])
 
 
 def test_bench_train_rounds_train_the_ray_path_again(tiny_data: Path, ray_session) -> None:

@@ -99,12 +99,15 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
         for i, (round_, mode, precision, fmt) in enumerate(runs):
             start = time.perf_counter()
             variant = (precision, fmt) != (precisions[0], memory_formats[0])
+            waits: list[float] = []  # each window's data_wait_fraction
             if mode == "bare":
                 speeds: list[float] = []
 
-                def report(m: dict[str, float], step: int, speeds=speeds, start=start, variant=variant) -> None:
+                def report(m: dict[str, float], step: int, speeds=speeds, waits=waits, start=start,
+                           variant=variant) -> None:
                     if "images_per_s" in m:
                         speeds.append(m["images_per_s"])
+                        waits.append(m["data_wait_fraction"])
                         if variant and len(speeds) >= 3 and time.perf_counter() - start > variant_seconds:
                             raise _Enough
 
@@ -126,11 +129,13 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
                                           storage_path=str(Path(tmp) / f"results{i}"))
                 summary = train(cfg, model_cfg, data, backend=backend, num_threads=workers,
                                 tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}")
-                speeds = [v for _, v in tracking.metric_history(summary["tracking_uri"], summary["run_id"],
-                                                               "images_per_s")]
+                speeds, waits = ([v for _, v in tracking.metric_history(summary["tracking_uri"], summary["run_id"], key)]
+                                 for key in ("images_per_s", "data_wait_fraction"))
             wall = time.perf_counter() - start
             ips = _steady(speeds)
             row = {"round": round_, "mode": mode, "precision": precision, "memory_format": fmt, "images_per_s": ips,
+                   # the part of the training time spent waiting for the loader (rank 0's, median window)
+                   "data_wait_fraction": statistics.median(waits) if waits else None,
                    "windows": len(speeds), "wall_s": wall, "train_s": None, "overhead_s": None}
             if not variant:  # a full run: start-up and evaluation are what the wall time adds
                 row.update(train_s=iterations * batch_size / ips, overhead_s=wall - iterations * batch_size / ips)
@@ -145,6 +150,8 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
         ratios = [r["vs_bare"] for r in rows if r["vs_bare"] is not None]
         summary.append({"mode": mode, "rounds": len(rows),
                         "images_per_s": statistics.median(r["images_per_s"] for r in rows),
+                        "data_wait_fraction": statistics.median(r["data_wait_fraction"] for r in rows
+                                                                if r["data_wait_fraction"] is not None),
                         "vs_bare": statistics.median(ratios) if ratios else None,
                         "vs_bare_min": min(ratios, default=None), "vs_bare_max": max(ratios, default=None)})
     from resnet_pipeline.data.bench import machine_info

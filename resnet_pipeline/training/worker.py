@@ -46,7 +46,8 @@ class Reporter:
             done = step - self.first_step
             eta = (time.perf_counter() - self.started) / done * (self.total - step) if done > 0 else float("nan")
             line = (f"it {step:>6}/{self.total}  loss {m['train_loss']:.3f}  train err {m['train_error']:6.2%}  "
-                    f"lr {m['lr']:.4g}  {m['images_per_s']:7.0f} img/s  ETA {_fmt(eta)}")
+                    f"lr {m['lr']:.4g}  {m['images_per_s']:7.0f} img/s  data wait {m['data_wait_fraction']:4.0%}  "
+                    f"ETA {_fmt(eta)}")
         elif "val_error" in m:
             line = f"it {step:>6}/{self.total}  val err {m['val_error']:6.2%}  top-5 {m['val_top5_error']:6.2%}"
         else:
