@@ -26,6 +26,7 @@ from typing import Any, Literal
 from resnet_pipeline.config import ConfigError, check_name
 from resnet_pipeline.models import SHORTCUTS, ModelConfig, infer_family
 from resnet_pipeline.training.config import TrainConfig
+from resnet_pipeline.training.ray_launch import TRIAL_CPUS
 
 
 TRIAL_LAUNCHERS = ("auto", "in-trial", "ray-train")
@@ -259,54 +260,72 @@ def trial_threads(cpus: float, node_cpus: float, concurrent: int, trial_cpus: in
     return max(1, int(share // workers))
 
 
+@dataclass(frozen=True)
+class Placement:
+    """How a sweep's trials share the cluster."""
+
+    concurrent: int  # trials at once
+    resources: dict[str, float]  # what Tune reserves for each trial's own process
+    threads: int  # torch threads per training worker
+    gpu_share: float = 1.0  # of a GPU, per worker (in-trial trials on a fraction of one)
+
+
+def placement(sweep: SweepConfig, train: TrainConfig, in_trial: bool, *, cpus: float, gpus: float,
+              node_cpus: float, cpus_per_gpu: int, on_gpus: bool) -> Placement:
+    """Trials at once, and each trial's resources and threads, for a cluster of ``cpus`` and ``gpus``
+    (``node_cpus``: the largest node's; ``cpus_per_gpu``: on the GPU nodes). Raises ConfigError, before
+    any trial starts, when a trial cannot be placed at all."""
+    # An in-trial trial is its one worker; a Ray Train trial's driver function holds a CPU beside its workers.
+    trial_cpus = 0 if in_trial else TRIAL_CPUS
+    per_trial = train.workers + trial_cpus
+    if per_trial > cpus:
+        raise ConfigError(f"train.workers={train.workers} needs {per_trial} CPUs per trial (workers + the trial's "
+                          f"driver) but the Ray cluster has {cpus:g}; lower train.workers or add nodes")
+    if on_gpus and gpus < 1:
+        raise ConfigError(f"train.use_gpu={train.use_gpu} but the Ray cluster has no GPU; set train.use_gpu: off")
+    concurrent = sweep.max_concurrent or max(1, int(cpus // per_trial))
+    threads = train.threads_per_worker or trial_threads(cpus, node_cpus, concurrent, trial_cpus, train.workers)
+    if on_gpus and in_trial:
+        # Several small trials share a GPU (sweep.gpus_per_trial), each with its share of the GPU's cores.
+        fraction = sweep.gpu_fraction()
+        share = max(1, int(cpus_per_gpu * fraction))
+        return Placement(sweep.max_concurrent or max(1, min(int(gpus // fraction), int(cpus // share))),
+                         {"CPU": min(share, node_cpus), "GPU": fraction}, train.threads_per_worker or share, fraction)
+    if on_gpus:
+        # A Ray Train trial takes one GPU per worker: more trials at once than the GPUs hold would wait
+        # for a placement that never comes, time out and retry for ever.
+        if train.workers > gpus:
+            raise ConfigError(f"train.workers={train.workers} with GPUs needs {train.workers} GPUs per trial but the "
+                              f"Ray cluster has {gpus:g}; lower train.workers or set train.use_gpu: off")
+        concurrent = min(concurrent, int(gpus // train.workers))
+    # An in-trial trial asks Ray for the cores its threads use (at most a node's), so that Ray never puts
+    # more threads on a node than it has cores. A Ray Train trial's driver asks for one CPU and each of
+    # its workers for their own (`ray_launch`); their threads share the cores as computed above.
+    return Placement(concurrent, {"CPU": min(threads, node_cpus) if in_trial else 1}, threads)
+
+
 def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConfig, train: TrainConfig,
               storage: str | Path) -> dict[str, str]:
     """Run the trials; returns the errors by trial run name (empty when no trial raised)."""
     import ray
     from ray import tune
 
-    from resnet_pipeline.training.ray_launch import (TRIAL_CPUS, check_storage, init_ray, ray_storage,
-                                                     use_gpu_resolved)
+    from resnet_pipeline.training.ray_launch import check_storage, init_ray, ray_storage, use_gpu_resolved
 
     in_trial = base["in_trial"]
-    # An in-trial trial is its one worker; a Ray Train trial's driver function holds a CPU beside its workers.
-    trial_cpus = 0 if in_trial else TRIAL_CPUS
-    init_ray(train.workers, sweep.max_concurrent or 1, trial_cpus=trial_cpus)
+    init_ray(train.workers, sweep.max_concurrent or 1, trial_cpus=0 if in_trial else TRIAL_CPUS)
     check_storage(storage)
     resources = ray.cluster_resources()
-    cpus = resources.get("CPU", 1)
-    per_trial = train.workers + trial_cpus
-    if per_trial > cpus:
-        raise ConfigError(f"train.workers={train.workers} needs {per_trial} CPUs per trial (workers + the trial's "
-                          f"driver) but the Ray cluster has {cpus:g}; lower train.workers or add nodes")
-    concurrent = sweep.max_concurrent or max(1, int(cpus // per_trial))
-    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=cpus)
-    gpus = resources.get("GPU", 0)
     on_gpus = use_gpu_resolved(train.use_gpu)
-    if on_gpus and gpus < 1:
-        raise ConfigError(f"train.use_gpu={train.use_gpu} but the Ray cluster has no GPU; set train.use_gpu: off")
-    threads = train.threads_per_worker or trial_threads(cpus, node_cpus, concurrent, trial_cpus, train.workers)
-    # An in-trial trial asks Ray for the cores its threads use (at most a node's), so that Ray never puts
-    # more threads on a node than it has cores. A Ray Train trial's driver asks for one CPU and each of
-    # its workers for their own (`ray_launch`); their threads share the cores as computed above.
-    trial_resources: dict[str, float] = {"CPU": min(threads, node_cpus) if in_trial else 1}
-    if on_gpus and in_trial:
-        # Several small trials share a GPU (sweep.gpus_per_trial), each with its share of the GPU's cores.
-        fraction = sweep.gpu_fraction()
-        from resnet_pipeline.training.driver import available_devices
+    from resnet_pipeline.training.driver import available_devices
 
-        share = max(1, int(available_devices().cpus_per_gpu * fraction))
-        threads = train.threads_per_worker or share
-        trial_resources = {"CPU": min(share, node_cpus), "GPU": fraction}
-        base["gpu_share"] = fraction
-        concurrent = sweep.max_concurrent or max(1, min(int(gpus // fraction), int(cpus // share)))
-    elif on_gpus:
-        # A Ray Train trial takes one GPU per worker: more trials at once than the GPUs allow would wait
-        # for a placement that never comes, time out and retry for ever.
-        if train.workers > gpus:
-            raise ConfigError(f"train.workers={train.workers} with GPUs needs {train.workers} GPUs per trial but the "
-                              f"Ray cluster has {gpus:g}; lower train.workers or set train.use_gpu: off")
-        concurrent = min(sweep.max_concurrent or concurrent, int(gpus // train.workers))
+    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")),
+                    default=resources.get("CPU", 1))
+    place = placement(sweep, train, in_trial, cpus=resources.get("CPU", 1), gpus=resources.get("GPU", 0),
+                      node_cpus=node_cpus, cpus_per_gpu=available_devices().cpus_per_gpu if on_gpus else 0,
+                      on_gpus=on_gpus)
+    concurrent, trial_resources, threads = place.concurrent, place.resources, place.threads
+    base["gpu_share"] = place.gpu_share
     base["train"] = {**base["train"], "threads_per_worker": threads}
     scheduler = None
     if sweep.asha:

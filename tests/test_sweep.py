@@ -287,3 +287,41 @@ def test_in_trial_trials_ask_ray_for_the_cores_their_threads_use(tiny_data: Path
     first, second = sorted((client.get_run(r["run_id"]) for r in summary["trials"]), key=lambda r: r.info.start_time)
     assert first.info.end_time <= second.info.start_time
     assert {r.data.params["train.threads_per_worker"] for r in (first, second)} == {"2"}
+
+
+# --- GPUs: packing and caps, computed before any trial starts -----------------------------------
+
+def _place(sweep: SweepConfig, train: TrainConfig, in_trial: bool, **cluster):
+    from resnet_pipeline.sweep import placement
+
+    return placement(sweep, train, in_trial, **{"cpus": 64, "gpus": 8, "node_cpus": 64, "cpus_per_gpu": 8,
+                                                "on_gpus": True, **cluster})
+
+
+def test_small_nets_share_a_gpu_and_trials_are_capped_by_the_gpus() -> None:
+    one = TrainConfig(workers=1)
+    # CIFAR nets, one worker each: a quarter of a GPU and of its 8 cores per trial, 32 at once on 8 GPUs.
+    cifar = _place(SweepConfig(depths=[20, 56]), one, True)
+    assert (cifar.concurrent, cifar.resources, cifar.threads, cifar.gpu_share) == (32, {"CPU": 2, "GPU": 0.25}, 2, 0.25)
+    # ImageNet nets: a whole GPU each; an explicit fraction is taken as given.
+    assert _place(SweepConfig(depths=[18, 34]), one, True).resources == {"CPU": 8, "GPU": 1.0}
+    assert _place(SweepConfig(depths=[20], gpus_per_trial=0.5), one, True).concurrent == 16
+    # Trials of 4 workers (a GPU each): two at once on 8 GPUs, whatever max_concurrent says (more would
+    # wait for GPUs that never come, time out and retry for ever); 9 workers cannot run at all.
+    four = TrainConfig(workers=4)
+    assert _place(SweepConfig(depths=[20]), four, False).concurrent == 2
+    assert _place(SweepConfig(depths=[20], max_concurrent=6), four, False).concurrent == 2
+    with pytest.raises(ConfigError, match=r"train.workers=9 with GPUs needs 9 GPUs per trial but the Ray cluster has 8"):
+        _place(SweepConfig(depths=[20]), TrainConfig(workers=9, batch_size=117), False)
+    with pytest.raises(ConfigError, match="the Ray cluster has no GPU"):
+        _place(SweepConfig(depths=[20]), one, True, gpus=0)
+    # On the CPU nothing changes: in-trial trials reserve the cores their threads use.
+    cpu = _place(SweepConfig(depths=[20], max_concurrent=2), TrainConfig(workers=1), True, cpus=2, gpus=0,
+                 node_cpus=2, cpus_per_gpu=0, on_gpus=False)
+    assert (cpu.concurrent, cpu.resources, cpu.threads, cpu.gpu_share) == (2, {"CPU": 1}, 1, 1.0)
+
+
+@pytest.mark.parametrize("value", [0, 1.5, -0.25])
+def test_gpus_per_trial_is_a_fraction_of_one_gpu(value: float) -> None:
+    with pytest.raises(ConfigError, match=r"sweep.gpus_per_trial: must be in \(0, 1\]"):
+        SweepConfig(gpus_per_trial=value).validate()

@@ -99,6 +99,41 @@ def test_invalid_train_config(changes: dict, match: str) -> None:
         dataclasses.replace(TrainConfig(), **changes).validate()
 
 
+def test_workers_auto_is_one_per_gpu_else_two_on_the_cpu() -> None:
+    auto = TrainConfig()  # workers: auto is the default, so that dvc repro runs on one GPU as on eight
+    assert auto.workers == "auto"
+    assert auto.resolved(gpus=1, cpus=16).workers == 1
+    assert auto.resolved(gpus=8, cpus=64).workers == 8
+    assert auto.resolved(gpus=3, cpus=48).workers == 2  # the largest count that divides batch 128
+    assert auto.resolved(gpus=0, cpus=2).workers == 2 and auto.resolved(gpus=0, cpus=1).workers == 1
+    assert dataclasses.replace(auto, use_gpu="off").resolved(gpus=8, cpus=64).workers == 2
+    assert TrainConfig(workers=4).resolved(gpus=1, cpus=2).workers == 4  # a number is kept (and checked where it runs)
+    with pytest.raises(ValueError, match="call TrainConfig.resolved"):
+        auto.per_worker_batch
+
+
+def test_workers_in_params_take_a_number_or_auto(tmp_path: Path) -> None:
+    from resnet_pipeline.config import load_section
+
+    assert load_section(TrainConfig, "train", {"train": {"workers": "auto"}}).workers == "auto"
+    assert load_section(TrainConfig, "train", {"train": {"workers": 4}}).workers == 4
+    with pytest.raises(ConfigError, match=r"train.workers: 'many' is not valid; expected an integer or one of 'auto'"):
+        load_section(TrainConfig, "train", {"train": {"workers": "many"}})
+
+
+def test_dali_on_gpus_gets_a_gpus_share_of_the_cores() -> None:
+    from resnet_pipeline.training.driver import Devices, loader_threads
+
+    node = Devices(gpus=8, cpus=64, cpus_per_gpu=8)
+    eight = TrainConfig(workers=8)
+    # 8 workers on 8 GPUs: 7 DALI threads each (one core per GPU left to the training process), not 2 // 8.
+    assert loader_threads(eight, "auto", 2, node) == 7
+    assert loader_threads(eight, "dali-gpu", 2, node, gpu_share=0.25) == 1
+    assert loader_threads(eight, "torch", 16, node) == 2
+    assert loader_threads(dataclasses.replace(eight, use_gpu="off"), "auto", 16, node) == 2
+    assert loader_threads(TrainConfig(workers=2), "auto", 2, Devices(gpus=0, cpus=2, cpus_per_gpu=0)) == 1
+
+
 def test_typo_in_params_is_reported(tmp_path: Path, monkeypatch) -> None:
     from resnet_pipeline.config import load_params, load_section
 
