@@ -393,6 +393,34 @@ def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[st
     Console().print(table)
 
 
+@bench.command("resume")
+@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
+              help="Params file (default: params.yaml); data.out, data.normalize, data.num_threads.")
+@click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["dali-gpu", "dali-cpu", "torch"]),
+              help="Backend to time; repeat for several (default: every one this machine has).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--position", type=click.FloatRange(min=0, max=1, min_open=True), default=0.75, show_default=True,
+              help="Where in the epoch the checkpoint is (a fraction).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def bench_resume(params_file: str | None, data_dir: str | None, backends: tuple[str, ...], batch_size: int,
+                 position: float, as_json: bool) -> None:
+    """A restart's cost to the training loader: building it, and reaching a checkpointed batch from its
+    saved state against decoding every batch before it."""
+    from resnet_pipeline.data import load_data_config
+    from resnet_pipeline.data.bench import bench_resume as run_bench
+
+    cfg = load_data_config(params_file)
+    report = run_bench(data_dir or cfg.out_dir, backends=list(backends) or None, batch_size=batch_size,
+                       num_threads=cfg.num_threads, normalize=cfg.normalize, position=position)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print_rows(f"Resuming the training loader on {report['data_dir']}, batch {batch_size} "
+                f"({report['machine']['cpu']}, {report['machine']['cores']} cores)", report["results"],
+                ("backend", "batches_per_epoch", "position", "build_s", "restore_s", "replay_s", "replay_vs_restore"))
+
+
 @bench.command("train")
 @click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
               help="Params file (default: params.yaml): data.out is the default dataset.")

@@ -213,3 +213,16 @@ def test_gpu_smoke_cpu_mode_runs_every_check_it_can_without_the_integrations(tmp
                       "memory": "skipped", "bench": "ok"}, report
     assert report["sync_free"]["host_syncs"] == 0 and report["resume"]["identical"] is True
     assert report["bench"]["resnet20-eager"]["images_per_s"] > 0
+
+
+def test_bench_resume_times_restoring_against_replaying(tiny_data: Path) -> None:
+    """bench resume, both backends: a restored loader reaches the checkpointed batch (timed), and so does
+    one that reads every batch before it; the figures are positive and the position is inside the epoch."""
+    from resnet_pipeline.data.bench import bench_resume
+
+    report = bench_resume(tiny_data, backends=["dali-cpu", "torch"], batch_size=16, num_threads=1, position=0.5)
+    assert [r["backend"] for r in report["results"]] == ["dali-cpu", "torch"]
+    for r in report["results"]:
+        assert r["batches_per_epoch"] == 12 and r["position"] == 6
+        assert r["build_s"] > 0 and r["restore_s"] > 0 and r["replay_s"] > 0
+        assert r["replay_vs_restore"] == r["replay_s"] / r["restore_s"]

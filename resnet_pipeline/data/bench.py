@@ -75,6 +75,56 @@ def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split
             "seconds_per_round": seconds, "rounds": rounds, "machine": machine_info()}
 
 
+def bench_resume(data_dir: str | Path, *, backends: list[str] | None = None, batch_size: int = 128,
+                 num_threads: int = 2, normalize: str = "per_pixel", position: float = 0.75) -> dict:
+    """What a restart costs the training loader, per backend: building it (to its first batch), and
+    reaching batch ``position`` (a fraction of an epoch) of a checkpointed epoch, either from the
+    loader's saved state (`load_state_dict`: the torch sampler starts there, DALI restores its
+    checkpoint and skips without decoding) or by reading and decoding every batch before it, as the
+    loop did before (it skipped them with ``continue``). Also the build cost that a loader built once
+    per run saves each epoch."""
+    out = []
+    for backend in backends or available_backends():
+        def build():
+            return make_loader(data_dir, "train", train=True, batch_size=batch_size, backend=backend,
+                               num_threads=num_threads, normalize=normalize, seed=1)
+
+        start = time.perf_counter()
+        loader = build()
+        batches = iter(loader)
+        next(batches)
+        build_s = time.perf_counter() - start
+        epoch, target = len(loader), max(1, int(len(loader) * position))
+        for _ in range(target - 1):  # untimed: the state a checkpoint at that batch holds
+            next(batches)
+        state = loader.state_dict()
+        batches.close()
+        del loader, batches
+        gc.collect()
+
+        start = time.perf_counter()
+        restored = build()
+        restored.load_state_dict(state)
+        next(iter(restored))
+        restore_s = time.perf_counter() - start
+        del restored
+        gc.collect()
+
+        start = time.perf_counter()
+        replay = build()
+        batches = iter(replay)
+        for _ in range(target + 1):
+            next(batches)
+        replay_s = time.perf_counter() - start
+        batches.close()
+        del replay, batches
+        gc.collect()
+        out.append({"backend": backend, "batches_per_epoch": epoch, "position": target, "build_s": build_s,
+                    "restore_s": restore_s, "replay_s": replay_s, "replay_vs_restore": replay_s / restore_s})
+    return {"results": out, "data_dir": str(data_dir), "batch_size": batch_size, "num_threads": num_threads,
+            "machine": machine_info()}
+
+
 def _cpu_seconds() -> float:
     """CPU time (user + system) of this process and its children (torch's workers) so far.
 
