@@ -25,6 +25,20 @@ class _Group(click.Group):
             raise click.UsageError(str(exc)) from exc
 
 
+def set_option(f):
+    """``-S section.key=value``, repeatable: override any params key (DVC's -S; the value is YAML)."""
+    return click.option("-S", "--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+                        help="Override any params key, e.g. -S train.iterations=2000 -S data.normalize=per_channel; "
+                             "repeat for several (the value is read as YAML).")(f)
+
+
+def _params(params_file: str | None, sets: tuple[str, ...]) -> dict:
+    """The params file with the -S overrides applied."""
+    from resnet_pipeline.config import apply_sets, load_params
+
+    return apply_sets(load_params(params_file), sets)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Reproduce 'Deep Residual Learning for Image Recognition' (He et al. 2015)."""
@@ -74,12 +88,14 @@ def models(family: str | None, as_json: bool) -> None:
               help="Override data.dataset.")
 @click.option("--source", default=None, help="Override data.source: a URL, an archive or a folder.")
 @click.option("--out", default=None, help="Override data.out (default data/prepared/<dataset>).")
-def prepare(params_file: str | None, dataset: str | None, source: str | None, out: str | None) -> None:
+@set_option
+def prepare(params_file: str | None, dataset: str | None, source: str | None, out: str | None,
+            sets: tuple[str, ...]) -> None:
     """Acquire, validate and split a dataset into a folder the loaders read (the first DVC stage)."""
     from resnet_pipeline.data import load_data_config, prepare as run_prepare
     from resnet_pipeline.data.prepare import summary
 
-    cfg = load_data_config(params_file, dataset=dataset, source=source, out=out)
+    cfg = load_data_config(_params(params_file, sets), dataset=dataset, source=source, out=out)
     click.echo(summary(run_prepare(cfg), cfg.out_dir))
 
 
@@ -99,18 +115,19 @@ def prepare(params_file: str | None, dataset: str | None, source: str | None, ou
 @click.option("--storage-path", default=None,
               help="Override train.storage_path (checkpoints, Ray results): a folder or s3://bucket/prefix; on "
                    "several nodes, one all see.")
+@set_option
 def train(params_file: str | None, data_dir: str | None, depth: int | None, shortcut: str | None,
           iterations: int | None, batch_size: int | None, workers: int | None, lr: float | None, seed: int | None,
-          run_name: str | None, experiment: str | None, storage_path: str | None) -> None:
+          run_name: str | None, experiment: str | None, storage_path: str | None, sets: tuple[str, ...]) -> None:
     """Train one ResNet with Ray Train (the paper's recipe from params.yaml), tracked in MLflow."""
-    from resnet_pipeline.config import load_params, load_section
+    from resnet_pipeline.config import load_section
     from resnet_pipeline.data import load_data_config
     from resnet_pipeline.models import ModelConfig
     from resnet_pipeline.training.config import TrainConfig
     from resnet_pipeline.training.driver import train as run_train
 
-    params = load_params(params_file)
-    data_cfg = load_data_config(params_file)
+    params = _params(params_file, sets)
+    data_cfg = load_data_config(params)
     model_cfg = load_section(ModelConfig, "model", params, depth=depth, shortcut=shortcut)
     train_cfg = load_section(TrainConfig, "train", params, iterations=iterations, batch_size=batch_size,
                              workers=workers, lr=lr, seed=seed, run_name=run_name, experiment=experiment,
@@ -145,19 +162,20 @@ def train(params_file: str | None, data_dir: str | None, depth: int | None, shor
                    "several nodes, one all see.")
 @click.option("--dry-run", is_flag=True, help="List the trials and estimate their compute; train nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (or dry run) as JSON.")
+@set_option
 def sweep(params_file: str | None, data_dir: str | None, depths: str | None, shortcuts: str | None,
           include: str | None, seeds: int | None, iterations: int | None, name: str | None,
           max_concurrent: int | None, asha: bool | None, trial_launcher: str | None, storage_path: str | None,
-          dry_run: bool, as_json: bool) -> None:
+          dry_run: bool, as_json: bool, sets: tuple[str, ...]) -> None:
     """Ray Tune over depth x shortcut x seed, one MLflow child run per trial under a parent run."""
-    from resnet_pipeline.config import load_params, load_section
+    from resnet_pipeline.config import load_section
     from resnet_pipeline.data import load_data_config
     from resnet_pipeline.models import ModelConfig
     from resnet_pipeline.sweep import SweepConfig, dry_run as run_dry, run_sweep
     from resnet_pipeline.training.config import TrainConfig
 
-    params = load_params(params_file)
-    data_cfg = load_data_config(params_file)
+    params = _params(params_file, sets)
+    data_cfg = load_data_config(params)
     sweep_cfg = load_section(SweepConfig, "sweep", params, depths=_int_list(depths, "--depths"),
                              shortcuts=_str_list(shortcuts), include=_str_list(include), seeds=seeds, name=name,
                              max_concurrent=max_concurrent, asha=asha, trial_launcher=trial_launcher)
@@ -165,7 +183,8 @@ def sweep(params_file: str | None, data_dir: str | None, depths: str | None, sho
     train_cfg = load_section(TrainConfig, "train", params, iterations=iterations, storage_path=storage_path)
     data = data_dir or data_cfg.out_dir
     if dry_run:
-        report = run_dry(sweep_cfg, train_cfg, model_cfg, data, aug=data_cfg.aug)
+        with _json_only_on_stdout(as_json):
+            report = run_dry(sweep_cfg, train_cfg, model_cfg, data, aug=data_cfg.aug)
         if as_json:
             click.echo(json.dumps(report, indent=2))
             return
@@ -256,11 +275,12 @@ def _fmt_cell(column: str, v) -> str:
 @click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
 @click.option("--register/--no-register", default=None,
               help="Override evaluate.register (the MLflow model registry).")
+@set_option
 def evaluate(params_file: str | None, sweep_name: str | None, run_ids: tuple[str, ...], data_dir: str | None,
-             register: bool | None) -> None:
+             register: bool | None, sets: tuple[str, ...]) -> None:
     """Test error (top-1/top-5, 10-crop on ImageNet-kind data) of each trained model beside the paper's,
     the degradation check, Figures 6 and 7; metrics/ JSON, plots, MLflow runs and model registry."""
-    from resnet_pipeline.config import load_params, load_section
+    from resnet_pipeline.config import load_section
     from resnet_pipeline.data import load_data_config
     from resnet_pipeline.evaluation import load_evaluate_config
     from resnet_pipeline.evaluation.evaluate import run_evaluation
@@ -269,7 +289,7 @@ def evaluate(params_file: str | None, sweep_name: str | None, run_ids: tuple[str
 
     if sweep_name and run_ids:
         raise click.UsageError("give --sweep or --run, not both")
-    params = load_params(params_file)
+    params = _params(params_file, sets)
     data_cfg = load_data_config(params)
     cfg = load_evaluate_config(params, register=register)
     experiment = load_section(TrainConfig, "train", params).experiment

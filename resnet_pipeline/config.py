@@ -61,6 +61,30 @@ def load_params(path: str | Path | None = None) -> dict[str, Any]:
     return params
 
 
+def apply_sets(params: Mapping[str, Any], sets: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``params`` with ``-S section.key=value`` overrides applied (DVC's ``-S``: the value is read as
+    YAML, so ``train.workers=4``, ``data.resize_range=[128,160]`` and ``train.run_name=null`` mean what
+    they say in params.yaml). The result is checked like the file: an unknown section here, an unknown
+    key or a bad value when its section is read."""
+    import yaml
+
+    out = {name: dict(section or {}) for name, section in params.items()}
+    for item in sets:
+        key, eq, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not eq or not dot or not section or not name or "." in name:
+            raise ConfigError(f"-S {item!r}: expected section.key=value, e.g. -S train.iterations=2000 "
+                              f"or -S data.normalize=per_channel")
+        if section not in SECTIONS:
+            raise ConfigError(f"-S {item!r}: unknown section {section!r}; valid sections are: {', '.join(SECTIONS)}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"-S {item!r}: the value is not valid YAML ({exc})") from None
+        out.setdefault(section, {})[name] = value
+    return out
+
+
 def _coerce(name: str, value: Any, tp: Any) -> Any:
     """Check (and gently coerce) one value against its dataclass field type."""
     origin = typing.get_origin(tp)

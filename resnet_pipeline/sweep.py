@@ -360,7 +360,7 @@ def _run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConf
 
 
 def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, *,
-              backend: str = "auto", normalize: str = "per_pixel", num_threads: int = 2,
+              backend: str = "auto", normalize: str = "auto", num_threads: int = 2,
               aug: dict[str, Any] | None = None, tracking_uri: str | None = None,
               snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
     from resnet_pipeline import tracking

@@ -573,7 +573,7 @@ def test_imagenet_kind_eval_and_ten_crop(imagenet_like):
 
 def test_loader_argument_errors(cifar_like, imagenet_like):
     with pytest.raises(ConfigError, match="per_pixel"):
-        make_loader(imagenet_like, "val", train=False, batch_size=2, crop_size=24, eval_resize=32)
+        make_loader(imagenet_like, "val", train=False, batch_size=2, crop_size=24, eval_resize=32, normalize="per_pixel")
     with pytest.raises(ConfigError, match="ten_crop"):
         make_loader(cifar_like, "test", train=False, batch_size=2, ten_crop=True)
     with pytest.raises(DataError, match="no 'nope' split"):
@@ -648,3 +648,21 @@ def test_dataset_fingerprint_follows_the_content_not_the_folder(tmp_path: Path) 
     shutil.copytree(tmp_path / "first", tmp_path / "moved")
     assert dataset_fingerprint(tmp_path / "moved") == first
     assert dataset_fingerprint(prepared("reseeded", 1)) != first
+
+
+def test_normalize_auto_follows_the_datas_kind(cifar_like, tmp_path):
+    """data.normalize: auto (the default) subtracts the per-pixel mean on CIFAR-kind data (Sec. 4.2) and
+    the per-channel mean on ImageNet-kind data (Sec. 3.4), so a user's own photos train without a
+    params file; per_pixel on photos of several sizes is still refused, naming the way out."""
+    photos = tmp_path / "photos"
+    for c in range(2):
+        for i, size in enumerate([(90, 70), (64, 96)]):
+            write_images(photos / "train" / f"class{c}", 6, size=size, seed=10 * c + i, prefix=f"p{i}")
+    _prepare(photos, tmp_path / "prepared", val_fraction=0.25)
+    assert loader_spec(cifar_like, "train", train=True, batch_size=4).normalize == "per_pixel"
+    spec = loader_spec(tmp_path / "prepared", "train", train=True, batch_size=4, crop_size=48,
+                       resize_range=(56, 64), eval_resize=56)
+    assert (spec.kind, spec.normalize, spec.mean_image) == ("imagenet", "per_channel", None)
+    with pytest.raises(ConfigError, match="per_pixel needs the train split's mean image"):
+        loader_spec(tmp_path / "prepared", "train", train=True, batch_size=4, normalize="per_pixel", crop_size=48,
+                    resize_range=(56, 64), eval_resize=56)

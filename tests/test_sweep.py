@@ -325,3 +325,36 @@ def test_small_nets_share_a_gpu_and_trials_are_capped_by_the_gpus() -> None:
 def test_gpus_per_trial_is_a_fraction_of_one_gpu(value: float) -> None:
     with pytest.raises(ConfigError, match=r"sweep.gpus_per_trial: must be in \(0, 1\]"):
         SweepConfig(gpus_per_trial=value).validate()
+
+
+def test_any_params_key_from_the_command_line(tiny_data: Path) -> None:
+    """-S section.key=value (DVC's spelling; the value read as YAML) overrides any key on the stage
+    commands, checked like the file: a misspelt key or a bad value is the same one-line error."""
+    from click.testing import CliRunner
+
+    from resnet_pipeline.cli import main
+
+    args = ["sweep", "--dry-run", "--json", "--data", str(tiny_data)]
+    result = CliRunner().invoke(main, [*args, "-S", "sweep.depths=[8, 14]", "-S", "sweep.shortcuts=plain",
+                                       "-S", "train.iterations=3000", "-S", "train.batch_size=32"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [(t["depth"], t["shortcut"]) for t in report["trials"]] == [(8, "plain"), (14, "plain")]
+    assert report["trials"][0]["train_mult_adds"] == report["trials"][0]["mult_adds"] * 3 * 3000 * 32
+    for bad, message in ((["-S", "train.iterationz=5"], "unknown key(s) in params section 'train': iterationz"),
+                         (["-S", "train.iterations=many"], "train.iterations: expected an integer, got 'many'"),
+                         (["-S", "trian.iterations=5"], "unknown section 'trian'; valid sections are: data, model"),
+                         (["-S", "iterations=5"], "expected section.key=value")):
+        result = CliRunner().invoke(main, [*args, *bad])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_apply_sets_reads_values_as_yaml() -> None:
+    from resnet_pipeline.config import apply_sets
+
+    params = {"train": {"iterations": 10}, "data": {"dataset": "demo"}}
+    out = apply_sets(params, ["train.run_name=null", "data.resize_range=[128, 160]", "train.lr=0.01",
+                              "model.shortcut=B", "train.compile=true"])
+    assert out == {"train": {"iterations": 10, "run_name": None, "lr": 0.01, "compile": True},
+                   "data": {"dataset": "demo", "resize_range": [128, 160]}, "model": {"shortcut": "B"}}
+    assert params == {"train": {"iterations": 10}, "data": {"dataset": "demo"}}  # the file's dict is untouched

@@ -22,7 +22,7 @@ def available_backends() -> list[str]:
 
 
 def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split: str = "train",
-               batch_size: int = 256, num_threads: int = 2, normalize: str = "per_pixel",
+               batch_size: int = 256, num_threads: int = 2, normalize: str = "auto",
                warmup_batches: int = 10, seconds: float = 5.0, rounds: int = 3) -> dict:
     """Time each backend on ``split`` with the training augmentation; report the median of rounds.
 
@@ -76,7 +76,7 @@ def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split
 
 
 def bench_resume(data_dir: str | Path, *, backends: list[str] | None = None, batch_size: int = 128,
-                 num_threads: int = 2, normalize: str = "per_pixel", position: float = 0.75) -> dict:
+                 num_threads: int = 2, normalize: str = "auto", position: float = 0.75) -> dict:
     """What a restart costs the training loader, per backend: building it (to its first batch), and
     reaching batch ``position`` (a fraction of an epoch) of a checkpointed epoch, either from the
     loader's saved state (`load_state_dict`: the torch sampler starts there, DALI restores its

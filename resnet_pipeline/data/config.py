@@ -22,11 +22,11 @@ CIFAR10_SIZE = (32, 32)
 
 DATASETS = ("cifar10", "imagefolder", "demo")
 BACKENDS = ("auto", "dali-gpu", "dali-cpu", "torch")
-NORMALIZATIONS = ("per_pixel", "per_channel")
+NORMALIZATIONS = ("auto", "per_pixel", "per_channel")
 
 Dataset = Literal["cifar10", "imagefolder", "demo"]
 Backend = Literal["auto", "dali-gpu", "dali-cpu", "torch"]
-Normalize = Literal["per_pixel", "per_channel"]
+Normalize = Literal["auto", "per_pixel", "per_channel"]
 
 
 class DataError(ConfigError):
@@ -59,8 +59,9 @@ class DataConfig:
     split_seed: int = 0
     backend: Backend = "auto"
     # per_pixel: subtract the train split's mean image (Sec. 4.2), needs fixed-size small images;
-    # per_channel: subtract the per-channel mean. Both then divide by the per-channel std.
-    normalize: Normalize = "per_pixel"
+    # per_channel: subtract the per-channel mean (Sec. 3.4's ImageNet nets). Both then divide by the
+    # per-channel std. auto: per_pixel for CIFAR-kind data, per_channel for ImageNet-kind data.
+    normalize: Normalize = "auto"
     # DALI CPU threads per pipeline; the torch backend uses this many DataLoader workers.
     num_threads: int = 2
     # The generated `demo` dataset: classes x (train + test) images of size x size pixels.

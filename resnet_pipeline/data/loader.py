@@ -79,6 +79,7 @@ class LoaderSpec:
     ten_crop: bool
     color_aug: bool
     lighting: np.ndarray  # 3x3: column i is sqrt(lambda_i) * p_i, 0-255 scale
+    normalize: str = "per_pixel"  # as resolved: per_pixel or per_channel
 
     @property
     def num_samples(self) -> int:
@@ -173,7 +174,7 @@ def eval_geometry(aug: dict[str, Any] | None) -> dict[str, Any]:
 
 def make_loader(data_dir: str | Path, split: str, *, train: bool, batch_size: int, backend: str = "auto",
                 shard_id: int = 0, num_shards: int = 1, seed: int = 0, num_threads: int = 2,
-                normalize: str = "per_pixel", ten_crop: bool = False, color_aug: bool = False,
+                normalize: str = "auto", ten_crop: bool = False, color_aug: bool = False,
                 kind: Kind = "auto", pad: int = 4, crop_size: int = 224,
                 resize_range: tuple[int, int] = (256, 480), eval_resize: int = 256,
                 device_id: int | None = None) -> Loader:
@@ -188,7 +189,8 @@ def make_loader(data_dir: str | Path, split: str, *, train: bool, batch_size: in
         seed: augmentation and shuffling seed (each shard derives its own augmentation stream).
         num_threads: DALI CPU threads per pipeline (a CPU training loader runs two pipelines, see
             `dali.pipeline_parts`), or torch DataLoader workers.
-        normalize: "per_pixel" (the train split's mean image; CIFAR kind only) or "per_channel".
+        normalize: "per_pixel" (the train split's mean image; CIFAR kind only), "per_channel", or
+            "auto": per_pixel for the CIFAR kind (Sec. 4.2), per_channel for the ImageNet kind (Sec. 3.4).
         kind: "cifar" (no resize, pad + crop), "imagenet" (scale augmentation + crops), or "auto":
             cifar when all images share one size of at most 64 pixels a side.
         pad: CIFAR padding in pixels (Sec. 4.2: 4).
@@ -219,7 +221,7 @@ def make_loader(data_dir: str | Path, split: str, *, train: bool, batch_size: in
 
 
 def loader_spec(data_dir: str | Path, split: str, *, train: bool, batch_size: int, shard_id: int = 0,
-                num_shards: int = 1, seed: int = 0, num_threads: int = 2, normalize: str = "per_pixel",
+                num_shards: int = 1, seed: int = 0, num_threads: int = 2, normalize: str = "auto",
                 ten_crop: bool = False, color_aug: bool = False, kind: Kind = "auto", pad: int = 4,
                 crop_size: int = 224, resize_range: tuple[int, int] = (256, 480),
                 eval_resize: int = 256) -> LoaderSpec:
@@ -252,6 +254,8 @@ def loader_spec(data_dir: str | Path, split: str, *, train: bool, batch_size: in
         raise ConfigError(f"crop_size: {crop_size} is larger than the resized shorter side "
                           f"(resize_range {resize_range}, eval_resize {eval_resize})")
     mean_image = None
+    if normalize == "auto":
+        normalize = "per_pixel" if kind == "cifar" and manifest.get("mean_image") else "per_channel"
     if normalize == "per_pixel":
         if kind != "cifar" or not manifest.get("mean_image"):
             raise ConfigError(f"data.normalize: per_pixel needs the train split's mean image, which `prepare` "
@@ -269,7 +273,7 @@ def loader_spec(data_dir: str | Path, split: str, *, train: bool, batch_size: in
         num_threads=num_threads, mean=tuple(manifest["mean"]), std=tuple(manifest["std"]), mean_image=mean_image,
         image_size=image_size, pad=pad, crop_size=crop_size, resize_range=tuple(resize_range),
         eval_resize=eval_resize, ten_crop=ten_crop, color_aug=color_aug,
-        lighting=(eigvec * np.sqrt(eigval)[None, :]).astype(np.float32))
+        lighting=(eigvec * np.sqrt(eigval)[None, :]).astype(np.float32), normalize=normalize)
     if train and len(spec) == 0:
         raise ConfigError(f"batch_size: {batch_size} is larger than a training shard of {split} "
                           f"({spec.num_samples // num_shards} samples); no batch would be produced")

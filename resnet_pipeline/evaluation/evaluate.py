@@ -131,7 +131,7 @@ def environment(device) -> dict[str, Any]:
 
 
 def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path, *, experiment: str, sweep: str | None = None,
-                   run_ids: Sequence[str] = (), backend: str = "auto", normalize: str = "per_pixel",
+                   run_ids: Sequence[str] = (), backend: str = "auto", normalize: str = "auto",
                    num_threads: int = 2, aug: dict[str, Any] | None = None, tracking_uri: str | None = None,
                    log: Log = print) -> dict[str, Any]:
     """Evaluate a sweep's finished trials (or ``run_ids``); write the outputs; return the summary.

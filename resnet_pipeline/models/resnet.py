@@ -183,6 +183,14 @@ class ModelConfig:
     def resolved_shortcut(self) -> str:
         return DEFAULT_SHORTCUT[self.resolved_family()] if self.shortcut == "auto" else self.shortcut
 
+    def resolved_stem(self, input_size: int | None = None) -> str:
+        """The CIFAR nets' 3x3 stem; for ImageNet nets, auto picks it below SMALL_INPUT pixels."""
+        if self.resolved_family() == "cifar":
+            return "cifar"
+        if self.stem != "auto":
+            return self.stem
+        return "cifar" if input_size is not None and input_size < SMALL_INPUT else "imagenet"
+
     def validate(self) -> None:
         family = self.resolved_family()
         if family == "cifar":
@@ -198,7 +206,5 @@ def build_model(cfg: ModelConfig, num_classes: int, input_size: int | None = Non
     family, shortcut = cfg.resolved_family(), cfg.resolved_shortcut()
     if family == "cifar":
         return resnet_cifar(cfg.depth, num_classes, shortcut, cfg.zero_init_residual)
-    stem = cfg.stem
-    if stem == "auto":
-        stem = "cifar" if input_size is not None and input_size < SMALL_INPUT else "imagenet"
-    return resnet_imagenet(cfg.depth, num_classes, shortcut, cfg.variant, stem, cfg.zero_init_residual)
+    return resnet_imagenet(cfg.depth, num_classes, shortcut, cfg.variant, cfg.resolved_stem(input_size),
+                           cfg.zero_init_residual)

@@ -159,6 +159,19 @@ def resolve_workers(train_cfg: TrainConfig) -> TrainConfig:
     return resolved
 
 
+def data_choices(spec, normalize: str, model_cfg: ModelConfig) -> str:
+    """One line: what the data's kind decided (Sec. 4.2 for CIFAR-kind data, Sec. 3.4 for ImageNet-kind)."""
+    size = "x".join(map(str, spec.image_size)) if spec.image_size else None
+    why = f"images of one size, {size}" if size else "images of several sizes"
+    geometry = ("4-pixel pad and random crop, single view" if spec.kind == "cifar" else
+                f"random shorter side in {list(spec.resize_range)}, {spec.crop_size}-pixel crops, "
+                f"evaluation at shorter side {spec.eval_resize}")
+    stem = model_cfg.resolved_stem(spec.input_size)
+    return (f"data: {spec.kind} kind ({why}, {spec.num_classes} classes): normalize {spec.normalize}"
+            f"{' (auto)' if normalize == 'auto' else ''}, {geometry}; model: {model_cfg.resolved_family()} family, "
+            f"depth {model_cfg.depth}, shortcut {model_cfg.resolved_shortcut()}, {stem} stem, input {spec.input_size} px")
+
+
 def check_data_dir(data_dir: str | Path) -> Path:
     from resnet_pipeline.data import load_manifest
 
@@ -199,7 +212,7 @@ def resolve_storage(storage_path: str) -> str | Path:
 
 
 def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, *, backend: str = "auto",
-          normalize: str = "per_pixel", num_threads: int = 2, aug: dict[str, Any] | None = None,
+          normalize: str = "auto", num_threads: int = 2, aug: dict[str, Any] | None = None,
           launcher: str = "auto",
           tracking_uri: str | None = None, snapshot: dict[str, Any] | None = None,
           parent_run_id: str | None = None, callbacks: list | None = None,
@@ -228,6 +241,7 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
     if len(spec) == 0:
         raise ConfigError(f"train.batch_size {train_cfg.batch_size} over {train_cfg.workers} workers is larger than "
                           f"the training split of {data_path} ({spec.num_samples} images)")
+    print(data_choices(spec, normalize, model_cfg))
     if launcher == "auto":
         try:
             import ray  # noqa: F401

@@ -180,7 +180,7 @@ class DataSource:
 
     data_dir: str
     backend: str = "auto"
-    normalize: str = "per_pixel"
+    normalize: str = "auto"
     num_threads: int = 1
     # ImageNet-kind geometry (`make_loader`'s crop_size, resize_range, eval_resize, color_aug);
     # empty: the loader's defaults (Sec. 3.4's 224 crops).
