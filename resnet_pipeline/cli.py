@@ -69,7 +69,6 @@ def models(family: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="ResNet model zoo (computed from the modules)")
@@ -78,7 +77,7 @@ def models(family: str | None, as_json: bool) -> None:
     for r in rows:
         table.add_row(r["family"], str(r["depth"]), r["shortcut"], r.get("variant") or "-",
                       f"{r['input_size']}x{r['input_size']}", f"{r['params']:,}", f"{r['mult_adds'] / 1e9:.3f}G")
-    Console().print(table)
+    _console().print(table)
 
 
 @main.command()
@@ -184,15 +183,18 @@ def sweep(params_file: str | None, data_dir: str | None, depths: str | None, sho
     data = data_dir or data_cfg.out_dir
     if dry_run:
         with _json_only_on_stdout(as_json):
-            report = run_dry(sweep_cfg, train_cfg, model_cfg, data, aug=data_cfg.aug)
+            report = run_dry(sweep_cfg, train_cfg, model_cfg, data, aug=data_cfg.aug, data=data_cfg)
         if as_json:
             click.echo(json.dumps(report, indent=2))
             return
-        _print_rows(f"Sweep '{sweep_cfg.name}': {len(report['trials'])} trials (dry run; measured "
-                    f"{report['calibration_mult_adds_per_s'] / 1e9:.1f} G mult-adds/s training on this machine)",
+        _print_rows(f"Sweep '{sweep_cfg.name}': {len(report['trials'])} trials of {train_cfg.iterations:,} iterations "
+                    f"(dry run; {report['num_classes']} classes, {report['input_size']} px inputs, from "
+                    f"{report['shape_from']}; training measured at "
+                    f"{report['calibration_mult_adds_per_s'] / 1e9:.1f} G mult-adds/s on this machine)",
                     report["trials"], ("depth", "shortcut", "seed", "params", "mult_adds", "train_mult_adds",
                                        "estimated_s"))
-        click.echo(f"estimated total: {report['estimated_total_s_one_process'] / 3600:.2f} h in one process")
+        click.echo(f"estimated total: {_duration(report['estimated_total_s_one_process'])} in one process on this "
+                   f"machine (mult-adds per image x 3 for the backward pass x images, at the measured rate)")
         return
     with _json_only_on_stdout(as_json):
         summary = run_sweep(sweep_cfg, train_cfg, model_cfg, data, backend=data_cfg.backend,
@@ -240,28 +242,56 @@ def _json_only_on_stdout(as_json: bool):
 
 
 def _print_rows(title: str, rows: list[dict], columns: tuple[str, ...]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
     for c in columns:
-        table.add_column(c, justify="left" if c in ("shortcut", "status") else "right")
+        # fold, not ellipsis: a cell too wide for the console wraps instead of losing its end ("FINI…")
+        table.add_column(c, justify="left" if c in ("shortcut", "status", "backend", "mode") else "right",
+                         overflow="fold")
     for r in rows:
         table.add_row(*(_fmt_cell(c, r.get(c)) for c in columns))
-    Console().print(table)
+    _console().print(table)
+
+
+def _console():
+    """Rich's console; under DVC, in a log or a pipe (no terminal) rich assumes 80 columns and cuts
+    tables to them, so there it gets room for the table's natural width."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _human(value: float, units: tuple[tuple[float, str], ...]) -> str:
+    for scale, unit in units:
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+COUNTS = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+
+
+def _duration(seconds: float) -> str:
+    """2.4 h, 38 min, 45 s."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def _fmt_cell(column: str, v) -> str:
     if v is None:
         return "-"
-    if isinstance(v, float) and "error" in column:
-        return f"{v:.2%}"
+    if isinstance(v, float) and ("error" in column or column.endswith("_fraction")):
+        return f"{v:.1%}"
     if isinstance(v, float) and column.startswith("vs_"):
         return f"{v:.2f}x"
+    if column in ("params", "mult_adds", "train_mult_adds"):
+        return _human(float(v), COUNTS)
+    if column.endswith("_s") and isinstance(v, (int, float)) and column not in ("images_per_s", "images_per_cpu_s"):
+        return _duration(float(v))
     if isinstance(v, float):
         return f"{v:,.1f}"
-    if isinstance(v, int) and column in ("params", "mult_adds", "train_mult_adds"):
-        return f"{v:,}"
     return str(v)
 
 
@@ -397,7 +427,6 @@ def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[st
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     machine = report["machine"]
@@ -410,7 +439,7 @@ def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[st
         ratio = f"{r['images_per_s'] / torch_rate:.1f}x" if torch_rate else "-"
         table.add_row(r["backend"], r["layout"], f"{r['images_per_s']:,.0f}", ratio,
                       " ".join(f"{x:,.0f}" for x in r["rounds_images_per_s"]), f"{r['images_per_cpu_s']:,.0f}")
-    Console().print(table)
+    _console().print(table)
 
 
 @bench.command("resume")

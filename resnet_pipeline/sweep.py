@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from resnet_pipeline.config import ConfigError, check_name
+from resnet_pipeline.data.config import DataConfig, DataError
 from resnet_pipeline.models import SHORTCUTS, ModelConfig, infer_family
 from resnet_pipeline.training.config import TrainConfig
 from resnet_pipeline.training.ray_launch import TRIAL_CPUS
@@ -211,20 +212,43 @@ def _data_shape(data_dir: Path, aug: dict[str, Any] | None = None) -> tuple[int,
     return len(manifest["classes"]), spec.input_size, spec.kind
 
 
+def planned_shape(data: DataConfig) -> tuple[int, int, str]:
+    """(classes, input side, kind) that the params promise before the data is prepared: CIFAR-10 and the
+    demo are 32-pixel CIFAR-kind data of 10 (demo_classes) classes; an image folder is taken as
+    ImageNet-kind data of 1,000 classes at ``data.crop_size``."""
+    if data.dataset == "cifar10":
+        return 10, 32, "cifar"
+    if data.dataset == "demo":
+        return data.demo_classes, data.demo_image_size, "cifar" if data.demo_image_size <= 64 else "imagenet"
+    return 1000, data.crop_size, "imagenet"
+
+
 def dry_run(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path,
-            measure: bool = True, aug: dict[str, Any] | None = None) -> dict[str, Any]:
-    from resnet_pipeline.training.driver import check_data_dir, resolve_workers
+            measure: bool = True, aug: dict[str, Any] | None = None,
+            data: DataConfig | None = None) -> dict[str, Any]:
+    """The trials and their compute, and (``measure``) the time they would take on this machine. The data
+    need not be prepared yet: its shape then comes from the ``data`` params (`planned_shape`)."""
+    from resnet_pipeline.data import load_manifest
+    from resnet_pipeline.training.driver import resolve_workers
 
     train.validate()
     train = resolve_workers(train)
     trials = plan(sweep, train)
-    data_path = check_data_dir(data_dir)
-    num_classes, input_size, _ = _data_shape(data_path, aug)
+    try:
+        load_manifest(data_dir)
+        num_classes, input_size, _ = _data_shape(Path(data_dir), aug)
+        shape_from = f"the prepared data in {data_dir}"
+    except DataError:
+        if data is None:
+            raise
+        num_classes, input_size, _ = planned_shape(data)
+        shape_from = f"params (data.dataset {data.dataset}; {data_dir} is not prepared yet)"
     rate = calibrate(input_size, train.per_worker_batch) if measure else None
     rows = estimate(trials, model_cfg, train, num_classes, input_size, rate)
     total = sum(r["estimated_s"] for r in rows) if rate else None
     return {"sweep": sweep.name, "trials": rows, "calibration_mult_adds_per_s": rate,
-            "estimated_total_s_one_process": total}
+            "estimated_total_s_one_process": total, "input_size": input_size, "num_classes": num_classes,
+            "shape_from": shape_from, "workers": train.workers}
 
 
 # --- running -----------------------------------------------------------------------------------

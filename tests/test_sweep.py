@@ -358,3 +358,22 @@ def test_apply_sets_reads_values_as_yaml() -> None:
     assert out == {"train": {"iterations": 10, "run_name": None, "lr": 0.01, "compile": True},
                    "data": {"dataset": "demo", "resize_range": [128, 160]}, "model": {"shortcut": "B"}}
     assert params == {"train": {"iterations": 10}, "data": {"dataset": "demo"}}  # the file's dict is untouched
+
+
+def test_the_design_cards_sweep_before_any_data_is_prepared(tmp_path: Path) -> None:
+    """`sweep --depths 18,34,50,101,152 --dry-run` works before `prepare` (the data's shape comes from
+    params.yaml: CIFAR-10, 32 px, 10 classes) and gives hours; the real run says how to prepare the data."""
+    from click.testing import CliRunner
+
+    from resnet_pipeline.cli import main
+
+    missing = str(tmp_path / "not-prepared")
+    result = CliRunner().invoke(main, ["sweep", "--depths", "18,34,50,101,152", "--dry-run", "--data", missing])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # the title wraps
+    assert "not prepared yet" in text and "10 classes, 32 px inputs" in text
+    assert "estimated total:" in text and text.count(" h ") >= 10  # hours per trial and in all
+    assert "…" not in result.output  # no cell cut short
+    result = CliRunner().invoke(main, ["sweep", "--depths", "18,34", "--data", missing])
+    assert result.exit_code == 2 and "`python cli.py prepare`" in result.output
+    assert "--source /path/to/archive-or-folder" in result.output

@@ -111,7 +111,9 @@ def load_manifest(data_dir: str | Path) -> dict:
     """Read ``<data_dir>/manifest.json``; DataError if it is absent (run `prepare` first)."""
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
-        raise DataError(f"{path} not found: {data_dir} is not a prepared dataset (run `python cli.py prepare`)")
+        raise DataError(f"{path} not found: {data_dir} is not a prepared dataset; prepare it first with "
+                        f"`python cli.py prepare` (the data section of params.yaml; --params for another file), "
+                        f"offline from a local copy: `python cli.py prepare --source /path/to/archive-or-folder`")
     return json.loads(path.read_text())
 
 
