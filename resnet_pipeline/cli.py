@@ -302,7 +302,8 @@ def _fmt_cell(column: str, v) -> str:
               help="Sweep whose finished trials to evaluate (default: sweep.name).")
 @click.option("--run", "run_ids", multiple=True,
               help="An MLflow run id to evaluate instead of a sweep; repeat for several.")
-@click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
+@click.option("--data", "data_dir", default=None,
+              help="Prepared dataset folder (default: the one the runs trained on, else data.out).")
 @click.option("--register/--no-register", default=None,
               help="Override evaluate.register (the MLflow model registry).")
 @set_option
@@ -324,9 +325,9 @@ def evaluate(params_file: str | None, sweep_name: str | None, run_ids: tuple[str
     cfg = load_evaluate_config(params, register=register)
     experiment = load_section(TrainConfig, "train", params).experiment
     sweep_name = None if run_ids else sweep_name or load_section(SweepConfig, "sweep", params).name
-    summary = run_evaluation(cfg, data_dir or data_cfg.out_dir, experiment=experiment, sweep=sweep_name,
-                             run_ids=run_ids, backend=data_cfg.backend, normalize=data_cfg.normalize,
-                             num_threads=data_cfg.num_threads, aug=data_cfg.aug)
+    summary = run_evaluation(cfg, data_dir, experiment=experiment, sweep=sweep_name, run_ids=run_ids,
+                             backend=data_cfg.backend, normalize=data_cfg.normalize, num_threads=data_cfg.num_threads,
+                             aug=data_cfg.aug, default_data=data_cfg.out_dir)
     _print_rows(f"Errors (%) on {summary['compared']} beside the paper, mean +- std over seeds", [{
         "net": f"plain-{e['depth']}" if e["shortcut"] == "plain" else f"ResNet-{e['depth']} {e['shortcut']}",
         "n": e["runs"],

@@ -598,3 +598,26 @@ def test_import_stays_light() -> None:
             "resnet_pipeline.tracking; heavy = [m for m in ('torch', 'mlflow', 'matplotlib', 'ray') "
             "if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_evaluation_finds_the_runs_data_and_refuses_other_data(evaluated: dict, tmp_path: Path) -> None:
+    """The runs record the dataset they trained on (folder and fingerprint): without --data, evaluation
+    takes that folder (not data.out); a --data that holds other data is refused, naming both, before any
+    model is loaded."""
+    from resnet_pipeline.evaluation.evaluate import runs_data
+    from resnet_pipeline.evaluation.runs import resolve_runs
+
+    runs = resolve_runs(evaluated["uri"], EXPERIMENT, SWEEP, ())["runs"]
+    assert {r.tags["data_dir"] for r in runs} == {str(evaluated["data"].resolve())}
+    assert runs_data(runs, None, "data/prepared/cifar10") == str(evaluated["data"].resolve())
+    assert runs_data(runs, evaluated["data"], None) == evaluated["data"]
+    other = tmp_path / "other"
+    src = tmp_path / "src"
+    write_images(src / "train" / "a", 8, seed=1)
+    write_images(src / "train" / "b", 8, seed=2)
+    from resnet_pipeline.data import DataConfig, prepare
+
+    prepare(DataConfig(dataset="imagefolder", source=str(src), out=str(other), val_fraction=0.25))
+    with pytest.raises(ConfigError, match=r"--data .*other \(fingerprint \w+\) is not the data these runs trained on: "
+                                          r".*\(fingerprint \w+\)"):
+        runs_data(runs, other, None)

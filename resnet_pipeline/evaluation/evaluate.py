@@ -83,6 +83,31 @@ def evaluate_model(model, data_dir: str | Path, classes: list[str], *, split: st
     return ModelEvaluation(passes, recorder.stds(), predicted, labels.tolist())
 
 
+def runs_data(runs: Sequence[Any], data_dir: str | Path | None, default: str | Path | None) -> str | Path:
+    """The dataset to evaluate ``runs`` on: ``data_dir`` when given, else the folder they trained on
+    (their `data_dir` tag) when it is still there, else ``default``. ConfigError when ``data_dir``
+    holds other data than they trained on (another `dataset_fingerprint`), naming both."""
+    from resnet_pipeline.data import dataset_fingerprint
+    from resnet_pipeline.training.driver import DATA_DIR_TAG, DATA_FINGERPRINT_TAG
+
+    trained = {(r.tags.get(DATA_DIR_TAG), r.tags.get(DATA_FINGERPRINT_TAG)) for r in runs
+               if r.tags.get(DATA_FINGERPRINT_TAG)}
+    if data_dir is None:
+        folders = {folder for folder, _ in trained if folder and Path(folder, "manifest.json").is_file()}
+        if len(folders) == 1:
+            return folders.pop()
+        if default is None:
+            raise ConfigError("evaluate: no dataset given and the runs do not name one; use --data")
+        data_dir = default
+    if trained and Path(data_dir, "manifest.json").is_file():
+        given = dataset_fingerprint(data_dir)
+        if given not in {fp for _, fp in trained}:
+            where = ", ".join(sorted(f"{folder} (fingerprint {fp})" for folder, fp in trained))
+            raise ConfigError(f"--data {data_dir} (fingerprint {given}) is not the data these runs trained on: "
+                              f"{where}; evaluate on that data, or leave --data out")
+    return data_dir
+
+
 def _check_data(data_dir: str | Path, cfg: EvaluateConfig,
                 aug: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any], str]:
     """(folder, manifest, kind) of the prepared dataset, with the splits evaluation needs."""
@@ -130,12 +155,14 @@ def environment(device) -> dict[str, Any]:
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path, *, experiment: str, sweep: str | None = None,
+def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path | None, *, experiment: str, sweep: str | None = None,
                    run_ids: Sequence[str] = (), backend: str = "auto", normalize: str = "auto",
                    num_threads: int = 2, aug: dict[str, Any] | None = None, tracking_uri: str | None = None,
-                   log: Log = print) -> dict[str, Any]:
+                   log: Log = print, default_data: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a sweep's finished trials (or ``run_ids``); write the outputs; return the summary.
 
+    ``data_dir``: the prepared dataset; None: the one the runs trained on (their `data_dir` tag), else
+    ``default_data``. A dataset other than the one the runs trained on is refused (`runs_data`).
     Everything that can be checked is checked before any model is loaded. ``normalize`` and
     ``aug`` (ImageNet-kind crop sizes) are used for runs that did not log the `data.*` they trained with.
     """
@@ -146,9 +173,9 @@ def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path, *, experiment: str
 
     cfg.validate()
     _check_output_folders(cfg)
-    data_path, manifest, kind = _check_data(data_dir, cfg, aug)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     resolved = resolve_runs(uri, experiment, sweep, run_ids)
+    data_path, manifest, kind = _check_data(runs_data(resolved["runs"], data_dir, default_data), cfg, aug)
     registry = cfg.resolved_registry_name(manifest["dataset"])
     ten_crop = cfg.ten_crop == "on" or (cfg.ten_crop == "auto" and kind == "imagenet")
     device = resolve_device("auto")

@@ -43,6 +43,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# The tags of a training run that name its dataset: the folder, and `dataset_fingerprint` of its content.
+DATA_DIR_TAG, DATA_FINGERPRINT_TAG = "data_dir", "dataset_fingerprint"
+
 # What a resumed run must share with its checkpoints: the model and the optimisation recipe. The rest
 # may change between attempts: iterations (train longer), workers and speed settings, bookkeeping.
 RECIPE = ("batch_size", "lr", "momentum", "weight_decay", "milestones", "lr_decay", "plateau_patience",
@@ -268,9 +271,13 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
     snapshot.update(train=shown, model=dataclasses.asdict(model_cfg))
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
+    from resnet_pipeline.data import dataset_fingerprint
+
     tags = {**environment_tags(train_cfg.workers), "depth": str(model_cfg.depth),
             "shortcut": model_cfg.resolved_shortcut(), "family": model_cfg.resolved_family(),
-            "seed": str(train_cfg.seed), "run_dir": display(run_dir)}
+            "seed": str(train_cfg.seed), "run_dir": display(run_dir),
+            # What it trained on, so that evaluation finds the same data (and refuses other data).
+            DATA_DIR_TAG: str(data_path), DATA_FINGERPRINT_TAG: dataset_fingerprint(data_path)}
     run_id, previous = tracking.start_run(uri, train_cfg.experiment, run_name, snapshot, tags, parent_run_id)
     summary = {"run_id": run_id, "run_name": run_name, "run_dir": display(run_dir), "tracking_uri": uri}
     if previous == tracking.FINISHED:
