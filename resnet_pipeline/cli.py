@@ -247,7 +247,7 @@ def _print_rows(title: str, rows: list[dict], columns: tuple[str, ...]) -> None:
     table = Table(title=title)
     for c in columns:
         # fold, not ellipsis: a cell too wide for the console wraps instead of losing its end ("FINI…")
-        table.add_column(c, justify="left" if c in ("shortcut", "status", "backend", "mode") else "right",
+        table.add_column(c, justify="left" if c in ("shortcut", "status", "backend", "mode", "decoder") else "right",
                          overflow="fold")
     for r in rows:
         table.add_row(*(_fmt_cell(c, r.get(c)) for c in columns))
@@ -423,8 +423,11 @@ def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[st
     from resnet_pipeline.data.bench import bench_data as run_bench
 
     cfg = load_data_config(params_file)
+    from resnet_pipeline.data.bench import bench_decoders
+
     report = run_bench(data_dir or cfg.out_dir, backends=list(backends) or None, batch_size=batch_size,
                        num_threads=cfg.num_threads, normalize=cfg.normalize, seconds=seconds, rounds=rounds)
+    report["decoders"] = bench_decoders(data_dir or cfg.out_dir, rounds=rounds)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -441,6 +444,8 @@ def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[st
         table.add_row(r["backend"], r["layout"], f"{r['images_per_s']:,.0f}", ratio,
                       " ".join(f"{x:,.0f}" for x in r["rounds_images_per_s"]), f"{r['images_per_cpu_s']:,.0f}")
     _console().print(table)
+    _print_rows("Decoding alone, one thread (the torch backend uses TorchCodec)", report["decoders"],
+                ("decoder", "files", "images_per_s", "same_pixels"))
 
 
 @bench.command("resume")

@@ -142,6 +142,11 @@ def test_bench_data_times_each_backend_side_by_side(tiny_data: Path) -> None:
     # Training on the CPU reads through two DALI pipelines of data.num_threads (2) threads each.
     assert rows["dali-cpu"]["layout"] == "2 pipelines x 2 threads"
     assert rows["torch"]["layout"] == "2 worker processes"
+    # The decoders side by side: TorchCodec (the torch backend's), torchvision.io (deprecated), Pillow;
+    # all three decode the PNGs to the same pixels.
+    decoders = {d["decoder"]: d for d in report["decoders"]}
+    assert set(decoders) == {"torchcodec", "torchvision.io", "pillow"}
+    assert all(d["images_per_s"] > 0 and d["same_pixels"] and d["files"] == 192 for d in decoders.values())
     table = CliRunner().invoke(main, args)
     assert table.exit_code == 0 and "dali-cpu" in table.output and "pipelines" in table.output, table.output
     for option, value in (("--seconds", "0"), ("--rounds", "0"), ("--batch-size", "-1")):

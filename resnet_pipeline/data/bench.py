@@ -75,6 +75,55 @@ def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split
             "seconds_per_round": seconds, "rounds": rounds, "machine": machine_info()}
 
 
+def bench_decoders(data_dir: str | Path, *, split: str = "train", count: int = 2000, rounds: int = 3) -> list[dict]:
+    """Decoding alone, one thread, on the first ``count`` files of ``split``: TorchCodec (the torch
+    backend's), torchvision.io (deprecated as of torchvision 0.29) and Pillow, taking turns; the
+    median images/s, and whether each decodes every file to TorchCodec's exact pixels."""
+    import io
+    import warnings
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torchcodec.decoders import decode_image
+
+    from resnet_pipeline.data.loader import read_file_list
+    from resnet_pipeline.data.prepare import load_manifest
+
+    root = Path(data_dir)
+    files, _ = read_file_list(root / load_manifest(root)["splits"][split]["list"])
+    blobs = [(root / f).read_bytes() for f in files[:count]]
+
+    def torchvision_io(blob: bytes) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_image as tv_decode
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return tv_decode(torch.frombuffer(bytearray(blob), dtype=torch.uint8), mode=ImageReadMode.RGB)
+
+    def pillow(blob: bytes) -> torch.Tensor:
+        return torch.from_numpy(np.array(Image.open(io.BytesIO(blob)).convert("RGB"))).permute(2, 0, 1)
+
+    decoders = {"torchcodec": lambda blob: decode_image(blob, mode="RGB"), "torchvision.io": torchvision_io,
+                "pillow": pillow}
+    reference = [decoders["torchcodec"](b) for b in blobs]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rates: dict[str, list[float]] = {name: [] for name in decoders}
+    try:
+        for round_ in range(rounds):
+            for name in (list(decoders) if round_ % 2 == 0 else list(decoders)[::-1]):
+                start = time.perf_counter()
+                for blob in blobs:
+                    decoders[name](blob)
+                rates[name].append(len(blobs) / (time.perf_counter() - start))
+    finally:
+        torch.set_num_threads(threads)
+    return [{"decoder": name, "images_per_s": statistics.median(r), "files": len(blobs),
+             "same_pixels": all(torch.equal(fn(b), ref) for b, ref in zip(blobs, reference))}
+            for name, r in rates.items() for fn in [decoders[name]]]
+
+
 def bench_resume(data_dir: str | Path, *, backends: list[str] | None = None, batch_size: int = 128,
                  num_threads: int = 2, normalize: str = "auto", position: float = 0.75) -> dict:
     """What a restart costs the training loader, per backend: building it (to its first batch), and

@@ -2,7 +2,8 @@
 `loader.py` (for comparison with DALI, and for machines without DALI).
 
 Configured to be a fair baseline: ``num_threads`` worker processes (one per core by default),
-persistent workers, libjpeg-turbo decoding on uint8 tensors (torchvision.io, no PIL round trip),
+persistent workers, libjpeg-turbo decoding on uint8 tensors (TorchCodec's image decoders, which
+supersede torchvision.io's, deprecated in torchvision 0.29; no PIL round trip),
 and pinned memory when a GPU is present.
 """
 
@@ -14,8 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
-from torchvision.io import ImageReadMode, decode_image
+from torchcodec.decoders import decode_image
 from torchvision.transforms.v2 import functional as TF
 
 from resnet_pipeline.data.loader import FIVE_CROPS, LIGHTING_STD, LoaderSpec, SpecLoader, shard_seed
@@ -51,8 +51,7 @@ class ShardDataset(torch.utils.data.Dataset):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         spec = self.spec
         rng = torch.Generator().manual_seed(sample_seed(shard_seed(spec.seed, spec.shard_id), epoch, index))
-        data = torchvision.io.read_file(str(spec.root / spec.files[index]))
-        image = decode_image(data, mode=ImageReadMode.RGB)  # uint8 CHW
+        image = decode_image(spec.root / spec.files[index], mode="RGB")  # uint8 CHW
         x = self._cifar(image, rng) if spec.kind == "cifar" else self._imagenet(image, rng)
         if spec.train and spec.color_aug:
             alpha = torch.randn(3, generator=rng) * LIGHTING_STD

@@ -14,9 +14,10 @@ from torchvision's by small amounts).
 
 from __future__ import annotations
 
+import io
+
 import json
 import math
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -119,9 +120,11 @@ class Preprocessing:
 
 def read_image(path: str | Path) -> Any:
     """Decode one file to a uint8 [3, H, W] RGB tensor, applying its EXIF orientation (`prepare`
-    applied it to the dataset's files). ImageInputError names the file when it cannot."""
+    applied it to the dataset's files). ImageInputError names the file when it cannot. Pillow: any
+    format a user's photo may come in, and its EXIF rotation (one image at a time; speed is no concern)."""
+    import numpy as np
     import torch
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     p = Path(path)
     if not p.exists():
@@ -134,14 +137,14 @@ def read_image(path: str | Path) -> Any:
         raise ImageInputError(f"cannot read {p}: {exc.strerror or exc}") from None
     if not raw:
         raise ImageInputError(f"cannot read {p} as an image: the file is empty")
-    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     try:
-        return decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except (RuntimeError, ValueError) as exc:
-        # torchvision prefixes its C++ source location: keep only the reason.
-        reason = re.sub(r"^.*?\.cpp:\d+,\s*", "", str(exc).splitlines()[0] if str(exc) else "")
+        with Image.open(io.BytesIO(raw)) as image:
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        reason = "not a recognised image format" if isinstance(exc, UnidentifiedImageError) else str(exc)
         raise ImageInputError(f"cannot read {p} as an image (JPEG, PNG, GIF or WebP): "
                               f"{reason.split('. ')[0] or type(exc).__name__}") from None
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 def read_images(paths: Sequence[str | Path]) -> list[Any]:
