@@ -203,6 +203,7 @@ def demo_repo(tmp_path_factory) -> Path:
     params["sweep"].update(depths=[8], shortcuts=["plain", "A"], max_concurrent=1)  # one after the other
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     _shrink_imagenet(repo, tmp_path_factory.mktemp("imagenet"))
+    _shrink_cifar10_short(repo, tmp_path_factory.mktemp("cifar10-jpeg"))
     git(repo, "init", "-q")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "test copy")
@@ -223,6 +224,37 @@ def _shrink_imagenet(repo: Path, source: Path) -> None:
     params["train"].update(iterations=12, batch_size=16, workers=1, log_every=4, eval_every=6, checkpoint_every=6,
                            plateau_patience=1)
     params["sweep"].update(depths=[18], shortcuts=["A"], include=[])  # Table 2: ResNet-18 (option A)
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _shrink_cifar10_short(repo: Path, folder: Path) -> None:
+    """A tiny archive in the layout of cifar10-jpeg.tar.gz (cifar10-jpeg/{train,test}/<class>/*.jpg,
+    CIFAR-10's 10 classes) as pipelines/cifar10-short's data.source, and its schedule cut to a few
+    iterations; the nets, the stages and every other value are the pipeline's own."""
+    import io
+    import tarfile
+
+    from resnet_pipeline.data.config import CIFAR10_CLASSES
+
+    archive = folder / "cifar10-jpeg.tar.gz"
+    rng = np.random.default_rng(0)
+    with tarfile.open(archive, "w:gz") as tar:
+        for split, n in (("train", 8), ("test", 2)):
+            for c, name in enumerate(CIFAR10_CLASSES):
+                for i in range(n):
+                    buf = io.BytesIO()
+                    pixels = np.clip(rng.normal(25 * c, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
+                    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+                    info = tarfile.TarInfo(f"cifar10-jpeg/{split}/{name}/{i:04d}.jpg")
+                    info.size = buf.tell()
+                    buf.seek(0)
+                    tar.addfile(info, buf)
+    params_path = repo / "pipelines/cifar10-short/params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["data"].update(source=str(archive), val_fraction=0.25, num_threads=1)
+    params["train"].update(iterations=4, milestones=[2, 3], batch_size=16, log_every=1, eval_every=2,
+                           checkpoint_every=2, precision="fp32")
+    params["evaluate"].update(batch_size=16)
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

@@ -83,3 +83,34 @@ def test_imagenet_pipeline_runs_on_generated_data(demo_repo: Path) -> None:
     # Generated data of 4 classes is not ImageNet: no paper figure to stand beside it (Table 2 has 27.88).
     assert row["paper_top1_error"] is None and row["paper_note"].startswith("no paper figure")
     assert (demo_repo / "reports/imagenet-tables2-4/report.md").is_file()
+
+
+def test_cifar10_short_pipeline_structure(demo_repo: Path) -> None:
+    """pipelines/cifar10-short (docs/results.md): the committed params are the paper's recipe at 1/32 of
+    its schedule on Figure 1's nets; on a tiny archive in the layout of the real one and a few
+    iterations, `dvc repro` runs its four stages and writes its outputs, and the degradation check
+    compares the curves over the second half of the run."""
+    import yaml
+
+    from resnet_pipeline.config import PROJECT_ROOT
+
+    committed = yaml.safe_load((PROJECT_ROOT / "pipelines/cifar10-short/params.yaml").read_text())
+    train, sweep = committed["train"], committed["sweep"]
+    assert (train["iterations"], train["milestones"], train["batch_size"], train["lr"]) == (2000, [1000, 1500], 128, 0.1)
+    assert (train["momentum"], train["weight_decay"], train["eval_every"]) == (0.9, 0.0001, 250)
+    assert committed["data"]["val_fraction"] == 0.1 and committed["data"]["dataset"] == "cifar10"
+    assert (sweep["depths"], sweep["shortcuts"]) == ([20, 56], ["plain", "A"])
+    assert committed["evaluate"]["degradation_basis"] == "second_half"
+
+    out = _dvc(demo_repo, "repro", "pipelines/cifar10-short/dvc.yaml")
+    for stage in ("prepare", "sweep", "evaluate", "report"):
+        assert f"Running stage 'pipelines/cifar10-short/dvc.yaml:{stage}'" in out
+    manifest = json.loads((demo_repo / "data/prepared/cifar10-short/manifest.json").read_text())
+    assert manifest["splits"]["train"]["count"] == 60 and manifest["splits"]["test"]["count"] == 20
+    metrics = json.loads((demo_repo / "metrics/cifar10-short/sweep/metrics.json").read_text())
+    assert set(metrics) == {"plain-20", "plain-56", "A-20", "A-56"}
+    details = json.loads((demo_repo / "metrics/cifar10-short/evaluation/summary.json").read_text())
+    (check,) = details["degradation"]
+    assert check["basis"] == "second_half" and "second half of the run" in check["answer"]
+    assert (demo_repo / "plots/cifar10-short/evaluation/figure6.png").is_file()
+    assert (demo_repo / "reports/cifar10-short/report.md").is_file()
