@@ -400,17 +400,22 @@ def report(params_file: str | None, sweep_name: str | None) -> None:
     click.echo(f"MLflow UI: mlflow ui --backend-store-uri {resolve_tracking_uri()}  (then http://127.0.0.1:5000)")
 
 
+def loader_bench_options(f):
+    """--params, --data and --backend of the loader benchmarks."""
+    f = click.option("--backend", "backends", multiple=True, type=click.Choice(["dali-gpu", "dali-cpu", "torch"]),
+                     help="Backend to time; repeat for several (default: every one this machine has).")(f)
+    f = click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")(f)
+    return click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
+                        help="Params file (default: params.yaml); data.out, data.normalize, data.num_threads.")(f)
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks (results belong in docs/benchmarks.md)."""
 
 
 @bench.command("data")
-@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-              help="Params file (default: params.yaml); data.out, data.normalize, data.num_threads.")
-@click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(["dali-gpu", "dali-cpu", "torch"]),
-              help="Backend to time; repeat for several (default: every one this machine has).")
+@loader_bench_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Timed seconds per backend and round.")
@@ -449,11 +454,7 @@ def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[st
 
 
 @bench.command("resume")
-@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-              help="Params file (default: params.yaml); data.out, data.normalize, data.num_threads.")
-@click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(["dali-gpu", "dali-cpu", "torch"]),
-              help="Backend to time; repeat for several (default: every one this machine has).")
+@loader_bench_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--position", type=click.FloatRange(min=0, max=1, min_open=True), default=0.75, show_default=True,
               help="Where in the epoch the checkpoint is (a fraction).")
