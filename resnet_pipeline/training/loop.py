@@ -322,7 +322,6 @@ class Trainer:
         # window's training error then counts all its iterations, as without the restart.
         self.window = Window(self.device, state.get("window") if self.rank == 0 else None)
         self.window.step.fill_(self.iteration)
-        self.window.iterations = self.iteration % self.cfg.log_every
         self._restore_loader(state)
         rngs = state["rng"]
         set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
