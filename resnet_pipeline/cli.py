@@ -335,7 +335,9 @@ def evaluate(params_file: str | None, sweep_name: str | None, run_ids: tuple[str
         "diff": _pct_pm(e["diff_top1_error"]), "top-5": _pct_pm(e["top5_error_mean"], e["top5_error_std"]),
         "val": _pct_pm(e["val_error_mean"], e["val_error_std"]),
         "train": _pct_pm(e["train_error_mean"], e["train_error_std"])} for e in summary["table"]],
-        ("net", "n", "top-1", "paper", "diff", "top-5", "val", "train"))
+        ("net", "n", "top-1", *(("paper", "diff") if any(e["paper_top1_error"] is not None for e in summary["table"])
+                                else ()),
+         *(("top-5",) if any(e["top5_error_mean"] is not None for e in summary["table"]) else ()), "val", "train"))
     for check in summary["degradation"]:
         click.echo(f"degradation check: {check['answer']}")
 
@@ -363,7 +365,7 @@ def predict(images: tuple[str, ...], model_uri: str | None, params_file: str | N
 
     params = load_params(params_file)
     cfg = load_evaluate_config(params)
-    default = champion_uri(cfg.resolved_registry_name(load_data_config(params).dataset))
+    default = champion_uri(cfg.resolved_registry_name(load_data_config(params).out_dir))
     results = run_predict(images, model_uri or default)
     if as_json:
         click.echo(json.dumps(results, indent=2))

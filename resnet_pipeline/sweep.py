@@ -396,6 +396,7 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
     for t in trials:
         _model_cfg(model_cfg, t).validate()
     data_path = check_data_dir(data_dir)
+    train = train.for_data(data_path)  # auto experiment and storage names, from the data folder
     from resnet_pipeline.training.ray_launch import check_local_capacity
 
     check_local_capacity(train.workers, train.use_gpu)

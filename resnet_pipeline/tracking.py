@@ -266,27 +266,37 @@ def _error_code(exc: Exception) -> str:
     return str(getattr(exc, "error_code", ""))
 
 
-def find_parent_run(uri: str, experiment: str, run_name: str):
+def find_parent_run(uri: str, experiment: str | None, run_name: str):
     """The top-level run named ``run_name`` in ``experiment`` (a sweep's parent run) opened last: the
-    sweep that ran last under that name, whatever its settings (`start_run`).
+    sweep that ran last under that name, whatever its settings (`start_run`). ``experiment`` None:
+    in any experiment of the store.
 
     TrackingError lists the sweeps that exist when there is none.
     """
     client = _client(uri)
-    exp = _retry(lambda: client.get_experiment_by_name(experiment))
-    if exp is None:
-        raise TrackingError(f"MLflow experiment {experiment!r} not found in {uri} (train.experiment); "
-                            "run `python cli.py sweep` first, or set MLFLOW_TRACKING_URI to the store that has it")
-    runs = _retry(lambda: client.search_runs([exp.experiment_id], max_results=10_000,
-                                             order_by=["attributes.start_time DESC"]))
+    if experiment is None:
+        ids = [e.experiment_id for e in _retry(lambda: client.search_experiments(max_results=1000))]
+    else:
+        exp = _retry(lambda: client.get_experiment_by_name(experiment))
+        if exp is None:
+            raise TrackingError(f"MLflow experiment {experiment!r} not found in {uri} (train.experiment); "
+                                "run `python cli.py sweep` first, or set MLFLOW_TRACKING_URI to the store that has it")
+        ids = [exp.experiment_id]
+    runs = _retry(lambda: client.search_runs(ids, max_results=10_000, order_by=["attributes.start_time DESC"])) \
+        if ids else []
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     found = sorted((r for r in parents if r.info.run_name == run_name), reverse=True,
                    key=lambda r: int(r.data.tags.get(OPENED_TAG, r.info.start_time)))
     if not found:
         sweeps = sorted({r.info.run_name for r in parents if "sweep" in r.data.tags})
-        raise TrackingError(f"no sweep named {run_name!r} in experiment {experiment!r} ({uri}); "
+        where = f"experiment {experiment!r}" if experiment else "any experiment"
+        raise TrackingError(f"no sweep named {run_name!r} in {where} ({uri}); "
                             f"sweeps there: {', '.join(sweeps) or 'none'}")
     return found[0]
+
+
+def experiment_name(uri: str, experiment_id: str) -> str:
+    return _retry(lambda: _client(uri).get_experiment(experiment_id)).name
 
 
 def get_run_or_error(uri: str, run_id: str):

@@ -253,7 +253,7 @@ def cifar_run(path: Path, device: torch.device, amp_dtype, mode: str, iterations
     res.update(iterations=it, completed=it >= iterations, train_s=train_s, compile_s=first_step_s,
                step_ms=1000 * steady, images_per_s=batch / steady,
                projected_full_s=(first_step_s or 0) + steady * (iterations - 2),
-               test_error=test["top1_error"], test_top5_error=test["top5_error"],
+               test_error=test["top1_error"], test_top5_error=test.get("top5_error"),
                train_error_last_epoch=float(wrong_sum) / seen if seen else None,
                total_s=time.perf_counter() - start)
     return res

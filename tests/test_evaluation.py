@@ -115,6 +115,12 @@ def test_top1_top5_error_confusion_and_per_class_accuracy() -> None:
     assert loop["top1_error"] == 0.5 and loop["top5_error"] == 0.25 and loop["loss"] == pytest.approx(expected_loss)
     with pytest.raises(ValueError, match="predicts 6 classes but the dataset has 5"):
         summarize(probs, labels, classes[:5])
+    # Five classes or fewer: the label is always among the top 5, so top-5 error is left out.
+    five = [row[:5] for row in table]
+    labels5 = torch.tensor([0, 0, 4, 3])
+    loader5 = [(_images([0, 1]), labels5[:2]), (_images([2, 3]), labels5[2:])]
+    assert summarize(*collect_predictions(Lookup(five), loader5, torch.device("cpu")), classes[:5])["top5_error"] is None
+    assert "top5_error" not in evaluate(Lookup(five), loader5, torch.device("cpu"))
 
 
 def test_ten_crop_scores_the_mean_of_the_views_softmax() -> None:
@@ -319,7 +325,9 @@ def test_evaluation_matches_the_training_runs_own_numbers(evaluated: dict) -> No
         assert run.info.status == "FINISHED"  # evaluation leaves no run RUNNING
         # The same final weights on the same test and val images as the training run's last evaluation.
         assert row["test"]["top1_error"] == pytest.approx(m["final_test_error"], abs=1e-9)
-        assert row["test"]["top5_error"] == pytest.approx(m["final_test_top5_error"], abs=1e-9)
+        # Four classes: top-5 error would always read 0%, so nothing reports or logs it.
+        assert row["test"]["top5_error"] is None and row["val"]["top5_error"] is None
+        assert not [k for k in m if "top5" in k], m
         val_history = client.get_metric_history(row["run_id"], "val_error")
         assert row["val"]["top1_error"] == pytest.approx(max(val_history, key=lambda h: h.step).value, abs=1e-9)
         assert m["eval_test_error"] == row["test"]["top1_error"] and m["eval_val_error"] == row["val"]["top1_error"]
@@ -560,7 +568,7 @@ def test_evaluate_config_errors_name_the_key() -> None:
         load_evaluate_config({"evaluate": {"split": "train"}})
     with pytest.raises(ConfigError, match="evaluate.registry_name"):
         load_evaluate_config({"evaluate": {"registry_name": "has space"}})
-    assert load_evaluate_config({}).resolved_registry_name("cifar10") == "resnet-cifar10"
+    assert load_evaluate_config({}).resolved_registry_name("data/prepared/cifar10") == "resnet-cifar10"
     for params in ("params.yaml", "pipelines/demo/params.yaml"):  # the project's own params files
         load_evaluate_config(Path(__file__).resolve().parent.parent / params)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from resnet_pipeline.config import ConfigError, check_name
@@ -59,11 +60,12 @@ class EvaluateConfig:
             raise ConfigError(f"evaluate.degradation_margin: must be in [0, 1) (a fraction of error), "
                               f"got {self.degradation_margin}")
         if self.registry_name is not None:
-            check_name("evaluate.registry_name", self.registry_name, "resnet-cifar10, or null for resnet-<dataset>")
+            check_name("evaluate.registry_name", self.registry_name, "resnet-cifar10, or null for resnet-<data folder name>")
 
-    def resolved_registry_name(self, dataset: str) -> str:
-        """``registry_name``, else ``resnet-<dataset>`` (the manifest's dataset name)."""
-        return self.registry_name or f"resnet-{dataset}"
+    def resolved_registry_name(self, data_dir: str | Path) -> str:
+        """``registry_name``, else ``resnet-<the prepared data folder's name>`` (resnet-cifar10 for
+        data/prepared/cifar10): one registered model, and one champion, per dataset."""
+        return self.registry_name or f"resnet-{Path(data_dir).resolve().name}"
 
 
 def load_evaluate_config(params=None, **overrides) -> EvaluateConfig:

@@ -155,7 +155,7 @@ def environment(device) -> dict[str, Any]:
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path | None, *, experiment: str, sweep: str | None = None,
+def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path | None, *, experiment: str | None, sweep: str | None = None,
                    run_ids: Sequence[str] = (), backend: str = "auto", normalize: str = "auto",
                    num_threads: int = 2, aug: dict[str, Any] | None = None, tracking_uri: str | None = None,
                    log: Log = print, default_data: str | Path | None = None) -> dict[str, Any]:
@@ -174,9 +174,15 @@ def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path | None, *, experime
     cfg.validate()
     _check_output_folders(cfg)
     uri = tracking.resolve_tracking_uri(tracking_uri)
+    if experiment == "auto":  # train.experiment's auto: the data folder's name, else any experiment
+        from resnet_pipeline.training.config import TrainConfig
+
+        experiment = TrainConfig().for_data(data_dir).experiment if data_dir is not None else None
     resolved = resolve_runs(uri, experiment, sweep, run_ids)
+    if resolved["runs"]:
+        experiment = tracking.experiment_name(uri, tracking.get_run(uri, resolved["runs"][0].run_id).info.experiment_id)
     data_path, manifest, kind = _check_data(runs_data(resolved["runs"], data_dir, default_data), cfg, aug)
-    registry = cfg.resolved_registry_name(manifest["dataset"])
+    registry = cfg.resolved_registry_name(data_path)
     ten_crop = cfg.ten_crop == "on" or (cfg.ten_crop == "auto" and kind == "imagenet")
     device = resolve_device("auto")
     env = environment(device)
@@ -266,8 +272,9 @@ def _evaluate_run(uri: str, info: RunInfo, cfg: EvaluateConfig, data_path: Path,
         outcome = _register(uri, registry, info, ev, split, compared, sweep, manifest["dataset"], classes)
     else:
         outcome = {"registered": False, "name": registry, "reason": "evaluate.register is false"}
-    log(f"    val {ev.passes['val']['top1_error']:.2%}  {split} {ev.passes[split]['top1_error']:.2%} "
-        f"(top-5 {ev.passes[split]['top5_error']:.2%})"
+    top5 = ev.passes[split]["top5_error"]
+    log(f"    val {ev.passes['val']['top1_error']:.2%}  {split} {ev.passes[split]['top1_error']:.2%}"
+        + (f" (top-5 {top5:.2%})" if top5 is not None else "")
         + (f"  10-crop {ev.passes[compared]['top1_error']:.2%}" if ten_crop else "")
         + f"  registry: {outcome['reason']}")
     row = {"run_id": info.run_id, "run_name": info.run_name, "family": info.family, "depth": info.depth,
@@ -320,7 +327,8 @@ def _log_to_run(uri: str, info: RunInfo, ev: ModelEvaluation, history: dict[str,
     scalars: dict[str, float] = {}
     for key, result in ev.passes.items():
         scalars[f"eval_{key}_error"] = result["top1_error"]
-        scalars[f"eval_{key}_top5_error"] = result["top5_error"]
+        if result["top5_error"] is not None:
+            scalars[f"eval_{key}_top5_error"] = result["top5_error"]
         scalars[f"eval_{key}_loss"] = result["loss"]
     tracking.log_metrics(uri, info.run_id, scalars, _final_iteration(history))
     tracking.log_artifacts(uri, info.run_id, run_plots, "evaluation")
@@ -337,11 +345,11 @@ def _register(uri: str, registry: str, info: RunInfo, ev: ModelEvaluation, split
     """Register the run's model; the validation metrics select, the others are tags only."""
     from resnet_pipeline.evaluation.registry import register
 
-    metrics = {"val_error": ev.passes["val"]["top1_error"], "val_top5_error": ev.passes["val"]["top5_error"],
-               "val_loss": ev.passes["val"]["loss"]}
-    for key in dict.fromkeys((split, compared)):
+    metrics: dict[str, float] = {}
+    for key in dict.fromkeys(("val", split, compared)):
         metrics[f"{key}_error"] = ev.passes[key]["top1_error"]
-        metrics[f"{key}_top5_error"] = ev.passes[key]["top5_error"]
+        if ev.passes[key]["top5_error"] is not None:  # none for 5 classes or fewer
+            metrics[f"{key}_top5_error"] = ev.passes[key]["top5_error"]
         metrics[f"{key}_loss"] = ev.passes[key]["loss"]
     tags = {"depth": info.depth, "shortcut": info.shortcut, "variant": info.model.variant, "family": info.family,
             "seed": info.seed, "run_name": info.run_name, "git_commit": info.git_commit or "unknown",

@@ -65,14 +65,17 @@ def per_class_accuracy(cm: torch.Tensor) -> list[float | None]:
 
 
 def summarize(probs: torch.Tensor, labels: torch.Tensor, classes: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Top-1/top-5 error, loss, count, per-class accuracy and the confusion matrix of one pass."""
+    """Top-1/top-5 error, loss, count, per-class accuracy and the confusion matrix of one pass
+    (top-5 error None for 5 classes or fewer, where it is always 0: `has_top5`)."""
+    from resnet_pipeline.training.loop import has_top5
+
     if probs.shape[1] != len(classes):
         raise ValueError(f"the model predicts {probs.shape[1]} classes but the dataset has {len(classes)}")
     cm = confusion_matrix(probs.argmax(1), labels, len(classes))
     accuracy = per_class_accuracy(cm)
     return {
         "top1_error": topk_error(probs, labels, 1),
-        "top5_error": topk_error(probs, labels, 5),
+        "top5_error": topk_error(probs, labels, 5) if has_top5(len(classes)) else None,
         "loss": nll(probs, labels),
         "count": int(labels.shape[0]),
         "per_class_accuracy": {c: a for c, a in zip(classes, accuracy)},

@@ -138,18 +138,25 @@ def _results(summary: dict[str, Any]) -> list[Block]:
                      f" The data (`{summary['dataset']}`) is neither CIFAR-10 nor ImageNet, so no paper figure "
                      "stands beside these errors.")),
     ]
+    table = summary["table"]
+    # Columns empty for the whole table are left out: the paper's on data that is neither CIFAR-10 nor
+    # ImageNet, top-5 for 5 classes or fewer.
+    shown = {"paper_top1": any(e["paper_top1_error"] is not None for e in table),
+             "top5": any(e["top5_error_mean"] is not None for e in table),
+             "paper_top5": any(e["paper_top5_error"] is not None for e in table)}
+    header = ["net", "runs", "top-1", *(["paper top-1", "diff"] if shown["paper_top1"] else []),
+              *(["top-5"] if shown["top5"] else []), *(["paper top-5", "diff"] if shown["paper_top5"] else []),
+              "val top-1", "final train", "note"]
     rows = []
-    for e in summary["table"]:
+    for e in table:
         n = e["runs"]
-        rows.append([_net(e["shortcut"], e["depth"]), str(n),
-                     _pm(e["top1_error_mean"], e["top1_error_std"], n), _paper_cell(e, "top1"),
-                     _diff(e["diff_top1_error"]),
-                     _pm(e["top5_error_mean"], e["top5_error_std"], n), _paper_cell(e, "top5"),
-                     _diff(e["diff_top5_error"]),
+        rows.append([_net(e["shortcut"], e["depth"]), str(n), _pm(e["top1_error_mean"], e["top1_error_std"], n),
+                     *([_paper_cell(e, "top1"), _diff(e["diff_top1_error"])] if shown["paper_top1"] else []),
+                     *([_pm(e["top5_error_mean"], e["top5_error_std"], n)] if shown["top5"] else []),
+                     *([_paper_cell(e, "top5"), _diff(e["diff_top5_error"])] if shown["paper_top5"] else []),
                      _pm(e.get("val_error_mean"), e.get("val_error_std"), n),
                      _pm(e.get("train_error_mean"), e.get("train_error_std"), n), e["paper_note"] or ""])
-    blocks.append(Table(["net", "runs", "top-1", "paper top-1", "diff", "top-5", "paper top-5", "diff",
-                         "val top-1", "final train", "note"], rows))
+    blocks.append(Table(header, rows))
     complexity = []
     for e in summary["table"]:
         params = sorted({r["params"] for r in summary["runs"]
@@ -209,9 +216,10 @@ def _figures(summary: dict[str, Any]) -> list[Block]:
 
 def _runs(summary: dict[str, Any]) -> list[Block]:
     split, compared = summary["split"], summary["compared"]
-    header = ["run", "MLflow run id", "seed", "val top-1", f"{split} top-1", f"{split} top-5"]
+    top5 = any(r[split]["top5_error"] is not None for r in summary["runs"])  # none for 5 classes or fewer
+    header = ["run", "MLflow run id", "seed", "val top-1", f"{split} top-1", *([f"{split} top-5"] if top5 else [])]
     if compared != split:
-        header += ["10-crop top-1", "10-crop top-5"]
+        header += ["10-crop top-1", *(["10-crop top-5"] if top5 else [])]
     header += ["registry", "git commit"]
     rows = []
     for r in summary["runs"]:
@@ -219,9 +227,9 @@ def _runs(summary: dict[str, Any]) -> list[Block]:
         version = (f"v{reg['version']}" + (" @champion" if reg.get("champion") else "")) if reg.get("registered") \
             else "not registered"
         row = [r["run_name"], f"`{r['run_id']}`", str(r["seed"]), _pct(r["val"]["top1_error"]),
-               _pct(r[split]["top1_error"]), _pct(r[split]["top5_error"])]
+               _pct(r[split]["top1_error"]), *([_pct(r[split]["top5_error"])] if top5 else [])]
         if compared != split:
-            row += [_pct(r[compared]["top1_error"]), _pct(r[compared]["top5_error"])]
+            row += [_pct(r[compared]["top1_error"]), *([_pct(r[compared]["top5_error"])] if top5 else [])]
         rows.append(row + [version, (r.get("git_commit") or "unknown")[:12]])
     reg = summary["registry"]
     blocks: list[Block] = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from resnet_pipeline.config import ConfigError, check_name
@@ -58,13 +59,22 @@ class TrainConfig:
     max_failures: int = 2  # Ray Train restarts of the worker group from the last checkpoint
     # Where checkpoints and Ray results go; relative paths are under the project root.
     # On a multi-node cluster this must be a filesystem every node shares.
-    storage_path: str = "results"
-    experiment: str = "resnet-cifar10"
+    # auto: results/<the prepared data folder's name> (`for_data`).
+    storage_path: str = "auto"
+    experiment: str = "auto"  # the MLflow experiment; auto: resnet-<the prepared data folder's name>
     run_name: str | None = None
     # Chaos testing: the rank-0 worker raises once at this iteration (see docs/reliability.md).
     inject_failure_at: int | None = None
     # How it fails: an exception, or SIGKILL of its own process (as the OOM killer does).
     inject_failure: Literal["raise", "sigkill"] = "raise"
+
+    def for_data(self, data_dir: str | Path) -> "TrainConfig":
+        """``auto`` names made from the prepared data folder's name (data/prepared/mine: experiment
+        resnet-mine, checkpoints under results/mine), so that runs on other data say so."""
+        name = Path(data_dir).resolve().name
+        return dataclasses.replace(
+            self, experiment=f"resnet-{name}" if self.experiment == "auto" else self.experiment,
+            storage_path=str(Path("results") / name) if self.storage_path == "auto" else self.storage_path)
 
     def validate(self) -> None:
         for key in ("experiment", "storage_path"):

@@ -234,7 +234,7 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
     train_cfg.validate()
     model_cfg.validate()
     data_path = check_data_dir(data_dir)
-    train_cfg = resolve_workers(train_cfg)
+    train_cfg = resolve_workers(train_cfg.for_data(data_path))
     from resnet_pipeline.data.loader import loader_spec
 
     # Before Ray starts: the loader settings fit this dataset (e.g. per-pixel mean needs fixed-size

@@ -145,10 +145,17 @@ def predict_views(model: nn.Module, images: torch.Tensor, amp_dtype: torch.dtype
     return logits.softmax(1).view(images.shape[0], views, -1).mean(1)
 
 
+def has_top5(num_classes: int) -> bool:
+    """Whether top-5 error says anything: with 5 classes or fewer the label is always among the top 5
+    (0%), so it is neither reported nor logged."""
+    return num_classes > 5
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
              amp_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Loss, top-1 and top-5 error over ``loader`` (summed across ranks when distributed).
+    """Loss, top-1 and top-5 error over ``loader`` (summed across ranks when distributed); no
+    ``top5_error`` for 5 classes or fewer (`has_top5`).
 
     A [N, K, 3, H, W] batch (e.g. ten-crop) is scored by averaging the K views' softmax outputs
     (`predict_views`).
@@ -156,10 +163,12 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 wrong, top-5 wrong, count
+    num_classes = 0
     try:
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             probs = predict_views(model, images, amp_dtype)  # (B, classes)
+            num_classes = probs.shape[1]
             # -log p of the label, gathered: nll_loss is on CUDA's nondeterministic list (its 2-d form).
             sums[0] -= probs.clamp_min(1e-12).log().gather(1, labels[:, None]).sum()
             top5 = probs.topk(min(5, probs.shape[1]), dim=1).indices
@@ -171,7 +180,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
     loss, wrong1, wrong5, n = _all_reduce_sum(sums.tolist(), device)
     if n == 0:
         raise ValueError("evaluate: the loader yielded no samples")
-    return {"loss": loss / n, "top1_error": wrong1 / n, "top5_error": wrong5 / n, "count": n}
+    out = {"loss": loss / n, "top1_error": wrong1 / n, "count": n}
+    return {**out, "top5_error": wrong5 / n} if has_top5(num_classes) else out
 
 
 @dataclass
@@ -417,7 +427,7 @@ class Trainer:
         val = evaluate(self.model, self.val_loader, self.device, self.amp_dtype)
         self.schedule.observe_val_error(val["top1_error"])
         self.report({"val_loss": val["loss"], "val_error": val["top1_error"],
-                     "val_top5_error": val["top5_error"]}, self.iteration)
+                     **({"val_top5_error": val["top5_error"]} if "top5_error" in val else {})}, self.iteration)
         return val["top1_error"]
 
     def checkpoint(self, val_error: float | None) -> None:
@@ -447,7 +457,8 @@ class Trainer:
         """The test split, once, at the end: the test set never selects anything."""
         loader = make_eval_loader(self.src, "test", self.cfg.per_worker_batch, self.rank, self.world_size)
         test = evaluate(self.model, loader, self.device, self.amp_dtype)
-        metrics = {"test_loss": test["loss"], "test_error": test["top1_error"], "test_top5_error": test["top5_error"]}
+        metrics = {"test_loss": test["loss"], "test_error": test["top1_error"],
+                   **({"test_top5_error": test["top5_error"]} if "top5_error" in test else {})}
         self.report(metrics, self.iteration)
         return metrics
 

@@ -48,10 +48,11 @@ class Reporter:
             line = (f"it {step:>6}/{self.total}  loss {m['train_loss']:.3f}  train err {m['train_error']:6.2%}  "
                     f"lr {m['lr']:.4g}  {m['images_per_s']:7.0f} img/s  data wait {m['data_wait_fraction']:4.0%}  "
                     f"ETA {_fmt(eta)}")
-        elif "val_error" in m:
-            line = f"it {step:>6}/{self.total}  val err {m['val_error']:6.2%}  top-5 {m['val_top5_error']:6.2%}"
         else:
-            line = f"it {step:>6}/{self.total}  test err {m['test_error']:6.2%}  top-5 {m['test_top5_error']:6.2%}"
+            split = "val" if "val_error" in m else "test"
+            line = f"it {step:>6}/{self.total}  {split} err {m[f'{split}_error']:6.2%}"
+            if f"{split}_top5_error" in m:
+                line += f"  top-5 {m[f'{split}_top5_error']:6.2%}"
         # sys.stdout, not print(): Ray Train patches print() on workers to log it twice.
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
