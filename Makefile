@@ -16,7 +16,7 @@ install: $(STAMP)
 # The offline demo pipeline: prepare -> sweep -> evaluate -> report on generated data (~2-3 min, 2 CPUs).
 demo: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro pipelines/demo/dvc.yaml
-	@echo "Browse the runs: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db  (then open http://127.0.0.1:5000)"
+	@echo "Browse the runs: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db  (then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)"
 
 test: install
 	$(PY) -m pytest -q

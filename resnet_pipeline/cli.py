@@ -136,8 +136,7 @@ def train(params_file: str | None, data_dir: str | None, depth: int | None, shor
                         snapshot={"train": train_cfg, "model": model_cfg, "data": data_cfg})
     m = summary["metrics"]
     click.echo(f"run {summary['run_name']} ({summary['run_id']}): "
-               + ", ".join(f"{k} {m[k]:.4f}" for k in ("final_train_error", "final_best_val_error", "final_test_error")
-                           if k in m))
+               + ", ".join(f"{k} {m[k]:.2%}" for k in ("train_error", "best_val_error", "test_error") if k in m))
 
 
 @main.command()
@@ -351,7 +350,8 @@ def _pct_pm(mean: float | None, std: float | None = None) -> str:
 @main.command()
 @click.argument("images", nargs=-1, required=True)
 @click.option("--model", "model_uri", default=None,
-              help="MLflow model URI, e.g. models:/resnet-cifar10@champion or runs:/<run id>/model "
+              help="MLflow model URI, e.g. models:/resnet-cifar10@champion, models:/m-<logged model id> or "
+                   "runs:/<run id>/<net, e.g. resnet20-A> "
                    "(default: the dataset's champion).")
 @click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
               help="Params file (default: params.yaml): evaluate.registry_name and data.dataset name the champion.")
@@ -399,7 +399,7 @@ def report(params_file: str | None, sweep_name: str | None) -> None:
                    f"training error {_pct_pm(e['train_error_mean'], e['train_error_std'])}%")
     for check in summary["degradation"]:
         click.echo(f"  degradation check: {check['answer']}")
-    click.echo(f"MLflow UI: mlflow ui --backend-store-uri {resolve_tracking_uri()}  (then http://127.0.0.1:5000)")
+    click.echo(f"MLflow UI: mlflow ui --backend-store-uri {resolve_tracking_uri()}  (then http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)")
 
 
 def loader_bench_options(f):

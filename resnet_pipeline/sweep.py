@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from resnet_pipeline.config import ConfigError, check_name
 from resnet_pipeline.data.config import DataConfig, DataError
-from resnet_pipeline.models import SHORTCUTS, ModelConfig, infer_family
+from resnet_pipeline.models import SHORTCUTS, ModelConfig, infer_family, net_name
 from resnet_pipeline.training.config import TrainConfig
 from resnet_pipeline.training.ray_launch import TRIAL_CPUS
 
@@ -123,8 +123,10 @@ class Trial:
     seed: int
     family: str
 
-    def run_name(self, sweep: str, digest: str) -> str:
-        return f"{sweep}-{digest}-{self.family}{self.depth}-{self.shortcut}-seed{self.seed}"
+    def run_name(self) -> str:
+        """``resnet56-A-s0``, ``plain20-s1``: unique under the sweep's parent run, where the sweep's name
+        and configuration digest are (tags); the checkpoints go under ``<storage>/<sweep>-<digest>/``."""
+        return f"{net_name(self.depth, self.shortcut)}-s{self.seed}"
 
 
 # The tag of a trial's run that ASHA stopped before the end (the run is KILLED).
@@ -272,7 +274,9 @@ def _trial_fn(config: dict[str, Any]) -> None:
         launch = {"launcher": "ray", "callbacks": [TuneReportCallback()]}
     train(train_cfg, model_cfg, base["data_dir"], backend=base["backend"], normalize=base["normalize"],
           num_threads=base["num_threads"], aug=base["aug"], tracking_uri=base["tracking_uri"],
-          parent_run_id=base["parent_run_id"], snapshot={**base["snapshot"], "sweep_trial": t},
+          parent_run_id=base["parent_run_id"], extra_tags=base["tags"],
+          # The sweep section is the parent run's; a trial's own settings are its model.* and train.*.
+          snapshot={k: v for k, v in base["snapshot"].items() if k != "sweep"},
           gpu_share=base.get("gpu_share", 1.0), **launch)
 
 
@@ -404,9 +408,11 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
     storage = resolve_storage(train.storage_path)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     snap = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in (snapshot or {}).items()}
-    from resnet_pipeline.training.checkpoint import display
+    from resnet_pipeline.training.checkpoint import display, join
 
-    snap.update(sweep=dataclasses.asdict(sweep), model=dataclasses.asdict(model_cfg),
+    # The parent's params: what all trials share. Each trial sets its own depth, shortcut and family.
+    snap.update(sweep=dataclasses.asdict(sweep),
+                model={k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("depth", "shortcut", "family")},
                 train={**dataclasses.asdict(train), "storage_path": display(train.storage_path)})
     from resnet_pipeline.data import dataset_fingerprint
 
@@ -424,25 +430,27 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
         tracking.set_running(uri, parent_id)  # e.g. re-run with more seeds: the sweep is open again
     status = tracking.FAILED
     try:
-        tracking.log_dict(uri, parent_id, {"trials": [t.run_name(sweep.name, digest) for t in trials]},
+        tracking.log_dict(uri, parent_id, {"trials": [t.run_name() for t in trials]},
                           tracking.SWEEP_GRID)
         # Done: finished, or stopped by ASHA (its decision; a new scheduler, without the old one's rung
         # history, might let the trial run to the end).
         done = {r.info.run_name for r in tracking.child_runs(uri, parent_id)
                 if r.info.status == tracking.FINISHED
                 or (sweep.asha and r.info.status == tracking.KILLED and r.data.tags.get(STOPPED_EARLY) == "true")}
-        todo = [{**dataclasses.asdict(t), "run_name": t.run_name(sweep.name, digest)} for t in trials
-                if t.run_name(sweep.name, digest) not in done]
+        todo = [{**dataclasses.asdict(t), "run_name": t.run_name()} for t in trials
+                if t.run_name() not in done]
         print(f"sweep '{sweep.name}' (MLflow run {parent_id}): {len(trials)} trials, "
               f"{len(trials) - len(todo)} already done, {len(todo)} to run")
         errors: dict[str, str] = {}
         if todo:
-            # The storage path made absolute here: Tune runs each trial in its own working directory.
-            base = {"train": {**dataclasses.asdict(train), "storage_path": str(storage)},
+            # The storage path made absolute here (Tune runs each trial in its own working directory),
+            # one folder per sweep and settings: trials of other sweeps have the same names.
+            base = {"train": {**dataclasses.asdict(train), "storage_path": str(join(storage, f"{sweep.name}-{digest}"))},
                     "model": dataclasses.asdict(model_cfg),
                     "data_dir": str(data_path), "backend": backend, "normalize": normalize,
                     "num_threads": num_threads, "aug": dict(aug or {}), "tracking_uri": uri,
-                    "parent_run_id": parent_id, "snapshot": snap, "in_trial": sweep.in_trial(train.workers)}
+                    "parent_run_id": parent_id, "snapshot": snap,
+                    "tags": {"sweep": sweep.name, "config_digest": digest}, "in_trial": sweep.in_trial(train.workers)}
             errors = _run_tune(todo, base, sweep, train, storage)
             # A trial of this run that ASHA stopped (no error) was interrupted, not failed: its run
             # ended RUNNING (actor killed) or FAILED (the stop reached the trainer) and becomes KILLED.
@@ -457,6 +465,7 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
                 elif r.info.status == tracking.RUNNING:
                     tracking.end_run(uri, r.info.run_id, tracking.FAILED)
         summary = summarize(uri, parent_id, sweep, digest, trials, model_cfg, num_classes, input_size)
+        _log_to_parent(uri, parent_id, summary)
         out = write_summary(summary, Path(sweep.out))
         tracking.log_artifacts(uri, parent_id, out, "summary")
         for name, e in errors.items():
@@ -498,18 +507,34 @@ def summarize(uri: str, parent_id: str, sweep: SweepConfig, digest: str, trials:
         params, macs = complexity(_model_cfg(model_cfg, t), num_classes, input_size)
         row: dict[str, Any] = {"depth": t.depth, "shortcut": t.shortcut, "seed": t.seed, "params": params,
                                "mult_adds": macs, "status": "MISSING", "run_id": None}
-        run = runs.get(t.run_name(sweep.name, digest))
+        run = runs.get(t.run_name())
         if run is not None:
-            m = run.data.metrics
+            m = tracking.run_metrics(run)
             speeds = [v for _, v in tracking.metric_history(uri, run.info.run_id, "images_per_s")]
             row.update(status=run.info.status, run_id=run.info.run_id,
-                       train_error=m.get("final_train_error"), val_error=m.get("final_best_val_error"),
-                       test_error=m.get("final_test_error"),
+                       train_error=m.get("train_error"), val_error=m.get("best_val_error"),
+                       test_error=m.get("test_error"),
                        wall_time_s=((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000,
                        images_per_s=statistics.median(speeds) if speeds else None)
         rows.append(row)
     return {"sweep": sweep.name, "config_digest": digest, "family": sweep.family, "trials": rows,
             "aggregate": aggregate(rows)}
+
+
+def _log_to_parent(uri: str, parent_id: str, summary: dict[str, Any]) -> None:
+    """The sweep's headline on its parent run, so that the collapsed runs table and the charts show
+    it: the best finished trial by validation error (the test error never selects), its val and test
+    error, and how many trials finished."""
+    from resnet_pipeline import tracking
+
+    done = [r for r in summary["trials"] if r["status"] == tracking.FINISHED and r.get("val_error") is not None]
+    metrics = {"trials_finished": float(len(done))}
+    if done:
+        best = min(done, key=lambda r: r["val_error"])
+        metrics.update(val_error=best["val_error"], **({"test_error": best["test_error"]}
+                                                       if best.get("test_error") is not None else {}))
+        tracking.set_tags(uri, parent_id, {"best_trial": f"{net_name(best['depth'], best['shortcut'])}-s{best['seed']}"})
+    tracking.log_metrics(uri, parent_id, metrics, 0)
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:

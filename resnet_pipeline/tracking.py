@@ -7,6 +7,7 @@ metrics and the final model to it by run id. Nothing here is imported by the mod
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import random
 import re
@@ -20,8 +21,42 @@ from resnet_pipeline.config import ConfigError
 T = TypeVar("T")
 
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
-# When `start_run` last created or reopened a run (ms since the epoch).
-OPENED_TAG = "opened_ms"
+# When `start_run` last created or reopened a run: UTC, ISO 8601 with milliseconds (sorts as text).
+OPENED_TAG = "opened_at"
+# What the MLflow UI opens an experiment on: runs and charts, not GenAI traces.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+# The project's metric names (what the loop reports and Tune ranks on: train_error, val_error,
+# best_val_error, test_top5_error, ...) are MLflow keys namespaced by split, so that the UI groups
+# them: train/error, val/error, val/best_error, test/top5_error, test/10crop_error. The training
+# window's other numbers are train/lr, train/images_per_s, and so on. The mapping is here only.
+_SPLITS = ("train", "val", "test")
+_TRAIN_ONLY = ("lr", "images_per_s", "epoch", "data_wait_fraction", "nonfinite_skipped")
+
+
+def mlflow_key(name: str) -> str:
+    """train_error -> train/error, best_val_error -> val/best_error, lr -> train/lr; others as they are."""
+    if name == "best_val_error":
+        return "val/best_error"
+    if name in _TRAIN_ONLY:
+        return f"train/{name}"
+    split, sep, rest = name.partition("_")
+    return f"{split}/{rest}" if sep and split in _SPLITS else name
+
+
+def project_name(key: str) -> str:
+    """`mlflow_key` undone: val/best_error -> best_val_error, train/lr -> lr, test/error -> test_error."""
+    split, sep, rest = key.partition("/")
+    if not sep or split not in _SPLITS:
+        return key
+    if key == "val/best_error":
+        return "best_val_error"
+    return rest if split == "train" and rest in _TRAIN_ONLY else f"{split}_{rest}"
+
+
+def run_metrics(run) -> dict[str, float]:
+    """A run's latest metric values under the project's names (system metrics as MLflow names them)."""
+    return {project_name(k): v for k, v in run.data.metrics.items()}
 # A sweep's parent run's artifact: the trial run names of its latest grid (an earlier run of the sweep
 # with more depths or seeds left other children under the same parent).
 SWEEP_GRID = "sweep_grid.json"
@@ -93,7 +128,7 @@ def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any
 
     Returns (run_id, previous status): None for a new run; FINISHED means there is nothing left to
     do; RUNNING/FAILED/KILLED means the run is continued (set RUNNING again). Either way the run's
-    ``opened_ms`` tag records this call's time: a sweep re-run with the settings of an older one reopens
+    ``opened_at`` tag records this call's time: a sweep re-run with the settings of an older one reopens
     that one, which is then the newest (`find_parent_run`) although it started first.
     """
     from mlflow.entities import Param, RunTag
@@ -101,13 +136,16 @@ def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any
     client = _client(uri)
     exp = _retry(lambda: client.get_experiment_by_name(experiment))
     exp_id = exp.experiment_id if exp else _retry(
-        lambda: client.create_experiment(experiment, artifact_location=artifact_location(uri, experiment)))
+        lambda: client.create_experiment(experiment, artifact_location=artifact_location(uri, experiment),
+                                         tags=EXPERIMENT_KIND))
     query = f"attributes.run_name = '{run_name}'"
     if match_tag:
         query += f" and tags.{match_tag} = '{tags[match_tag]}'"
+    if parent_run_id:  # a sweep's trial: its name is unique under its parent only
+        query += f" and tags.mlflow.parentRunId = '{parent_run_id}'"
     found = _retry(lambda: client.search_runs([exp_id], filter_string=query, max_results=1,
                                               order_by=["attributes.start_time DESC"]))
-    opened = str(int(time.time() * 1000))
+    opened = _now_iso()
     if found:
         run = found[0]
         status = run.info.status
@@ -127,6 +165,33 @@ def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any
     return run.info.run_id, None
 
 
+def _now_iso() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _opened(run) -> str:
+    """When the run was last opened (`OPENED_TAG`), else when it started, as sortable text."""
+    import datetime as dt
+
+    started = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.timezone.utc)
+    return run.data.tags.get(OPENED_TAG) or started.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def log_dataset(uri: str, run_id: str, name: str, digest: str, source: str) -> None:
+    """The run's training data as an MLflow dataset input (the UI's Datasets column): its name, the
+    digest of its manifest and where it is."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both readings are the local folder
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = MetaDataset(resolve_dataset_source(source), name=name, digest=digest[:36])._to_mlflow_entity()
+    _retry(lambda: _client(uri).log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])]))
+
+
 def child_runs(uri: str, parent_run_id: str) -> list:
     """Runs whose parent is ``parent_run_id`` (the trials of a sweep)."""
     client = _client(uri)
@@ -137,9 +202,9 @@ def child_runs(uri: str, parent_run_id: str) -> list:
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    """(step, value) of ``key``, by step, one value per step: the one logged last. A run resumed from
+    """(step, value) of ``key`` (a project name), by step, one value per step: the one logged last. A run resumed from
     a checkpoint logs the steps between that checkpoint and the failure again, and MLflow keeps both."""
-    logged = sorted(_retry(lambda: _client(uri).get_metric_history(run_id, key)), key=lambda m: m.timestamp)
+    logged = sorted(_retry(lambda: _client(uri).get_metric_history(run_id, mlflow_key(key))), key=lambda m: m.timestamp)
     return sorted({m.step: m.value for m in logged}.items())
 
 
@@ -165,11 +230,12 @@ def load_dict(uri: str, run_id: str, artifact_file: str) -> dict[str, Any] | Non
         return json.loads(Path(path).read_text())
 
 
-def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int, model_id: str | None = None) -> None:
+    """``metrics`` under the project's names (`mlflow_key`); with ``model_id``, on that logged model too."""
     from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
-    batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+    batch = [Metric(mlflow_key(k), float(v), ts, step, model_id=model_id) for k, v in metrics.items()]
     _retry(lambda: _client(uri).log_batch(run_id, metrics=batch))
 
 
@@ -196,7 +262,9 @@ def system_metrics(uri: str, run_id: str) -> Iterator[None]:
     """Sample CPU, memory (and GPU) use into the run while the block runs (MLflow's monitor)."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=2, resume_logging=True,
+    # A sample every 2 s, each logged: a curve even for a run of a minute (MLflow's default, one
+    # averaged point per 10 s x 1, drew a demo run as two points).
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=2, samples_before_logging=1, resume_logging=True,
                                    tracking_uri=uri)
     monitor.start()
     try:
@@ -211,9 +279,10 @@ def _requirements() -> list[str]:
     return [f"torch=={version('torch')}", f"torchvision=={version('torchvision')}"]
 
 
-def log_model(uri: str, run_id: str, model: Any, input_example: Any) -> str:
-    """Log the trained model (torch.export 'pt2' format: loading it runs no pickled code) with its
-    signature inferred from ``input_example`` (batch > 1, as torch.export needs). Returns the URI."""
+def log_model(uri: str, run_id: str, model: Any, input_example: Any, name: str = "model") -> str:
+    """Log the trained model as ``name`` (the net's name: resnet56-A), in torch.export's 'pt2' format
+    (loading it runs no pickled code), with its signature inferred from ``input_example`` (batch > 1,
+    as torch.export needs). Returns the URI."""
     import mlflow
     import mlflow.pytorch
     from mlflow.models import infer_signature
@@ -232,7 +301,7 @@ def log_model(uri: str, run_id: str, model: Any, input_example: Any) -> str:
         # Explicit requirements: MLflow's inference would re-import the model in a subprocess (seconds).
         # No serving-input validation: it reloads the saved program and predicts again, about a third
         # of this call's time (docs/benchmarks.md); the output above already came from this model.
-        info = mlflow.pytorch.log_model(model, name="model", input_example=input_example, signature=signature,
+        info = mlflow.pytorch.log_model(model, name=name, input_example=input_example, signature=signature,
                                         serialization_format="pt2", pip_requirements=_requirements(),
                                         validate_serving_input=False)
     # Closing our own start_run context marks the run FINISHED; the driver owns the status.
@@ -285,8 +354,7 @@ def find_parent_run(uri: str, experiment: str | None, run_name: str):
     runs = _retry(lambda: client.search_runs(ids, max_results=10_000, order_by=["attributes.start_time DESC"])) \
         if ids else []
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    found = sorted((r for r in parents if r.info.run_name == run_name), reverse=True,
-                   key=lambda r: int(r.data.tags.get(OPENED_TAG, r.info.start_time)))
+    found = sorted((r for r in parents if r.info.run_name == run_name), reverse=True, key=_opened)
     if not found:
         sweeps = sorted({r.info.run_name for r in parents if "sweep" in r.data.tags})
         where = f"experiment {experiment!r}" if experiment else "any experiment"
@@ -310,14 +378,15 @@ def get_run_or_error(uri: str, run_id: str):
         raise
 
 
-def logged_model_id(uri: str, run_id: str, name: str = "model") -> str | None:
-    """The id of the model logged by run ``run_id`` under ``name`` (MLflow 3 LoggedModel), or None."""
+def logged_model_id(uri: str, run_id: str, name: str | None = None) -> str | None:
+    """The id of the model that run ``run_id`` logged last (under ``name``, when given; MLflow 3
+    LoggedModel), or None. A training run logs one, named after its net."""
     client = _client(uri)
     run = _retry(lambda: client.get_run(run_id))
-    found = _retry(lambda: client.search_logged_models(
-        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'"))
+    query = f"source_run_id = '{run_id}'" + (f" AND name = '{name}'" if name else "")
+    found = _retry(lambda: client.search_logged_models([run.info.experiment_id], filter_string=query))
     ready = [m for m in found if str(getattr(m.status, "value", m.status)) == "READY"]
-    return ready[-1].model_id if ready else None
+    return max(ready, key=lambda m: m.creation_timestamp).model_id if ready else None
 
 
 def load_pytorch_model(uri: str, model_uri: str):
@@ -379,8 +448,26 @@ def register_model_version(uri: str, name: str, run_id: str, model_id: str, tags
         for k, v in tags.items():
             _retry(lambda: client.set_model_version_tag(name, version.version, k, str(v)))
         return _retry(lambda: client.get_model_version(name, version.version))
-    return _retry(lambda: client.create_model_version(name, f"models:/{model_id}", run_id=run_id,
-                                                      tags={k: str(v) for k, v in tags.items()}, model_id=model_id))
+    # mlflow.register_model, not create_model_version: it also records the version on the logged
+    # model (its mlflow.modelVersions tag), which the logged model's page reads ("Registered").
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with contextlib.redirect_stderr(io.StringIO()):  # its "Created version ..." line
+        version = _retry(lambda: mlflow.register_model(f"models:/{model_id}", name,
+                                                       tags={k: str(v) for k, v in tags.items()}))
+    return _retry(lambda: client.get_model_version(name, version.version))
+
+
+def set_version_description(uri: str, name: str, version: str | int, description: str) -> None:
+    _retry(lambda: _client(uri).update_model_version(name, str(version), description=description))
+
+
+def registered_aliases(uri: str) -> list[str]:
+    """``models:/<name>@<alias>`` for every alias in the store's registry (what `predict` can take)."""
+    found = _retry(lambda: _client(uri).search_registered_models(max_results=1000))
+    return sorted(f"models:/{m.name}@{alias}" for m in found for alias in (getattr(m, "aliases", None) or {}))
 
 
 def alias_version(uri: str, name: str, alias: str):
@@ -404,4 +491,4 @@ def model_versions(uri: str, name: str) -> list:
 
 def metric_timestamps(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, wall-clock time in seconds since the epoch) of each logged value of ``key``."""
-    return [(m.step, m.timestamp / 1000) for m in _retry(lambda: _client(uri).get_metric_history(run_id, key))]
+    return [(m.step, m.timestamp / 1000) for m in _retry(lambda: _client(uri).get_metric_history(run_id, mlflow_key(key)))]

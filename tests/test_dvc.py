@@ -37,14 +37,24 @@ def test_plots_draw_and_each_stage_follows_its_own_inputs(demo_repo: Path, first
     plots = shown["data"]
     assert {f"{base}/figure6.png", f"{base}/figure7.png"} <= set(plots)
     by_kind = {kind: [p for name, p in plots.items() if name.startswith(f"{base}/{kind}/")]
-               for kind in ("runs", "curves", "confusion")}
-    # two trials: a learning-curve and a confusion PNG each, and their data
-    assert [len(by_kind[k]) for k in ("runs", "curves", "confusion")] == [4, 2, 2], list(plots)
+               for kind in ("runs", "confusion")}
+    # two trials: a learning-curve and a confusion PNG each, and a confusion matrix's data
+    assert [len(by_kind[k]) for k in ("runs", "confusion")] == [4, 2], list(plots)
     assert all(p[0]["type"] == "image" for p in by_kind["runs"])
-    for p in by_kind["curves"]:  # error against iteration, not against the row number
-        assert p[0]["content"]["encoding"]["x"]["field"] == "iteration"
-    for p in by_kind["confusion"]:
-        assert p[0]["content"]["spec"]["encoding"]["x"]["field"] == "actual"
+    # One chart per quantity with both runs overlaid: error against iteration, labelled axes, only the
+    # points each run logged (no blank cell drawn as zero).
+    for quantity in ("Training error", "Validation error"):
+        (chart,) = [p for name, p in plots.items() if f"{quantity}, every run (demo)" in name]
+        content = chart[0]["content"]
+        assert content["encoding"]["x"]["field"] == "iteration" and content["encoding"]["color"]["field"] == "run"
+        assert content["encoding"]["y"]["title"].endswith("error (fraction)")
+        values = content["data"]["values"]
+        assert {v["run"] for v in values} == {"plain8-s0", "resnet8-A-s0"}
+        assert all(v[content["encoding"]["y"]["field"]] not in ("", None) for v in values)
+    for p in by_kind["confusion"]:  # every class on both axes, zero counts included
+        content = p[0]["content"]
+        assert content["spec"]["encoding"]["x"]["field"] == "predicted"
+        assert len(content["data"]["values"]) == 4 * 4
     # The metrics DVC compares across commits and experiments are for git (cache: false), not ignored by it.
     ignored = subprocess.run(["git", "check-ignore", "-q", "metrics/demo/evaluation.json"], cwd=demo_repo)
     assert ignored.returncode == 1

@@ -245,7 +245,7 @@ def test_metric_history_keeps_the_last_value_of_a_replayed_step(tmp_path: Path) 
     run = client.create_run(client.create_experiment("replay"))
     # A run that failed after step 300 and resumed from its checkpoint at step 200 logs 300 again.
     for t, (step, value) in enumerate([(100, 0.9), (200, 0.5), (300, 0.4), (300, 0.3), (400, 0.2)]):
-        client.log_metric(run.info.run_id, "train_error", value, timestamp=1_000 + t, step=step)
+        client.log_metric(run.info.run_id, "train/error", value, timestamp=1_000 + t, step=step)
     client.set_terminated(run.info.run_id)
     assert tracking.metric_history(uri, run.info.run_id, "train_error") == [
         (100, 0.9), (200, 0.5), (300, 0.3), (400, 0.2)]
@@ -324,13 +324,21 @@ def test_evaluation_matches_the_training_runs_own_numbers(evaluated: dict) -> No
         m = run.data.metrics
         assert run.info.status == "FINISHED"  # evaluation leaves no run RUNNING
         # The same final weights on the same test and val images as the training run's last evaluation.
-        assert row["test"]["top1_error"] == pytest.approx(m["final_test_error"], abs=1e-9)
+        # One metric per quantity: the evaluation's numbers are the last points of test/error and
+        # val/error, at the final step, beside the training's own (the same weights, the same images).
+        steps = {h.step: h.value for h in client.get_metric_history(row["run_id"], "test/error")}
+        assert len(steps) == 1 and row["test"]["top1_error"] == pytest.approx(m["test/error"], abs=1e-9)
+        assert not [k for k in m if k.startswith(("final_", "eval_"))], m
         # Four classes: top-5 error would always read 0%, so nothing reports or logs it.
         assert row["test"]["top5_error"] is None and row["val"]["top5_error"] is None
         assert not [k for k in m if "top5" in k], m
-        val_history = client.get_metric_history(row["run_id"], "val_error")
+        val_history = client.get_metric_history(row["run_id"], "val/error")
         assert row["val"]["top1_error"] == pytest.approx(max(val_history, key=lambda h: h.step).value, abs=1e-9)
-        assert m["eval_test_error"] == row["test"]["top1_error"] and m["eval_val_error"] == row["val"]["top1_error"]
+        assert m["val/error"] == row["val"]["top1_error"]
+        # The logged model carries the evaluation's metrics too (its page in the UI shows them).
+        model = client.get_logged_model(client.search_logged_models([run.info.experiment_id],
+                                        filter_string=f"source_run_id = '{row['run_id']}'")[0].model_id)
+        assert {x.key for x in model.metrics} >= {"val/error", "test/error", "test/loss"}
         artifacts = {a.path for a in client.list_artifacts(row["run_id"], "evaluation")}
         assert {"evaluation/details.json", "evaluation/confusion.png", "evaluation/learning_curves.png"} <= artifacts
         detail = json.loads(Path(row["detail"]).read_text())
@@ -343,6 +351,7 @@ def test_evaluation_matches_the_training_runs_own_numbers(evaluated: dict) -> No
     assert [(e["shortcut"], e["depth"], e["runs"]) for e in s["table"]] == [
         ("plain", 8, 1), ("plain", 14, 1), ("A", 8, 1), ("A", 14, 1)]
     assert s["degradation"][0]["verdict"] in ("degradation", "no degradation", "both degrade")
+    assert client.get_run(evaluated["parent"]).data.tags["degradation.A"] == s["degradation"][0]["verdict"]
     assert s["degradation"][0]["depths"] == [8, 14]
     plots = Path(s["plots_dir"])
     for f in ("figure6.png", "figure7.png", "figure6.csv", "figure7.csv"):
@@ -366,8 +375,17 @@ def test_champion_is_the_lowest_validation_error(evaluated: dict) -> None:
     assert float(champion.tags["val_error"]) == best
     first_best = next(r for r in s["runs"] if r["val"]["top1_error"] == best)  # a tie keeps the first
     assert champion.run_id == first_best["run_id"] == s["registry"]["champion_run_id"]
-    for key in ("depth", "shortcut", "variant", "seed", "test_error", "val_error", "run_id", "git_commit"):
-        assert key in champion.tags, key
+    # A few rounded, clearly named tags; the version says why it is the champion.
+    assert set(champion.tags) == {"depth", "shortcut", "seed", "sweep", "dataset", "eval_split", "git_commit",
+                                  "val_error", "test_error"}, champion.tags
+    assert len(champion.tags["val_error"]) <= 8 and "became champion: first version" in champion.description
+    others = [v for v in versions if v.version != champion.version]
+    assert all("champion stays" in client.get_model_version(REGISTRY, v.version).description for v in others)
+    # Registered through the logged model: its page links the version ("Registered").
+    from resnet_pipeline.tracking import logged_model_id
+
+    model = client.get_logged_model(logged_model_id(evaluated["uri"], champion.run_id))
+    assert {"name": REGISTRY, "version": int(champion.version)} in json.loads(model.tags["mlflow.modelVersions"])
     classes = json.loads(client.get_registered_model(REGISTRY).tags["classes"])
     assert classes == ["class0", "class1", "class2", "class3"]
 
@@ -545,7 +563,18 @@ def test_report_builds_from_the_evaluation(evaluated: dict) -> None:
     for row in s["runs"]:
         assert row["run_id"] in md and row["run_id"] in html
     assert html.startswith("<!DOCTYPE html>") and html.count("<img ") == 2 + 2 * len(s["runs"])
+    # Self-contained: every image embedded (MLflow's artifact viewer loads no relative file).
+    assert html.count('<img src="data:image/png;base64,') == html.count("<img ") and 'src="figures/' not in html
     assert "<table>" in html and "**" not in html
+    # Run ids link to the MLflow UI; only the current holder of the alias is marked.
+    exp = s["experiment_id"]
+    for row in s["runs"]:
+        assert f'href="http://127.0.0.1:5000/#/experiments/{exp}/runs/{row["run_id"]}?workflowType=machine_learning"' in html
+    assert md.count("@champion |") == 1, md
+    # No top-5 or paper columns on 4-class, non-CIFAR data; no note repeated on every row.
+    assert "top-5" not in md and "paper top-1" not in md and "the paper trained cifar nets" not in md  # the paragraph says it
+    # How to reproduce names the pipeline's own dvc.yaml.
+    assert "`dvc repro pipelines/demo/dvc.yaml`" in md
     for rel in ("figures/figure6.png", "figures/figure7.png", "evaluation.json"):
         assert (dest / rel).is_file(), rel
     assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")], "temporary folder left behind"

@@ -143,7 +143,7 @@ def test_concurrent_writers_to_one_sqlite_store(tmp_path: Path) -> None:
     for run in children:
         assert run.info.status == "FINISHED" and run.data.tags["done"] == "true"
         for key in ("train_loss", "train_error", "lr"):
-            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, tracking.mlflow_key(key))]
             assert sorted(steps) == list(range(1, STEPS + 1)), (run.info.run_name, key, steps)
     print(f"{WRITERS} writers x {STEPS} batches, seconds after the start signal: {[o.strip() for o, _ in outputs]}")
 
@@ -489,8 +489,18 @@ def _runs(uri: str) -> dict:
 
 
 def _ckpt(repo: Path, trial: str) -> int:
-    its = CheckpointManager(repo / "results" / "demo" / trial / "checkpoints").iterations()
+    """The trial's latest checkpointed iteration in this sweep's folder (results/demo/demo-<digest>/,
+    the one the first repro's sweep, with its other digest, did not write)."""
+    its = CheckpointManager(_sweep_dir(repo) / trial / "checkpoints").iterations()
     return its[-1] if its else 0
+
+
+_FIRST_SWEEP_DIRS: set[Path] = set()
+
+
+def _sweep_dir(repo: Path) -> Path:
+    new = [d for d in (repo / "results" / "demo").glob("demo-*") if d not in _FIRST_SWEEP_DIRS]
+    return new[0] if new else repo / "results" / "demo" / "not-yet"
 
 
 @pytest.mark.slow
@@ -511,7 +521,8 @@ def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(demo_re
     iterations = 100
     params["train"].update(lr=0.05, experiment=EXPERIMENT, iterations=iterations)
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    old_checkpoints = set((repo / "results" / "demo").glob("*/checkpoints/ckpt_*.pt"))
+    old_checkpoints = set((repo / "results" / "demo").glob("*/*/checkpoints/ckpt_*.pt"))
+    _FIRST_SWEEP_DIRS.update((repo / "results" / "demo").glob("demo-*"))
 
     def trials() -> dict:
         return {n: r for n, r in _runs(uri).items() if "mlflow.parentRunId" in r.data.tags}
@@ -521,7 +532,7 @@ def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(demo_re
     state: dict = {}
 
     def first_done_and_second_checkpointed() -> bool:
-        if not set((repo / "results" / "demo").glob("*/checkpoints/ckpt_*.pt")) - old_checkpoints:
+        if not set((repo / "results" / "demo").glob("*/*/checkpoints/ckpt_*.pt")) - old_checkpoints:
             return False  # not yet: the driver creates the store before any trial starts
         runs = trials()
         done = [n for n, r in runs.items() if r.info.status == "FINISHED"]
@@ -545,7 +556,7 @@ def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(demo_re
     assert {n: r.info.status for n, r in runs.items()} == {
         "demo": "KILLED", finished: "FINISHED", interrupted: "KILLED"}, first.log.read_text()[-3000:]
     finished_run = runs[finished]
-    finished_files = {p.name: p.stat().st_mtime_ns for p in (repo / "results/demo" / finished).rglob("*.pt")}
+    finished_files = {p.name: p.stat().st_mtime_ns for p in (_sweep_dir(repo) / finished).rglob("*.pt")}
 
     # 2. SIGKILL of the driver (`python cli.py sweep`) once the resumed trial has checkpointed again.
     second = _Repro(repo, tmp_path / "repro2.log")
@@ -578,7 +589,7 @@ def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(demo_re
     # The finished trial never ran again: the same run, untouched, its checkpoints not rewritten.
     assert runs[finished].info.run_id == finished_run.info.run_id
     assert runs[finished].info.end_time == finished_run.info.end_time
-    assert {p.name: p.stat().st_mtime_ns for p in (repo / "results/demo" / finished).rglob("*.pt")} == finished_files
+    assert {p.name: p.stat().st_mtime_ns for p in (_sweep_dir(repo) / finished).rglob("*.pt")} == finished_files
     from resnet_pipeline import tracking
 
     steps = [s for s, _ in tracking.metric_history(uri, runs[finished].info.run_id, "train_loss")]
@@ -610,8 +621,8 @@ def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(demo_re
     reference = train(train_cfg, model_cfg, repo / data_cfg.out, backend=data_cfg.backend,
                       normalize=data_cfg.normalize, num_threads=data_cfg.num_threads, aug=data_cfg.aug,
                       launcher="local", tracking_uri=f"sqlite:///{tmp_path / 'reference.db'}")
-    ours = CheckpointManager(repo / "results/demo" / interrupted / "checkpoints").load_latest()["model"]
+    ours = CheckpointManager(_sweep_dir(repo) / interrupted / "checkpoints").load_latest()["model"]
     theirs = CheckpointManager(Path(reference["run_dir"]) / "checkpoints").load_latest()["model"]
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    assert row["test_error"] == reference["metrics"]["final_test_error"]
+    assert row["test_error"] == reference["metrics"]["test_error"]
     print("figures:", json.dumps(figures, default=str))

@@ -44,10 +44,20 @@ def test_sweep_structure(sweep_setup: dict) -> None:
     assert len(parents) == 1 and parents[0].info.run_id == s["parent_run_id"]
     assert parents[0].info.status == "FINISHED"
     assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
-    d = s["config_digest"]
-    assert sorted(r.info.run_name for r in children) == [
-        f"tiny-{d}-cifar14-A-seed0", f"tiny-{d}-cifar14-plain-seed0", f"tiny-{d}-cifar8-A-seed0",
-        f"tiny-{d}-cifar8-plain-seed0"]
+    # Names that differ in their first characters; the sweep and its digest are tags.
+    assert sorted(r.info.run_name for r in children) == ["plain14-s0", "plain8-s0", "resnet14-A-s0", "resnet8-A-s0"]
+    assert {(r.data.tags["sweep"], r.data.tags["config_digest"]) for r in children} == {("tiny", s["config_digest"])}
+    # Params: no trial table repeated, no ImageNet-only geometry on 32-pixel runs; the parent's
+    # describe what the trials share (no model.depth of a net nobody trained).
+    params = children[0].data.params
+    assert not [k for k in params if k.startswith("sweep_trial.") or k in ("data.crop_size", "data.resize_range")]
+    assert "model.depth" not in parents[0].data.params and "model.variant" in parents[0].data.params
+    # The parent's headline: the best trial by validation error, and its test error.
+    best = min(s["trials"], key=lambda r: r["val_error"])
+    assert parents[0].data.metrics["val/error"] == best["val_error"]
+    assert parents[0].data.metrics["test/error"] == best["test_error"]
+    assert parents[0].data.metrics["trials_finished"] == 4
+    assert client.get_experiment_by_name("test-sweep").tags["mlflow.experimentKind"] == "custom_model_development"
     artifacts = {a.path for a in client.list_artifacts(s["parent_run_id"], "summary")}
     assert artifacts == {"summary/summary.json", "summary/summary.csv", "summary/metrics.json"}
 
@@ -59,9 +69,9 @@ def test_summary_matches_child_runs(sweep_setup: dict) -> None:
     assert on_disk["trials"] == s["trials"]
     for row in s["trials"]:
         m = client.get_run(row["run_id"]).data.metrics
-        assert row["train_error"] == m["final_train_error"]
-        assert row["val_error"] == m["final_best_val_error"]
-        assert row["test_error"] == m["final_test_error"]
+        assert row["train_error"] == m["train/error"]
+        assert row["val_error"] == m["val/best_error"]
+        assert row["test_error"] == m["test/error"]
         assert row["params"] > 0 and row["mult_adds"] > 0 and row["images_per_s"] > 0
     plain8 = next(r for r in s["trials"] if r["depth"] == 8 and r["shortcut"] == "plain")
     a8 = next(r for r in s["trials"] if r["depth"] == 8 and r["shortcut"] == "A")
@@ -100,8 +110,7 @@ def test_evaluate_takes_only_the_trials_of_the_sweeps_latest_grid(sweep_setup: d
     assert again["parent_run_id"] == s["parent_run_id"] and len(again["trials"]) == 2
     resolved = resolve_runs(uri, "test-sweep", "tiny", [])
     assert sorted((r.depth, r.shortcut) for r in resolved["runs"]) == [(8, "A"), (8, "plain")]
-    assert sorted(x["run_name"].split("-", 2)[2] for x in resolved["skipped"]) == ["cifar14-A-seed0",
-                                                                                  "cifar14-plain-seed0"]
+    assert sorted(x["run_name"] for x in resolved["skipped"]) == ["plain14-s0", "resnet14-A-s0"]
     assert all("not in the sweep's current grid" in x["reason"] for x in resolved["skipped"])
 
 
@@ -170,7 +179,8 @@ def test_asha_stops_trials_without_leaving_runs_open(tiny_data: Path, tmp_path: 
         assert r.info.status == "FINISHED" or (r.info.status == "KILLED" and r.data.tags["stopped_early"] == "true")
     keys = s3_keys(s3_store, "results/asha/")
     for r in children:  # every trial checkpointed (checkpoint_every 10) into the bucket
-        assert any(k.startswith(f"results/asha/{r.info.run_name}/checkpoints/ckpt_") for k in keys), r.info.run_name
+        assert any(k.startswith(f"results/asha/asha-{summary['config_digest']}/{r.info.run_name}/checkpoints/ckpt_")
+                   for k in keys), r.info.run_name
     assert any(k.startswith("results/asha/asha-tune-") for k in keys)  # Tune's experiment state
     assert not (tmp_path / "results").exists()
     capsys.readouterr()
@@ -193,8 +203,9 @@ def test_killed_one_worker_trial_is_retried_by_tune_and_resumes(tiny_data: Path,
     assert summary["errors"] == [] and trial["status"] == "FINISHED"
     client = _client(uri)
     run = client.get_run(trial["run_id"])
-    assert (tmp_path / "results" / run.info.run_name / "checkpoints" / ".failure_injected").exists()  # it was killed
-    assert [h.step for h in client.get_metric_history(trial["run_id"], "train_error")] == [10, 20, 30]
+    assert (tmp_path / "results" / f"retry-{summary['config_digest']}" / run.info.run_name / "checkpoints"
+            / ".failure_injected").exists()  # it was killed
+    assert [h.step for h in client.get_metric_history(trial["run_id"], "train/error")] == [10, 20, 30]
     assert len(client.search_runs([run.info.experiment_id])) == 2  # the parent and this one child, no duplicate
 
 

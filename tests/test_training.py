@@ -454,14 +454,14 @@ def _final_weights(summary: dict) -> dict[str, torch.Tensor]:
 def test_two_worker_run_learns(ray_runs: dict) -> None:
     m = ray_runs["clean"]["metrics"]
     # 4 classes: chance is 75% error.
-    assert m["final_best_val_error"] < 0.5 and m["final_test_error"] < 0.5, m
-    assert m["final_train_error"] < 0.5
+    assert m["best_val_error"] < 0.5 and m["test_error"] < 0.5, m
+    assert m["train_error"] < 0.5
 
 
 @pytest.mark.parametrize("run", ["faulty", "sigkilled", "s3-sigkilled"])
 def test_worker_failure_restarts_from_checkpoint_bit_exactly(ray_runs: dict, run: str) -> None:
     assert ".failure_injected" in CheckpointManager(ray_runs[run]["checkpoints"]).store.names()  # it did fail once
-    assert ray_runs[run]["metrics"]["final_train_error"] == ray_runs["clean"]["metrics"]["final_train_error"]
+    assert ray_runs[run]["metrics"]["train_error"] == ray_runs["clean"]["metrics"]["train_error"]
     clean, faulty = _final_weights(ray_runs["clean"]), _final_weights(ray_runs[run])
     for name, w in clean.items():
         assert torch.equal(w, faulty[name]), name
@@ -479,21 +479,25 @@ def test_mlflow_run_content(ray_runs: dict, tmp_path: Path) -> None:
     assert p["train.lr"] == "0.1" and p["train.batch_size"] == "32" and p["model.depth"] == "8"
     assert p["train.workers"] == "2"
     tags = run.data.tags
-    assert tags["world_size"] == "2" and tags["shortcut"] == "A" and "git_commit" in tags
+    assert tags["world_size"] == "2" and tags["shortcut"] == "A" and "mlflow.source.git.commit" in tags
     assert tags["version.torch"] == torch.__version__.split("+")[0] or tags["version.torch"].startswith("2.")
-    history = client.get_metric_history(s["run_id"], "train_error")
+    history = client.get_metric_history(s["run_id"], "train/error")
     assert [h.step for h in history] == [20, 40, 60, 80]
-    assert [h.step for h in client.get_metric_history(s["run_id"], "val_error")] == [40, 80]
-    for key in ("lr", "images_per_s", "test_error", "val_error"):
+    assert [h.step for h in client.get_metric_history(s["run_id"], "val/error")] == [40, 80]
+    for key in ("train/lr", "train/images_per_s", "test/error", "val/error", "val/best_error"):
         assert key in run.data.metrics, key
     assert not [k for k in run.data.metrics if "top5" in k]  # 4 classes: top-5 error means nothing
     assert any(k.startswith("system/") for k in run.data.metrics), "no system metrics"
     # The faulty run's curve continues where it stopped: one point per step, no duplicates.
-    faulty = [h.step for h in client.get_metric_history(ray_runs["faulty"]["run_id"], "train_error")]
+    faulty = [h.step for h in client.get_metric_history(ray_runs["faulty"]["run_id"], "train/error")]
     assert sorted(set(faulty)) == [20, 40, 60, 80]
     # The logged model loads back and predicts.
     mlflow.set_tracking_uri(s["tracking_uri"])
-    model = mlflow.pytorch.load_model(f"runs:/{s['run_id']}/model", dst_path=str(tmp_path))
+    from resnet_pipeline.tracking import logged_model_id
+
+    model_id = logged_model_id(s["tracking_uri"], s["run_id"])
+    assert client.get_logged_model(model_id).name == "resnet8-A"  # named after the net
+    model = mlflow.pytorch.load_model(f"models:/{model_id}", dst_path=str(tmp_path))
     out = model(torch.zeros(2, 3, 32, 32))
     assert out.shape == (2, 4)
 

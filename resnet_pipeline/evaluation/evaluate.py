@@ -13,7 +13,8 @@ the training curves (Figure 6), and the figures. Outputs (each complete or absen
     <evaluate.details>/summary.json   everything: runs, comparison table, degradation, environment
     <evaluate.details>/<run>.json     per-class accuracy, confusion matrix, layer responses
     <evaluate.plots>/                 figure6.png/csv, figure7.png/csv, runs/<run>/{learning_curves,confusion}.png,
-                                      curves/<run>.csv, confusion/<run>.csv (DVC plots: see dvc.yaml's `plots`)
+                                      train_error.csv, val_error.csv (every run, long format),
+                                      confusion/<run>.csv (DVC plots: see dvc.yaml's `plots`)
 """
 
 from __future__ import annotations
@@ -149,7 +150,9 @@ def environment(device) -> dict[str, Any]:
 
     tags = environment_tags(1)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else tags["device"]
-    return {"git_commit": tags["git_commit"], "python": tags["python"], "device": name,
+    from resnet_pipeline.training.driver import GIT_COMMIT_TAG
+
+    return {"git_commit": tags[GIT_COMMIT_TAG], "git_dirty": tags["git_dirty"], "python": tags["python"], "device": name,
             "platform": platform.platform(), "cpu_count": os.cpu_count(),
             "versions": {k.split(".", 1)[1]: v for k, v in tags.items() if k.startswith("version.")},
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
@@ -179,8 +182,8 @@ def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path | None, *, experime
 
         experiment = TrainConfig().for_data(data_dir).experiment if data_dir is not None else None
     resolved = resolve_runs(uri, experiment, sweep, run_ids)
-    if resolved["runs"]:
-        experiment = tracking.experiment_name(uri, tracking.get_run(uri, resolved["runs"][0].run_id).info.experiment_id)
+    experiment_id = tracking.get_run(uri, resolved["runs"][0].run_id).info.experiment_id
+    experiment = tracking.experiment_name(uri, experiment_id)  # where the runs are (auto searched them all)
     data_path, manifest, kind = _check_data(runs_data(resolved["runs"], data_dir, default_data), cfg, aug)
     registry = cfg.resolved_registry_name(data_path)
     ten_crop = cfg.ten_crop == "on" or (cfg.ten_crop == "auto" and kind == "imagenet")
@@ -208,10 +211,14 @@ def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path | None, *, experime
             rows.append(row)
             responses[info.run_id] = layer_stds
         summary = _summarize(cfg, rows, histories, responses, plots_dir, sweep=sweep, parent=parent,
-                             experiment=experiment, uri=uri, manifest=manifest, data_path=data_path, kind=kind,
-                             ten_crop=ten_crop, registry=registry, skipped=resolved["skipped"], env=env)
+                             experiment=experiment, experiment_id=experiment_id, uri=uri, manifest=manifest,
+                             data_path=data_path, kind=kind, ten_crop=ten_crop, registry=registry,
+                             skipped=resolved["skipped"], env=env)
         write_json_atomic(details_dir / SUMMARY, summary)
     write_json_atomic(cfg.out, dvc_metrics(summary))
+    if parent is not None:  # the verdict where the sweep's runs are listed
+        tracking.set_tags(uri, parent.info.run_id, {
+            f"degradation.{c['residual_shortcut'] or 'none'}": c["verdict"] for c in summary["degradation"]})
     log(f"wrote {cfg.out}, {cfg.details}/ ({SUMMARY} and one file per run), {cfg.plots}/")
     return summary
 
@@ -295,21 +302,19 @@ def _evaluate_run(uri: str, info: RunInfo, cfg: EvaluateConfig, data_path: Path,
 def _write_run_files(info: RunInfo, ev: ModelEvaluation, classes: list[str], split: str,
                      history: dict[str, list[tuple[int, float]]], detail_file: Path, run_plots: Path,
                      plots_dir: Path, name: str) -> None:
-    """The run's detail JSON (DVC metrics), PNGs (in ``run_plots``), and its curves and confusion CSVs
-    (DVC plots data, one folder per kind: DVC applies one template to a whole folder)."""
+    """The run's detail JSON (DVC metrics), PNGs (in ``run_plots``), and its confusion CSV (DVC plots
+    data: DVC applies one template to the whole folder)."""
     from resnet_pipeline.evaluation.files import write_csv, write_json_atomic
     from resnet_pipeline.report import plots
 
     write_json_atomic(detail_file, {"run_id": info.run_id, "run_name": info.run_name, "classes": classes,
                                     "split": split, "passes": ev.passes, "layer_responses": ev.responses,
                                     "units": UNITS})
-    steps = sorted({s for k in CURVES for s, _ in history[k]})
-    by_key = {k: dict(history[k]) for k in CURVES}
-    write_csv(plots_dir / "curves" / f"{name}.csv", ["iteration", *CURVES],
-              [[s, *(by_key[k].get(s) for k in CURVES)] for s in steps])
-    # One row per image (DVC's confusion template counts them).
-    write_csv(plots_dir / "confusion" / f"{name}.csv", ["actual", "predicted"],
-              [[classes[a], classes[p]] for a, p in zip(ev.labels, ev.predicted)])
+    # Every (actual, predicted) pair with its count, zeros included: the chart (.dvc/plots/
+    # confusion_counts.json) then has a row and a column for a class the model never predicts.
+    matrix = ev.passes[split]["confusion_matrix"]
+    write_csv(plots_dir / "confusion" / f"{name}.csv", ["actual", "predicted", "count"],
+              [[classes[a], classes[p], matrix[a][p]] for a in range(len(classes)) for p in range(len(classes))])
     title = f"{info.run_name}: {'plain' if info.shortcut == 'plain' else 'ResNet'}-{info.depth} ({info.shortcut})"
     plots.learning_curves(history["train_error"], history["val_error"], run_plots / "learning_curves.png", title,
                           test_error=ev.passes[split]["top1_error"] if split == "test" else None)
@@ -319,18 +324,21 @@ def _write_run_files(info: RunInfo, ev: ModelEvaluation, classes: list[str], spl
 
 def _log_to_run(uri: str, info: RunInfo, ev: ModelEvaluation, history: dict[str, list[tuple[int, float]]],
                 detail_file: Path, run_plots: Path, prep) -> None:
-    """Into the model's MLflow run: eval_* metrics at its final iteration, the files under
-    evaluation/, and the evaluation transform inside its logged model (what `predict` reads)."""
+    """Into the model's MLflow run and onto its logged model: the evaluation's numbers at the final
+    iteration (val/error, test/error, test/10crop_error, ...: one metric per quantity, so the last
+    point of the training's own val/test values is this evaluation's), the files under evaluation/,
+    and the evaluation transform inside its logged model (what `predict` reads)."""
     from resnet_pipeline import tracking
     from resnet_pipeline.evaluation.registry import log_preprocessing
 
     scalars: dict[str, float] = {}
     for key, result in ev.passes.items():
-        scalars[f"eval_{key}_error"] = result["top1_error"]
+        scalars[f"{key}_error"] = result["top1_error"]
         if result["top5_error"] is not None:
-            scalars[f"eval_{key}_top5_error"] = result["top5_error"]
-        scalars[f"eval_{key}_loss"] = result["loss"]
-    tracking.log_metrics(uri, info.run_id, scalars, _final_iteration(history))
+            scalars[f"{key}_top5_error"] = result["top5_error"]
+        scalars[f"{key}_loss"] = result["loss"]
+    tracking.log_metrics(uri, info.run_id, scalars, _final_iteration(history),
+                         model_id=tracking.logged_model_id(uri, info.run_id))
     tracking.log_artifacts(uri, info.run_id, run_plots, "evaluation")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "details.json").write_text(detail_file.read_text())
@@ -368,7 +376,8 @@ def _seed_mean(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]
 
 def _summarize(cfg: EvaluateConfig, rows: list[dict[str, Any]], histories: dict[str, dict[str, list]],
                responses: dict[str, list[dict[str, Any]]], plots_dir: Path, *, sweep: str | None, parent,
-               experiment: str, uri: str, manifest: dict[str, Any], data_path: Path, kind: str, ten_crop: bool,
+               experiment: str, experiment_id: str, uri: str, manifest: dict[str, Any], data_path: Path, kind: str,
+               ten_crop: bool,
                registry: str, skipped: list[dict[str, Any]], env: dict[str, Any]) -> dict[str, Any]:
     from resnet_pipeline import paper, tracking
     from resnet_pipeline.evaluation.compare import comparison_table
@@ -389,6 +398,12 @@ def _summarize(cfg: EvaluateConfig, rows: list[dict[str, Any]], histories: dict[
                 lines6 += [[shortcut, depth, r["seed"], curve, s, v]
                            for s, v in sorted(histories[r["run_id"]][curve])]
     write_csv(plots_dir / "figure6.csv", ["shortcut", "depth", "seed", "curve", "iteration", "error"], lines6)
+    # DVC plots: one chart per quantity with every run overlaid (.dvc/plots/by_run.json colours by
+    # run), only the points each run logged (no blank cells for a chart to draw as zero).
+    for curve in ("train_error", "val_error"):
+        write_csv(plots_dir / f"{curve}.csv", ["run", "iteration", curve],
+                  [[Path(r["detail"]).stem, s, v] for r in rows  # the run's name, made unique
+                   for s, v in sorted(histories[r["run_id"]][curve])])
     title = f"Figure 6 ({manifest['dataset']}): training error (dashed), validation error (bold)"
     plots.figure6(series6, plots_dir / "figure6.png", title)
 
@@ -421,6 +436,7 @@ def _summarize(cfg: EvaluateConfig, rows: list[dict[str, Any]], histories: dict[
         "sweep": sweep,
         "parent_run_id": parent.info.run_id if parent is not None else None,
         "experiment": experiment,
+        "experiment_id": experiment_id,
         "tracking_uri": uri,
         "dataset": manifest["dataset"],
         "data_dir": str(data_path),

@@ -41,7 +41,13 @@ def predict(paths: Sequence[str | Path], model_uri: str, *, tracking_uri: str | 
                           f"({uri}); models from elsewhere are not loaded (a pickled model runs code when loaded)")
     images = read_images(paths)
     with tempfile.TemporaryDirectory() as tmp:
-        local = tracking.download_model(uri, model_uri, tmp)
+        try:
+            local = tracking.download_model(uri, model_uri, tmp)
+        except tracking.TrackingError as exc:
+            have = tracking.registered_aliases(uri)
+            hint = (f"the store has {', '.join(have)}; pass one as --model" if have else
+                    "the store has no registered model yet: run `python cli.py evaluate` first")
+            raise tracking.TrackingError(f"{exc}; {hint}") from None
         if not (local / "data" / "model.pt2").is_file():
             raise ConfigError(f"model {model_uri!r} is not in the pt2 (torch.export) format that training logs; "
                               "refusing to load it (a pickled model runs code when loaded)")

@@ -60,12 +60,24 @@ def _tag_float(tags: Mapping[str, str], key: str) -> float | None:
         return None
 
 
+def _rounded(value: float) -> float:
+    """The precision of a version's error tags (6 significant digits): selection compares at it too,
+    so that a tag and the decision it records never disagree."""
+    return float(f"{value:.6g}")
+
+
+# The version tags: what a reader filters or sorts the registry page on, nothing more (the run holds
+# every metric, the logged model the evaluation's).
+VERSION_TAGS = ("depth", "shortcut", "seed", "sweep", "dataset", "eval_split", "git_commit")
+
+
 def register(uri: str, name: str, run_id: str, metrics: Mapping[str, float | None], tags: Mapping[str, Any],
              classes: list[str] | None = None, dataset: str | None = None) -> RegistryOutcome:
     """Register run ``run_id``'s logged model under ``name`` and move `champion` if it earned it.
 
     ``metrics`` must include ``val_error`` (the selection metric); every value must be finite for
-    the model to be registered. ``tags`` become the version's tags (with the metrics).
+    the model to be registered. The version's tags: `VERSION_TAGS` of ``tags``, and the errors of
+    ``metrics`` (6 significant digits); its description says why it holds the alias or not.
     """
     from resnet_pipeline import tracking
 
@@ -82,26 +94,37 @@ def register(uri: str, name: str, run_id: str, metrics: Mapping[str, float | Non
         model_tags["dataset"] = dataset
     if classes is not None and len(json.dumps(classes)) <= MAX_TAG_VALUE:
         model_tags["classes"] = json.dumps(classes)
-    version_tags = {**{k: str(v) for k, v in tags.items()}, **{k: repr(float(v)) for k, v in metrics.items()},
-                    "run_id": run_id}
+    version_tags = {**{k: str(tags[k])[:12] if k == "git_commit" else str(tags[k]) for k in VERSION_TAGS if k in tags},
+                    **{k: f"{_rounded(float(v)):g}" for k, v in metrics.items()
+                       if k.endswith("_error") and "top5" not in k}}
     version = tracking.register_model_version(
         uri, name, run_id, model_id, version_tags, model_tags,
         description=f"ResNets (He et al. 2015 reproduction) trained on {dataset or 'one dataset'}; "
                     f"@{CHAMPION} is the version with the lowest validation error.")
+    val = _rounded(float(metrics["val_error"]))
     current = tracking.alias_version(uri, name, CHAMPION)
     previous = str(current.version) if current is not None else None
     if current is not None and str(current.version) == str(version.version):
-        return RegistryOutcome(True, name, str(version.version), True, previous, "already the champion")
-    current_val = _tag_float(current.tags, "val_error") if current is not None else None
-    if takes_champion(float(metrics["val_error"]), current_val):
-        tracking.set_alias(uri, name, CHAMPION, version.version)
-        why = ("first version" if current is None else
-               f"validation error {float(metrics['val_error']):.4f} < champion v{previous}'s "
-               f"{current_val if current_val is not None else 'unknown'}")
-        return RegistryOutcome(True, name, str(version.version), True, previous, f"became champion: {why}")
-    return RegistryOutcome(True, name, str(version.version), False, previous,
-                           f"registered; champion stays v{previous} (validation error "
-                           f"{float(metrics['val_error']):.4f} >= {current_val:.4f})")
+        outcome = RegistryOutcome(True, name, str(version.version), True, previous, "already the champion")
+    else:
+        current_val = _tag_float(current.tags, "val_error") if current is not None else None
+        if takes_champion(val, current_val):
+            tracking.set_alias(uri, name, CHAMPION, version.version)
+            why = ("first version" if current is None else
+                   f"validation error {val:.4f} < champion v{previous}'s "
+                   f"{current_val if current_val is not None else 'unknown'}")
+            outcome = RegistryOutcome(True, name, str(version.version), True, previous, f"became champion: {why}")
+        else:
+            outcome = RegistryOutcome(True, name, str(version.version), False, previous,
+                                      f"registered; champion stays v{previous} (validation error "
+                                      f"{val:.4f} >= {current_val:.4f})")
+    net = f"plain-{tags['depth']}" if tags.get("shortcut") == "plain" else f"ResNet-{tags.get('depth')} {tags.get('shortcut')}"
+    tracking.set_version_description(
+        uri, name, version.version,
+        f"{net}, seed {tags.get('seed', '?')}{', sweep ' + str(tags['sweep']) if tags.get('sweep') else ''}: "
+        f"validation error {val:.2%}. At registration: {outcome.reason}. @{CHAMPION} goes to the lowest validation "
+        "error; the test error never selects.")
+    return outcome
 
 
 def log_preprocessing(uri: str, run_id: str, folder: str | Path) -> bool:

@@ -1,6 +1,7 @@
 """Which MLflow runs to evaluate, and their trained models as our own `nn.Module`s.
 
-A run's model is the one it logged (``runs:/<id>/model``, the final weights, pt2 format), i.e. the
+A run's model is the one it logged (``models:/<model id>``, named after its net: the final weights,
+pt2 format), i.e. the
 model that gets registered. Its weights are loaded into a `ResNet` rebuilt from the run's logged
 ``model.*`` params, so that Figure 7's hooks can reach the BN modules; a forward pass of both on
 the same input checks that they are the same function.
@@ -70,7 +71,7 @@ def describe(run) -> RunInfo:
     seed = tags.get("seed", params.get("train.seed", "0"))
     return RunInfo(run_id=run.info.run_id, run_name=run.info.run_name, status=run.info.status, model=model,
                    family=model.resolved_family(), shortcut=model.resolved_shortcut(), seed=int(seed),
-                   git_commit=tags.get("git_commit"), normalize=params.get("data.normalize"), tags=dict(tags),
+                   git_commit=tags.get("mlflow.source.git.commit") or tags.get("git_commit"), normalize=params.get("data.normalize"), tags=dict(tags),
                    aug={k: _param_value(params[f"data.{k}"]) for k in ("crop_size", "eval_resize")
                         if f"data.{k}" in params})
 
@@ -130,9 +131,10 @@ def load_trained_model(uri: str, info: RunInfo, num_classes: int, input_size: in
     from resnet_pipeline import tracking
     from resnet_pipeline.models import build_model
 
-    if tracking.logged_model_id(uri, info.run_id) is None:
-        raise EvaluationError(f"run {info.label()} has no logged model ('model'); it did not finish training")
-    exported = tracking.load_pytorch_model(uri, f"runs:/{info.run_id}/model")
+    model_id = tracking.logged_model_id(uri, info.run_id)
+    if model_id is None:
+        raise EvaluationError(f"run {info.label()} has no logged model; it did not finish training")
+    exported = tracking.load_pytorch_model(uri, f"models:/{model_id}")
     model = build_model(info.model, num_classes=num_classes, input_size=input_size)
     try:
         model.load_state_dict(exported.state_dict(), strict=True)

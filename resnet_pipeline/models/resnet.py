@@ -200,6 +200,11 @@ class ModelConfig:
                              f"{', '.join(map(str, IMAGENET_DEPTHS))}")
 
 
+def net_name(depth: int, shortcut: str) -> str:
+    """A net's short name, for run names and files: ``plain20``, ``resnet56-A``, ``resnet50-B``."""
+    return f"plain{depth}" if shortcut == "plain" else f"resnet{depth}-{shortcut}"
+
+
 def build_model(cfg: ModelConfig, num_classes: int, input_size: int | None = None) -> ResNet:
     """A model from its config. The stem follows the input size when ``cfg.stem`` is auto."""
     cfg.validate()

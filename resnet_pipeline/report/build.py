@@ -95,7 +95,7 @@ def build_report(cfg: EvaluateConfig, *, sweep: str | None = None, params_file: 
         blocks = report_blocks(summary, params_file, details)
         title = f"ResNet reproduction: {name}"
         (tmp / "report.md").write_text(to_markdown(blocks))
-        (tmp / "report.html").write_text(to_html(blocks, title))
+        (tmp / "report.html").write_text(to_html(blocks, title, images_root=tmp))
     log(f"wrote {dest}/report.md and report.html")
     if summary.get("parent_run_id"):
         tracking.log_artifacts(summary["tracking_uri"], summary["parent_run_id"], dest, "report")
@@ -112,7 +112,7 @@ def report_blocks(summary: dict[str, Any], params_file: str | None = None,
     blocks: list[Block] = [
         Heading(1, f"ResNet reproduction: {name}"),
         Paragraph(f"He, Zhang, Ren, Sun, \"Deep Residual Learning for Image Recognition\" (arXiv 1512.03385). "
-                  f"Dataset `{summary['dataset']}` ({summary['data_dir']}), {len(summary['runs'])} evaluated run(s), "
+                  f"Dataset `{summary['dataset']}` ({_repo_relative(summary['data_dir'])}), {len(summary['runs'])} evaluated run(s), "
                   f"errors on the `{summary['split']}` split" + (" with 10-crop testing" if ten_crop else
                                                                  ", single view") +
                   f". Evaluated {summary['environment']['date']}."),
@@ -156,7 +156,13 @@ def _results(summary: dict[str, Any]) -> list[Block]:
                      *([_paper_cell(e, "top5"), _diff(e["diff_top5_error"])] if shown["paper_top5"] else []),
                      _pm(e.get("val_error_mean"), e.get("val_error_std"), n),
                      _pm(e.get("train_error_mean"), e.get("train_error_std"), n), e["paper_note"] or ""])
+    notes = {e["paper_note"] or "" for e in table}
+    if len(notes) == 1:  # the same note on every row: said once, below the table
+        header, rows = header[:-1], [row[:-1] for row in rows]
     blocks.append(Table(header, rows))
+    # (Without a paper benchmark the paragraph above says so already.)
+    if len(notes) == 1 and next(iter(notes)) and summary.get("paper_benchmark"):
+        blocks.append(Paragraph(f"Note: {next(iter(notes))}."))
     complexity = []
     for e in summary["table"]:
         params = sorted({r["params"] for r in summary["runs"]
@@ -164,10 +170,13 @@ def _results(summary: dict[str, Any]) -> list[Block]:
         ref = paper.CIFAR10_PARAMS.get(e["depth"]) if e["family"] == "cifar" else None
         complexity.append([_net(e["shortcut"], e["depth"]), ", ".join(f"{p:,}" for p in params),
                            f"{ref.value / 1e6:g}M ({ref.where})" if ref else "-"])
+    header = ["net", "parameters (ours)", "paper"]
+    if all(row[2] == "-" for row in complexity):  # no paper count for any of these nets
+        header, complexity = header[:2], [row[:2] for row in complexity]
     blocks += [Paragraph("Parameters, counted from the modules (option A adds none, so plain and residual twins "
                          "match; the paper's Table 6 lists CIFAR-10 counts; Table 1's multiply-adds refer to "
                          "224x224 ImageNet inputs):"),
-               Table(["net", "parameters (ours)", "paper"], complexity)]
+               Table(header, complexity)]
     return blocks
 
 
@@ -214,6 +223,23 @@ def _figures(summary: dict[str, Any]) -> list[Block]:
     return blocks
 
 
+# Where `mlflow ui` serves a local store (its default address); a tracking server serves its own UI.
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def ui_base(tracking_uri: str) -> str:
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def _run_link(summary: dict[str, Any], run_id: str) -> str:
+    """The run id, linked to its page in the MLflow UI (when the summary knows its experiment)."""
+    exp = summary.get("experiment_id")
+    if not exp:
+        return f"`{run_id}`"
+    # workflowType: MLflow 3's UI opens on its GenAI pages otherwise (a per-browser setting).
+    return f"[{run_id}]({ui_base(summary['tracking_uri'])}/#/experiments/{exp}/runs/{run_id}?workflowType=machine_learning)"
+
+
 def _runs(summary: dict[str, Any]) -> list[Block]:
     split, compared = summary["split"], summary["compared"]
     top5 = any(r[split]["top5_error"] is not None for r in summary["runs"])  # none for 5 classes or fewer
@@ -222,11 +248,12 @@ def _runs(summary: dict[str, Any]) -> list[Block]:
         header += ["10-crop top-1", *(["10-crop top-5"] if top5 else [])]
     header += ["registry", "git commit"]
     rows = []
+    holder = summary["registry"].get("champion_version")  # after the whole evaluation, not at each registration
     for r in summary["runs"]:
         reg = r["registry"]
-        version = (f"v{reg['version']}" + (" @champion" if reg.get("champion") else "")) if reg.get("registered") \
-            else "not registered"
-        row = [r["run_name"], f"`{r['run_id']}`", str(r["seed"]), _pct(r["val"]["top1_error"]),
+        version = (f"v{reg['version']}" + (" @champion" if str(reg.get("version")) == str(holder) else "")) \
+            if reg.get("registered") else "not registered"
+        row = [r["run_name"], _run_link(summary, r["run_id"]), str(r["seed"]), _pct(r["val"]["top1_error"]),
                _pct(r[split]["top1_error"]), *([_pct(r[split]["top5_error"])] if top5 else [])]
         if compared != split:
             row += [_pct(r[compared]["top1_error"]), *([_pct(r[compared]["top5_error"])] if top5 else [])]
@@ -289,8 +316,21 @@ def _environment(summary: dict[str, Any]) -> list[Block]:
     return [Heading(2, "Environment"), Bullets(items)]
 
 
+def _repo_relative(path: str) -> str:
+    from resnet_pipeline.config import PROJECT_ROOT
+
+    try:
+        return Path(path).resolve().relative_to(PROJECT_ROOT.resolve()).as_posix()
+    except ValueError:
+        return path
+
+
 def _reproduce(summary: dict[str, Any], params_file: str | None) -> list[Block]:
+    params_file = _repo_relative(params_file) if params_file else None
     p = f" --params {params_file}" if params_file else ""
+    # The pipeline beside its params file: pipelines/demo/params.yaml -> pipelines/demo/dvc.yaml.
+    dvc_file = (Path(params_file).parent / "dvc.yaml").as_posix() if params_file else "dvc.yaml"
+    repro = "dvc repro" if dvc_file == "dvc.yaml" else f"dvc repro {dvc_file}"
     sweep = summary.get("sweep")
     if sweep:
         commands = [f"python cli.py prepare{p}", f"python cli.py sweep{p} --name {sweep}",
@@ -301,5 +341,5 @@ def _reproduce(summary: dict[str, Any], params_file: str | None) -> list[Block]:
                     f"python cli.py evaluate{p} {runs}", f"python cli.py report{p}"]
     return [Heading(2, "How to reproduce"),
             Paragraph("From the repository root at the git commit above, with the same MLflow store "
-                      "(MLFLOW_TRACKING_URI); `dvc repro` runs the same stages from dvc.yaml:"),
+                      f"(MLFLOW_TRACKING_URI); `{repro}` runs the same stages from `{dvc_file}`:"),
             Code("\n".join(commands))]

@@ -1,15 +1,18 @@
 """A tiny document model rendered to Markdown and to HTML.
 
 The report is built once as blocks (headings, paragraphs, tables, images, code, lists) and
-written in both formats, so no Markdown parser is needed. Inline text supports `code` spans and
-**bold** only.
+written in both formats, so no Markdown parser is needed. Inline text supports `code` spans,
+**bold** and [text](http://...) links. The HTML embeds its images, so that it reads alone (in
+MLflow's artifact viewer, where relative files do not load).
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence, Union
 
 
@@ -77,7 +80,9 @@ def to_markdown(blocks: Sequence[Block]) -> str:
 
 
 def _bold(escaped: str) -> str:
-    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+    """**bold** and [text](http://...) links, in already escaped text."""
+    linked = re.sub(r"\[([^\]]+)\]\((https?://[^)\s]+)\)", r'<a href="\2">\1</a>', escaped)
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", linked)
 
 
 def _inline(text: str) -> str:
@@ -99,7 +104,13 @@ img { max-width: 100%; }
 """
 
 
-def to_html(blocks: Sequence[Block], title: str) -> str:
+def _data_uri(path: Path) -> str:
+    kind = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg"}.get(path.suffix.lower(), "image/png")
+    return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def to_html(blocks: Sequence[Block], title: str, images_root: Path | None = None) -> str:
+    """``images_root``: the folder the images' paths are relative to; they are then embedded."""
     body: list[str] = []
     for b in blocks:
         if isinstance(b, Heading):
@@ -112,7 +123,8 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
             rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in b.rows)
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif isinstance(b, Image):
-            src, alt = html.escape(b.path, quote=True), html.escape(b.alt, quote=True)
+            src = _data_uri(images_root / b.path) if images_root is not None else html.escape(b.path, quote=True)
+            alt = html.escape(b.alt, quote=True)
             body.append(f'<p><img src="{src}" alt="{alt}"></p>')
         elif isinstance(b, Code):
             body.append(f"<pre><code>{html.escape(b.text.rstrip())}</code></pre>")

@@ -368,7 +368,7 @@ def _overhead_sweep(data: Path, launcher: str, trials: int, train: TrainConfig, 
             run_start, run_end = run.info.start_time / 1000, run.info.end_time / 1000
             first = min(tracking.metric_timestamps(uri, rid, "train_loss"))[1]
             test = max(tracking.metric_timestamps(uri, rid, "test_error"))[1]
-            final = max(tracking.metric_timestamps(uri, rid, "final_test_error"))[1]
+            final = max(tracking.metric_timestamps(uri, rid, "test_error"))[1]
             ips = tracking.metric_history(uri, rid, "images_per_s")[0][1]
             steps = train.iterations * train.batch_size / ips
             row = {"launcher": launcher, "run_name": run.info.run_name, "status": run.info.status,

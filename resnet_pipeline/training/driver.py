@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from resnet_pipeline.config import PROJECT_ROOT, ConfigError
-from resnet_pipeline.models import ModelConfig
+from resnet_pipeline.models import ModelConfig, net_name
 from resnet_pipeline.training.config import TrainConfig
 from resnet_pipeline.training.checkpoint import (CheckpointError, CheckpointManager, credentials_in, display, is_uri, join,
                                                  open_store)
@@ -80,25 +80,40 @@ def check_resumable(checkpoints: str | Path, train_cfg: TrainConfig, model_cfg: 
 
 
 def default_run_name(model_cfg: ModelConfig, seed: int) -> str:
+    """``resnet20-A-s0-20261207-120000``: what tells runs apart first, so that truncated names differ."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{model_cfg.resolved_family()}{model_cfg.depth}-{model_cfg.resolved_shortcut()}-seed{seed}-{stamp}"
+    return f"{net_name(model_cfg.depth, model_cfg.resolved_shortcut())}-s{seed}-{stamp}"
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return _git("rev-parse", "HEAD") or "unknown"
+
+
+# The tag that holds a run's git commit: MLflow's own, which its UI shows in the runs table.
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
 
 
 def environment_tags(workers: int) -> dict[str, str]:
+    """Where a run ran: MLflow's standard source tags (git commit, user, entry point) that the UI
+    shows in its columns, whether the work tree had uncommitted changes, world size, devices, versions."""
+    import getpass
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
     import torch
 
-    tags = {"git_commit": git_commit(), "world_size": str(workers), "python": platform.python_version(),
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    tags = {GIT_COMMIT_TAG: git_commit(), "git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+            "mlflow.user": getpass.getuser(), "mlflow.source.name": "cli.py", "mlflow.source.type": "LOCAL",
+            "world_size": str(workers), "python": platform.python_version(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"}
     for pkg in ("torch", "torchvision", "ray", "mlflow", "nvidia-dali-cuda130", "dvc"):
         try:
@@ -187,6 +202,30 @@ def check_data_dir(data_dir: str | Path) -> Path:
     return path
 
 
+# `data` keys that only ImageNet-kind data uses: left out of a CIFAR-kind run's params.
+IMAGENET_ONLY = ("crop_size", "resize_range", "eval_resize", "color_aug")
+
+
+def _relative(path: str | Path) -> str:
+    """A folder in the project as a path relative to it (what a reader of the run can use in a clone);
+    elsewhere, as it is."""
+    if is_uri(path):
+        return display(path)
+    try:
+        return Path(path).resolve().relative_to(PROJECT_ROOT.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def run_description(model_cfg: ModelConfig, train_cfg: TrainConfig, spec, data_path: Path) -> str:
+    """The run page's description: what was trained, on what, how long."""
+    shortcut = model_cfg.resolved_shortcut()
+    net = f"plain-{model_cfg.depth}" if shortcut == "plain" else f"ResNet-{model_cfg.depth} (option {shortcut})"
+    return (f"{net}, seed {train_cfg.seed}, on {data_path.name} ({spec.num_classes} classes, {spec.kind} kind): "
+            f"{train_cfg.iterations:,} iterations at batch {train_cfg.batch_size}, lr {train_cfg.lr:g} divided by "
+            f"{1 / train_cfg.lr_decay:g} at {', '.join(f'{m:,}' for m in train_cfg.milestones) or 'no milestone'}.")
+
+
 def resolve_storage(storage_path: str) -> str | Path:
     """``train.storage_path`` made absolute here, on the driver (Ray workers change directory); an
     object-store URI is checked by writing and deleting a small object, before anything starts."""
@@ -219,7 +258,8 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
           launcher: str = "auto",
           tracking_uri: str | None = None, snapshot: dict[str, Any] | None = None,
           parent_run_id: str | None = None, callbacks: list | None = None,
-          on_report: Callable[[dict[str, float]], None] | None = None, gpu_share: float = 1.0) -> dict[str, Any]:
+          on_report: Callable[[dict[str, float]], None] | None = None, gpu_share: float = 1.0,
+          extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train one model. Returns a summary dict (run id, name, metrics, checkpoint folder).
 
     ``launcher``: "ray" (a Ray Train worker group; ``callbacks`` are its RunConfig callbacks),
@@ -228,7 +268,8 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
 
     ``aug``: ImageNet-kind geometry (`DataConfig.aug`: crop_size, resize_range, eval_resize,
     color_aug); None keeps the loader's defaults. ``gpu_share``: the part of a GPU this run has (a sweep's
-    fractional GPUs per trial), which scales its DALI threads (`loader_threads`)."""
+    fractional GPUs per trial), which scales its DALI threads (`loader_threads`). ``extra_tags``: more run
+    tags (a sweep's trial: the sweep's name and configuration digest)."""
     from resnet_pipeline import tracking
 
     train_cfg.validate()
@@ -269,20 +310,27 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
     # Logged and printed without the credentials a storage URI may carry; the workers get it whole.
     shown = {**dataclasses.asdict(train_cfg), "run_name": run_name, "storage_path": display(train_cfg.storage_path)}
     snapshot.update(train=shown, model=dataclasses.asdict(model_cfg))
+    if "data" in snapshot:  # only the data settings that shape this run
+        snapshot["data"] = {k: v for k, v in snapshot["data"].items()
+                            if not (spec.kind == "cifar" and k in IMAGENET_ONLY)
+                            and not (k.startswith("demo_") and snapshot["data"].get("dataset") != "demo")}
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     from resnet_pipeline.data import dataset_fingerprint
 
     tags = {**environment_tags(train_cfg.workers), "depth": str(model_cfg.depth),
             "shortcut": model_cfg.resolved_shortcut(), "family": model_cfg.resolved_family(),
-            "seed": str(train_cfg.seed), "run_dir": display(run_dir),
+            "seed": str(train_cfg.seed), "run_dir": _relative(run_dir),
             # What it trained on, so that evaluation finds the same data (and refuses other data).
-            DATA_DIR_TAG: str(data_path), DATA_FINGERPRINT_TAG: dataset_fingerprint(data_path)}
+            DATA_DIR_TAG: str(data_path), DATA_FINGERPRINT_TAG: dataset_fingerprint(data_path),
+            "mlflow.note.content": run_description(model_cfg, train_cfg, spec, data_path), **(extra_tags or {})}
     run_id, previous = tracking.start_run(uri, train_cfg.experiment, run_name, snapshot, tags, parent_run_id)
+    if previous is None:
+        tracking.log_dataset(uri, run_id, data_path.name, tags[DATA_FINGERPRINT_TAG], str(data_path))
     summary = {"run_id": run_id, "run_name": run_name, "run_dir": display(run_dir), "tracking_uri": uri}
     if previous == tracking.FINISHED:
         print(f"run '{run_name}' already finished (MLflow run {run_id}); nothing to do")
-        metrics = tracking.get_run(uri, run_id).data.metrics
+        metrics = tracking.run_metrics(tracking.get_run(uri, run_id))
         return {**summary, "metrics": metrics, "resumed": False}
     print(f"{'resuming' if previous else 'starting'} run '{run_name}' (MLflow run {run_id}, {uri})")
     print("resolved config: " + ", ".join(f"{k}={v}" for k, v in shown.items() if k != "run_name"))
@@ -307,5 +355,5 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
         raise
     finally:
         tracking.end_run(uri, run_id, status)
-    metrics = tracking.get_run(uri, run_id).data.metrics
+    metrics = tracking.run_metrics(tracking.get_run(uri, run_id))
     return {**summary, "metrics": metrics, "resumed": previous is not None}

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from resnet_pipeline.models import ModelConfig
+from resnet_pipeline.models import ModelConfig, net_name
 from resnet_pipeline.training.config import TrainConfig
 from resnet_pipeline.training.loop import DataSource, FitResult, fit, resolve_device
 
@@ -86,8 +86,10 @@ def run_worker(config: dict[str, Any], rank: int = 0, world_size: int = 1, devic
         model = result.model.float().cpu()
         size = model_input_size(src)
         example = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
-        tracking.log_model(uri, run_id, model, example)
-        tracking.log_metrics(uri, run_id, {f"final_{k}": v for k, v in result.metrics.items()}, result.iteration)
+        tracking.log_model(uri, run_id, model, example, name=net_name(model_cfg.depth, model_cfg.resolved_shortcut()))
+        # The rest of the final metrics were logged at the last step already: one metric per quantity.
+        if "best_val_error" in result.metrics:
+            tracking.log_metrics(uri, run_id, {"best_val_error": result.metrics["best_val_error"]}, result.iteration)
     return result
 
 
