@@ -465,7 +465,7 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
                 elif r.info.status == tracking.RUNNING:
                     tracking.end_run(uri, r.info.run_id, tracking.FAILED)
         summary = summarize(uri, parent_id, sweep, digest, trials, model_cfg, num_classes, input_size)
-        _log_to_parent(uri, parent_id, summary)
+        _log_to_parent(uri, parent_id, summary, train.iterations)
         out = write_summary(summary, Path(sweep.out))
         tracking.log_artifacts(uri, parent_id, out, "summary")
         for name, e in errors.items():
@@ -521,10 +521,11 @@ def summarize(uri: str, parent_id: str, sweep: SweepConfig, digest: str, trials:
             "aggregate": aggregate(rows)}
 
 
-def _log_to_parent(uri: str, parent_id: str, summary: dict[str, Any]) -> None:
+def _log_to_parent(uri: str, parent_id: str, summary: dict[str, Any], step: int) -> None:
     """The sweep's headline on its parent run, so that the collapsed runs table and the charts show
     it: the best finished trial by validation error (the test error never selects), its val and test
-    error, and how many trials finished."""
+    error, and how many trials finished; at ``step``, the trials' last iteration, where the charts draw
+    the trials' own final values."""
     from resnet_pipeline import tracking
 
     done = [r for r in summary["trials"] if r["status"] == tracking.FINISHED and r.get("val_error") is not None]
@@ -534,7 +535,7 @@ def _log_to_parent(uri: str, parent_id: str, summary: dict[str, Any]) -> None:
         metrics.update(val_error=best["val_error"], **({"test_error": best["test_error"]}
                                                        if best.get("test_error") is not None else {}))
         tracking.set_tags(uri, parent_id, {"best_trial": f"{net_name(best['depth'], best['shortcut'])}-s{best['seed']}"})
-    tracking.log_metrics(uri, parent_id, metrics, 0)
+    tracking.log_metrics(uri, parent_id, metrics, step)
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:

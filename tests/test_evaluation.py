@@ -376,9 +376,9 @@ def test_champion_is_the_lowest_validation_error(evaluated: dict) -> None:
     first_best = next(r for r in s["runs"] if r["val"]["top1_error"] == best)  # a tie keeps the first
     assert champion.run_id == first_best["run_id"] == s["registry"]["champion_run_id"]
     # A few rounded, clearly named tags; the version says why it is the champion.
-    assert set(champion.tags) == {"depth", "shortcut", "seed", "sweep", "dataset", "eval_split", "git_commit",
-                                  "val_error", "test_error"}, champion.tags
+    assert set(champion.tags) == {"depth", "shortcut", "seed", "val_error", "test_error"}, champion.tags
     assert len(champion.tags["val_error"]) <= 8 and "became champion: first version" in champion.description
+    assert f"sweep {SWEEP}" in champion.description and "test error" in champion.description
     others = [v for v in versions if v.version != champion.version]
     assert all("champion stays" in client.get_model_version(REGISTRY, v.version).description for v in others)
     # Registered through the logged model: its page links the version ("Registered").
@@ -428,6 +428,11 @@ def test_champion_loads_and_predicts_a_jpeg(evaluated: dict, tmp_path: Path, mon
     probs = [t["probability"] for t in r["top"]]
     assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-5)
     assert {t["class"] for t in r["top"]} == {"class0", "class1", "class2", "class3"}
+    # A registered name that the store does not have: the error lists the aliases it has.
+    from resnet_pipeline.tracking import TrackingError
+
+    with pytest.raises(TrackingError, match=rf"the store has .*models:/{REGISTRY}@champion.*; pass one as --model"):
+        predict([jpeg], "models:/resnet-cifar10@champion", tracking_uri=uri)
 
     # A dataset image gets exactly the probabilities the evaluation computed for it.
     from resnet_pipeline.data import make_loader

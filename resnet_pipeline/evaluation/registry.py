@@ -66,9 +66,10 @@ def _rounded(value: float) -> float:
     return float(f"{value:.6g}")
 
 
-# The version tags: what a reader filters or sorts the registry page on, nothing more (the run holds
-# every metric, the logged model the evaluation's).
-VERSION_TAGS = ("depth", "shortcut", "seed", "sweep", "dataset", "eval_split", "git_commit")
+# The version tags: what a reader compares versions by, and nothing more (the version page of MLflow
+# 3.17's UI lists the first five tags by name). The sweep, split and commit are in the description;
+# the run holds every metric, the logged model the evaluation's.
+VERSION_TAGS = ("depth", "shortcut", "seed")
 
 
 def register(uri: str, name: str, run_id: str, metrics: Mapping[str, float | None], tags: Mapping[str, Any],
@@ -94,7 +95,7 @@ def register(uri: str, name: str, run_id: str, metrics: Mapping[str, float | Non
         model_tags["dataset"] = dataset
     if classes is not None and len(json.dumps(classes)) <= MAX_TAG_VALUE:
         model_tags["classes"] = json.dumps(classes)
-    version_tags = {**{k: str(tags[k])[:12] if k == "git_commit" else str(tags[k]) for k in VERSION_TAGS if k in tags},
+    version_tags = {**{k: str(tags[k]) for k in VERSION_TAGS if k in tags},
                     **{k: f"{_rounded(float(v)):g}" for k, v in metrics.items()
                        if k.endswith("_error") and "top5" not in k}}
     version = tracking.register_model_version(
@@ -121,9 +122,11 @@ def register(uri: str, name: str, run_id: str, metrics: Mapping[str, float | Non
     net = f"plain-{tags['depth']}" if tags.get("shortcut") == "plain" else f"ResNet-{tags.get('depth')} {tags.get('shortcut')}"
     tracking.set_version_description(
         uri, name, version.version,
-        f"{net}, seed {tags.get('seed', '?')}{', sweep ' + str(tags['sweep']) if tags.get('sweep') else ''}: "
-        f"validation error {val:.2%}. At registration: {outcome.reason}. @{CHAMPION} goes to the lowest validation "
-        "error; the test error never selects.")
+        f"{net}, seed {tags.get('seed', '?')}{', sweep ' + str(tags['sweep']) if tags.get('sweep') else ''}"
+        f"{', git commit ' + str(tags['git_commit'])[:12] if tags.get('git_commit') else ''}: validation error "
+        f"{val:.2%}{''.join(f', {k[:-6]} error {float(v):.2%}' for k, v in metrics.items() if k.endswith('_error') and k != 'val_error' and 'top5' not in k)}. "
+        f"At registration: {outcome.reason}. @{CHAMPION} goes to the lowest validation error; the test error "
+        "never selects.")
     return outcome
 
 
