@@ -67,7 +67,8 @@ def _rounded(value: float) -> float:
 
 
 # The version tags: what a reader compares versions by, and nothing more (the version page of MLflow
-# 3.17's UI lists the first five tags by name). The sweep, split and commit are in the description;
+# 3.17's UI shows five tag rows at a time, the rest out of sight in a scrolled box). The sweep, split
+# and commit are in the description;
 # the run holds every metric, the logged model the evaluation's.
 VERSION_TAGS = ("depth", "shortcut", "seed")
 
