@@ -124,3 +124,32 @@ def test_cifar10_short_pipeline_structure(demo_repo: Path) -> None:
     assert check["basis"] == "second_half" and "second half of the run" in check["answer"]
     assert (demo_repo / "plots/cifar10-short/evaluation/figure6.png").is_file()
     assert (demo_repo / "reports/cifar10-short/report.md").is_file()
+
+
+@pytest.mark.parametrize("pipeline", ["dvc.yaml", "pipelines/demo/dvc.yaml", "pipelines/imagenet/dvc.yaml",
+                                      "pipelines/cifar10-short/dvc.yaml"])
+def test_the_sweep_stage_declares_the_folder_its_checkpoints_go_to(pipeline: str) -> None:
+    """The sweep stage's persisted out is where the trials write: `train.storage_path: auto` (the
+    root params) is the CLI's to resolve, not DVC's, so a stage must not declare the literal `auto`
+    but the folder it resolves to, or pass that folder to the command."""
+    import re
+
+    import yaml
+
+    from resnet_pipeline.config import PROJECT_ROOT
+    from resnet_pipeline.training.config import TrainConfig
+
+    path = PROJECT_ROOT / pipeline
+    params = yaml.safe_load((path.parent / "params.yaml").read_text())
+    stage = yaml.safe_load(path.read_text())["stages"]["sweep"]
+
+    def resolve(text: str) -> str:
+        return re.sub(r"\$\{(\w+)\.(\w+)\}", lambda m: str(params[m[1]][m[2]]), text)
+
+    persisted = [resolve(next(iter(o))) for o in stage["outs"] if isinstance(o, dict)
+                 and next(iter(o.values())).get("persist")]
+    cmd = resolve(stage["cmd"])
+    flag = re.search(r"--storage-path (\S+)", cmd)
+    train = TrainConfig(storage_path=flag[1] if flag else params["train"]["storage_path"])
+    expected = train.for_data(params["data"]["out"]).storage_path  # relative to the stage's wdir (the root)
+    assert persisted == [expected] and "auto" not in persisted, (persisted, expected)
