@@ -9,6 +9,8 @@ and pinned memory when a GPU is present.
 
 from __future__ import annotations
 
+import gc
+
 import math
 from typing import Any, Iterator
 
@@ -162,7 +164,17 @@ class TorchLoader(SpecLoader):
         if self.spec.train and self.position >= len(self):
             self.epoch, self.position = self.epoch + 1, 0
         self._sampler.epoch, self._sampler.start = self.epoch, self.position
-        for batch in self._loader:
+        # iter() forks the workers (once: they persist). Frozen, the objects this process holds then
+        # are never collected in a worker: a worker that collected this process's garbage would run
+        # its finalizers there, and a DALI pipeline's (left by an earlier run in this process) waits
+        # for threads that a fork does not copy: the worker hung, and the training with it. The
+        # gc.freeze recipe of CPython's docs, for fork without exec.
+        gc.freeze()
+        try:
+            batches = iter(self._loader)
+        finally:
+            gc.unfreeze()
+        for batch in batches:
             self.position += 1
             yield batch
         if not self.spec.train:
