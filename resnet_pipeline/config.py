@@ -15,6 +15,15 @@ from typing import Any, Mapping, TypeVar
 T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def project_relative(path: str | Path) -> str:
+    """``path`` relative to the project when it is inside it (what a reader can use in a clone);
+    elsewhere, as it is."""
+    try:
+        return Path(path).resolve().relative_to(PROJECT_ROOT.resolve()).as_posix()
+    except ValueError:
+        return str(path)
 # params.yaml in the folder the command runs in (as DVC reads it), else the project's.
 DEFAULT_PARAMS = Path("params.yaml")
 SECTIONS = ("data", "model", "train", "sweep", "evaluate")

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from resnet_pipeline.config import ConfigError, check_name
 from resnet_pipeline.data.config import DataConfig, DataError
-from resnet_pipeline.models import SHORTCUTS, ModelConfig, infer_family, net_name
+from resnet_pipeline.models import SHORTCUTS, ModelConfig, infer_family, trial_name
 from resnet_pipeline.training.config import TrainConfig
 from resnet_pipeline.training.ray_launch import TRIAL_CPUS
 
@@ -126,7 +126,7 @@ class Trial:
     def run_name(self) -> str:
         """``resnet56-A-s0``, ``plain20-s1``: unique under the sweep's parent run, where the sweep's name
         and configuration digest are (tags); the checkpoints go under ``<storage>/<sweep>-<digest>/``."""
-        return f"{net_name(self.depth, self.shortcut)}-s{self.seed}"
+        return trial_name(self.depth, self.shortcut, self.seed)
 
 
 # The tag of a trial's run that ASHA stopped before the end (the run is KILLED).
@@ -534,7 +534,7 @@ def _log_to_parent(uri: str, parent_id: str, summary: dict[str, Any], step: int)
         best = min(done, key=lambda r: r["val_error"])
         metrics.update(val_error=best["val_error"], **({"test_error": best["test_error"]}
                                                        if best.get("test_error") is not None else {}))
-        tracking.set_tags(uri, parent_id, {"best_trial": f"{net_name(best['depth'], best['shortcut'])}-s{best['seed']}"})
+        tracking.set_tags(uri, parent_id, {"best_trial": trial_name(best["depth"], best["shortcut"], best["seed"])})
     tracking.log_metrics(uri, parent_id, metrics, step)
 
 

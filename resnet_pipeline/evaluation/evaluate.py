@@ -331,13 +331,7 @@ def _log_to_run(uri: str, info: RunInfo, ev: ModelEvaluation, history: dict[str,
     from resnet_pipeline import tracking
     from resnet_pipeline.evaluation.registry import log_preprocessing
 
-    scalars: dict[str, float] = {}
-    for key, result in ev.passes.items():
-        scalars[f"{key}_error"] = result["top1_error"]
-        if result["top5_error"] is not None:
-            scalars[f"{key}_top5_error"] = result["top5_error"]
-        scalars[f"{key}_loss"] = result["loss"]
-    tracking.log_metrics(uri, info.run_id, scalars, _final_iteration(history),
+    tracking.log_metrics(uri, info.run_id, _scalars(ev, ev.passes), _final_iteration(history),
                          model_id=tracking.logged_model_id(uri, info.run_id))
     tracking.log_artifacts(uri, info.run_id, run_plots, "evaluation")
     with tempfile.TemporaryDirectory() as tmp:
@@ -348,17 +342,24 @@ def _log_to_run(uri: str, info: RunInfo, ev: ModelEvaluation, history: dict[str,
         log_preprocessing(uri, info.run_id, tmp)
 
 
+def _scalars(ev: ModelEvaluation, passes) -> dict[str, float]:
+    """``<pass>_error``, ``<pass>_top5_error`` (above 5 classes) and ``<pass>_loss`` of the named passes."""
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(passes):
+        result = ev.passes[key]
+        out[f"{key}_error"] = result["top1_error"]
+        if result["top5_error"] is not None:  # none for 5 classes or fewer
+            out[f"{key}_top5_error"] = result["top5_error"]
+        out[f"{key}_loss"] = result["loss"]
+    return out
+
+
 def _register(uri: str, registry: str, info: RunInfo, ev: ModelEvaluation, split: str, compared: str,
               sweep: str | None, dataset: str, classes: list[str]) -> dict[str, Any]:
     """Register the run's model; the validation metrics select, the others are tags only."""
     from resnet_pipeline.evaluation.registry import register
 
-    metrics: dict[str, float] = {}
-    for key in dict.fromkeys(("val", split, compared)):
-        metrics[f"{key}_error"] = ev.passes[key]["top1_error"]
-        if ev.passes[key]["top5_error"] is not None:  # none for 5 classes or fewer
-            metrics[f"{key}_top5_error"] = ev.passes[key]["top5_error"]
-        metrics[f"{key}_loss"] = ev.passes[key]["loss"]
+    metrics = _scalars(ev, ("val", split, compared))
     tags = {"depth": info.depth, "shortcut": info.shortcut, "variant": info.model.variant, "family": info.family,
             "seed": info.seed, "run_name": info.run_name, "git_commit": info.git_commit or "unknown",
             "sweep": sweep or "", "dataset": dataset, "eval_split": split}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from resnet_pipeline.evaluation.config import CHAMPION
+from resnet_pipeline.models import net_label
 
 # MLflow's limit on a registered-model tag value; longer class lists live only in preprocessing.json.
 MAX_TAG_VALUE = 5000
@@ -120,14 +121,17 @@ def register(uri: str, name: str, run_id: str, metrics: Mapping[str, float | Non
             outcome = RegistryOutcome(True, name, str(version.version), False, previous,
                                       f"registered; champion stays v{previous} (validation error "
                                       f"{val:.4f} >= {current_val:.4f})")
-    net = f"plain-{tags['depth']}" if tags.get("shortcut") == "plain" else f"ResNet-{tags.get('depth')} {tags.get('shortcut')}"
+    about = [net_label(tags["depth"], tags["shortcut"]) if "depth" in tags else "a ResNet", f"seed {tags.get('seed', '?')}"]
+    if tags.get("sweep"):
+        about.append(f"sweep {tags['sweep']}")
+    if tags.get("git_commit"):
+        about.append(f"git commit {str(tags['git_commit'])[:12]}")
+    errors = [f"{k.removesuffix('_error').replace('_', ' ')} error {float(v):.2%}"
+              for k, v in metrics.items() if k.endswith("_error") and "top5" not in k]
     tracking.set_version_description(
         uri, name, version.version,
-        f"{net}, seed {tags.get('seed', '?')}{', sweep ' + str(tags['sweep']) if tags.get('sweep') else ''}"
-        f"{', git commit ' + str(tags['git_commit'])[:12] if tags.get('git_commit') else ''}: validation error "
-        f"{val:.2%}{''.join(f', {k[:-6]} error {float(v):.2%}' for k, v in metrics.items() if k.endswith('_error') and k != 'val_error' and 'top5' not in k)}. "
-        f"At registration: {outcome.reason}. @{CHAMPION} goes to the lowest validation error; the test error "
-        "never selects.")
+        f"{', '.join(about)}: {', '.join(errors)}. At registration: {outcome.reason}. @{CHAMPION} goes to the "
+        "lowest validation error; the test error never selects.")
     return outcome
 
 

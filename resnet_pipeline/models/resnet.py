@@ -205,6 +205,16 @@ def net_name(depth: int, shortcut: str) -> str:
     return f"plain{depth}" if shortcut == "plain" else f"resnet{depth}-{shortcut}"
 
 
+def net_label(depth: int, shortcut: str) -> str:
+    """A net as the paper writes it, for text: ``plain-20``, ``ResNet-56 A``."""
+    return f"plain-{depth}" if shortcut == "plain" else f"ResNet-{depth} {shortcut}"
+
+
+def trial_name(depth: int, shortcut: str, seed: int) -> str:
+    """A training run of a sweep: ``resnet56-A-s0``, ``plain20-s1``."""
+    return f"{net_name(depth, shortcut)}-s{seed}"
+
+
 def build_model(cfg: ModelConfig, num_classes: int, input_size: int | None = None) -> ResNet:
     """A model from its config. The stem follows the input size when ``cfg.stem`` is auto."""
     cfg.validate()

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from resnet_pipeline import paper
-from resnet_pipeline.config import ConfigError
+from resnet_pipeline.config import ConfigError, project_relative
+from resnet_pipeline.models import net_label
 from resnet_pipeline.evaluation.config import SUMMARY, EvaluateConfig
 from resnet_pipeline.report.document import (Block, Bullets, Code, Heading, Image, Paragraph, Table, to_html,
                                              to_markdown)
@@ -45,7 +46,7 @@ def _paper_cell(entry: dict[str, Any], metric: str) -> str:
 
 
 def _net(shortcut: str, depth: int) -> str:
-    return f"plain-{depth}" if shortcut == "plain" else f"ResNet-{depth} {shortcut}"
+    return net_label(depth, shortcut)
 
 
 def load_summary(cfg: EvaluateConfig, sweep: str | None) -> dict[str, Any]:
@@ -112,7 +113,7 @@ def report_blocks(summary: dict[str, Any], params_file: str | None = None,
     blocks: list[Block] = [
         Heading(1, f"ResNet reproduction: {name}"),
         Paragraph(f"He, Zhang, Ren, Sun, \"Deep Residual Learning for Image Recognition\" (arXiv 1512.03385). "
-                  f"Dataset `{summary['dataset']}` ({_repo_relative(summary['data_dir'])}), {len(summary['runs'])} evaluated run(s), "
+                  f"Dataset `{summary['dataset']}` ({project_relative(summary['data_dir'])}), {len(summary['runs'])} evaluated run(s), "
                   f"errors on the `{summary['split']}` split" + (" with 10-crop testing" if ten_crop else
                                                                  ", single view") +
                   f". Evaluated {summary['environment']['date']}."),
@@ -316,17 +317,8 @@ def _environment(summary: dict[str, Any]) -> list[Block]:
     return [Heading(2, "Environment"), Bullets(items)]
 
 
-def _repo_relative(path: str) -> str:
-    from resnet_pipeline.config import PROJECT_ROOT
-
-    try:
-        return Path(path).resolve().relative_to(PROJECT_ROOT.resolve()).as_posix()
-    except ValueError:
-        return path
-
-
 def _reproduce(summary: dict[str, Any], params_file: str | None) -> list[Block]:
-    params_file = _repo_relative(params_file) if params_file else None
+    params_file = project_relative(params_file) if params_file else None
     p = f" --params {params_file}" if params_file else ""
     # The pipeline beside its params file: pipelines/demo/params.yaml -> pipelines/demo/dvc.yaml.
     dvc_file = (Path(params_file).parent / "dvc.yaml").as_posix() if params_file else "dvc.yaml"

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from resnet_pipeline.config import PROJECT_ROOT, ConfigError
-from resnet_pipeline.models import ModelConfig, net_name
+from resnet_pipeline.config import PROJECT_ROOT, ConfigError, project_relative
+from resnet_pipeline.models import ModelConfig, net_label, trial_name
 from resnet_pipeline.training.config import TrainConfig
 from resnet_pipeline.training.checkpoint import (CheckpointError, CheckpointManager, credentials_in, display, is_uri, join,
                                                  open_store)
@@ -82,7 +82,7 @@ def check_resumable(checkpoints: str | Path, train_cfg: TrainConfig, model_cfg: 
 def default_run_name(model_cfg: ModelConfig, seed: int) -> str:
     """``resnet20-A-s0-20261207-120000``: what tells runs apart first, so that truncated names differ."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{net_name(model_cfg.depth, model_cfg.resolved_shortcut())}-s{seed}-{stamp}"
+    return f"{trial_name(model_cfg.depth, model_cfg.resolved_shortcut(), seed)}-{stamp}"
 
 
 def _git(*args: str) -> str | None:
@@ -206,22 +206,9 @@ def check_data_dir(data_dir: str | Path) -> Path:
 IMAGENET_ONLY = ("crop_size", "resize_range", "eval_resize", "color_aug")
 
 
-def _relative(path: str | Path) -> str:
-    """A folder in the project as a path relative to it (what a reader of the run can use in a clone);
-    elsewhere, as it is."""
-    if is_uri(path):
-        return display(path)
-    try:
-        return Path(path).resolve().relative_to(PROJECT_ROOT.resolve()).as_posix()
-    except ValueError:
-        return str(path)
-
-
 def run_description(model_cfg: ModelConfig, train_cfg: TrainConfig, spec, data_path: Path) -> str:
     """The run page's description: what was trained, on what, how long."""
-    shortcut = model_cfg.resolved_shortcut()
-    net = f"plain-{model_cfg.depth}" if shortcut == "plain" else f"ResNet-{model_cfg.depth} (option {shortcut})"
-    return (f"{net}, seed {train_cfg.seed}, on {data_path.name} ({spec.num_classes} classes, {spec.kind} kind): "
+    return (f"{net_label(model_cfg.depth, model_cfg.resolved_shortcut())}, seed {train_cfg.seed}, on {data_path.name} ({spec.num_classes} classes, {spec.kind} kind): "
             f"{train_cfg.iterations:,} iterations at batch {train_cfg.batch_size}, lr {train_cfg.lr:g} divided by "
             f"{1 / train_cfg.lr_decay:g} at {', '.join(f'{m:,}' for m in train_cfg.milestones) or 'no milestone'}.")
 
@@ -320,7 +307,7 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
 
     tags = {**environment_tags(train_cfg.workers), "depth": str(model_cfg.depth),
             "shortcut": model_cfg.resolved_shortcut(), "family": model_cfg.resolved_family(),
-            "seed": str(train_cfg.seed), "run_dir": _relative(run_dir),
+            "seed": str(train_cfg.seed), "run_dir": display(run_dir) if is_uri(run_dir) else project_relative(run_dir),
             # What it trained on, so that evaluation finds the same data (and refuses other data).
             DATA_DIR_TAG: str(data_path), DATA_FINGERPRINT_TAG: dataset_fingerprint(data_path),
             "mlflow.note.content": run_description(model_cfg, train_cfg, spec, data_path), **(extra_tags or {})}
