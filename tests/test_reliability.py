@@ -518,7 +518,10 @@ def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(demo_re
     params = yaml.safe_load(params_path.read_text())
     # Long enough that the interrupt lands while the second trial trains: 40 iterations took ~3 s,
     # and a Ctrl-C polled at its last checkpoint could reach the driver only as it exited (ignored).
-    iterations = 100
+    # 100 iterations (~4 s a trial) were too few once the trials' system metrics went to the same
+    # sqlite store every 2 s: this test's polls, which read that store, wait out its write locks, and
+    # twice in a full run missed the second trial between its first and last checkpoints.
+    iterations = 300
     params["train"].update(lr=0.05, experiment=EXPERIMENT, iterations=iterations)
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     old_checkpoints = set((repo / "results" / "demo").glob("*/*/checkpoints/ckpt_*.pt"))
