@@ -272,7 +272,7 @@ def test_cli_sweep_json_and_exit_status_when_a_trial_fails(tiny_data: Path, tmp_
 
 
 def test_trial_threads_share_the_cores() -> None:
-    from resnet_pipeline.sweep import trial_threads
+    from resnet_pipeline.sweep.resources import trial_threads
 
     assert trial_threads(16, 16, 1, 1, 2) == 7  # one Ray Train trial of 2 workers: 15 cores beside its driver
     assert trial_threads(16, 16, 5, 1, 2) == 1  # 5 such trials at once: 3 cores each, less the driver
@@ -303,7 +303,7 @@ def test_in_trial_trials_ask_ray_for_the_cores_their_threads_use(tiny_data: Path
 # --- GPUs: packing and caps, computed before any trial starts -----------------------------------
 
 def _place(sweep: SweepConfig, train: TrainConfig, in_trial: bool, **cluster):
-    from resnet_pipeline.sweep import placement
+    from resnet_pipeline.sweep.resources import placement
 
     return placement(sweep, train, in_trial, **{"cpus": 64, "gpus": 8, "node_cpus": 64, "cpus_per_gpu": 8,
                                                 "on_gpus": True, **cluster})
