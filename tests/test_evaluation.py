@@ -591,6 +591,30 @@ def test_report_builds_from_the_evaluation(evaluated: dict) -> None:
         build_report(cfg, sweep="other", log=lambda _: None)
 
 
+def test_report_document_escapes_links_and_embeds(tmp_path: Path) -> None:
+    from resnet_pipeline.report.document import Bullets, Code, Heading, Image, Paragraph, Table, to_html, to_markdown
+
+    (tmp_path / "f.png").write_bytes(b"png")
+    blocks = [Heading(2, "A <b> & `x<y`"), Paragraph("**bold <i>** [a & b](https://e.org/?p=1&q=2) [no](ftp://x)"),
+              Paragraph("one ` backtick **b**"), Table(["k|1", "v"], [["a\nb", "`c|d`"]]),
+              Image("f.png", 'fig "1"'), Code("x < y\n\n"), Bullets(["**i**", "[l](http://l)"])]
+    md = to_markdown(blocks)
+    assert md == ("## A <b> & `x<y`\n\n**bold <i>** [a & b](https://e.org/?p=1&q=2) [no](ftp://x)\n\n"
+                  "one ` backtick **b**\n\n| k\\|1 | v |\n|---|---|\n| a b | `c\\|d` |\n\n"
+                  '![fig "1"](f.png)\n\n```\nx < y\n```\n\n- **i**\n- [l](http://l)\n')
+    html = to_html(blocks, "T & <t>")
+    for part in ("<title>T &amp; &lt;t&gt;</title>", "<h2>A &lt;b&gt; &amp; <code>x&lt;y</code></h2>",
+                 '<p><strong>bold &lt;i&gt;</strong> <a href="https://e.org/?p=1&amp;q=2">a &amp; b</a> [no](ftp://x)</p>',
+                 "<p>one ` backtick <strong>b</strong></p>", "<th>k|1</th>", "<td>a\nb</td><td><code>c|d</code></td>",
+                 '<img src="f.png" alt="fig &#34;1&#34;">', "<pre><code>x &lt; y</code></pre>",
+                 '<ul><li><strong>i</strong></li><li><a href="http://l">l</a></li></ul>'):
+        assert part in html, part
+    embedded = to_html(blocks, "T", images_root=tmp_path)
+    assert '<img src="data:image/png;base64,cG5n" alt=' in embedded and 'src="f.png"' not in embedded
+    with pytest.raises(TypeError, match="unknown block str"):
+        to_markdown(["text"])
+
+
 # --- config and CLI errors ------------------------------------------------------------------------
 
 def test_evaluate_config_errors_name_the_key() -> None:
