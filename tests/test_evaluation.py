@@ -268,6 +268,19 @@ def test_artifacts_live_beside_the_sqlite_store_not_in_the_current_directory(tmp
     assert tracking.artifact_location("http://127.0.0.1:5000", "resnet demo") is None
 
 
+def test_registry_calls_read_the_store_they_are_given(tmp_path: Path, monkeypatch) -> None:
+    import mlflow
+
+    a, b = (f"sqlite:///{tmp_path / name}.db" for name in ("a", "b"))
+    client = mlflow.MlflowClient(a, registry_uri=a)
+    client.create_registered_model("m")
+    client.set_registered_model_alias("m", "champion", client.create_model_version("m", str(tmp_path)).version)
+    # A registry chosen elsewhere in the process (as `mlflow.set_registry_uri` does) is not store b's.
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", a)
+    assert tracking.registered_aliases(a) == ["models:/m@champion"]
+    assert tracking.registered_aliases(b) == [] and tracking.alias_version(b, "m", "champion") is None
+
+
 def test_final_training_error_is_the_mean_of_the_last_windows() -> None:
     curve = [(500, 0.10), (100, 0.90), (300, 0.20), (400, float("nan")), (200, 0.50)]
     assert final_error(curve, 2) == pytest.approx(0.15)  # (300, 500); NaN windows are left out
