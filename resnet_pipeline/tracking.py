@@ -1,4 +1,4 @@
-"""Every MLflow call of the project lives here (STYLE.md: side effects at the edges).
+"""Every MLflow call of the project lives here, so that side effects stay at the edges.
 
 The driver creates (or resumes) the run and owns its status; the rank-0 training worker logs
 metrics and the final model to it by run id. Nothing here is imported by the models or the loop.
@@ -104,10 +104,22 @@ def _retry(fn: Callable[[], T], attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
+class _Client:
+    """An MlflowClient whose every method call is retried by `_retry`.
 
-    return MlflowClient(tracking_uri=uri)
+    One per call costs nothing: MLflow caches the store (and its sqlalchemy engine) per URI, and the
+    client holds only the URIs (about 0.1 ms to build)."""
+
+    def __init__(self, uri: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        # The registry named too: else one set earlier in the process (`mlflow.set_registry_uri`, which
+        # loading and registering models call) would be used instead of ``uri``'s.
+        self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._client, name)
+        return lambda *args, **kwargs: _retry(lambda: method(*args, **kwargs))
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -133,50 +145,46 @@ def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any
     """
     from mlflow.entities import Param, RunTag
 
-    client = _client(uri)
-    exp = _retry(lambda: client.get_experiment_by_name(experiment))
-    exp_id = exp.experiment_id if exp else _retry(
-        lambda: client.create_experiment(experiment, artifact_location=artifact_location(uri, experiment),
-                                         tags=EXPERIMENT_KIND))
+    client = _Client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        experiment, artifact_location=artifact_location(uri, experiment), tags=EXPERIMENT_KIND)
     query = f"attributes.run_name = '{run_name}'"
     if match_tag:
         query += f" and tags.{match_tag} = '{tags[match_tag]}'"
     if parent_run_id:  # a sweep's trial: its name is unique under its parent only
         query += f" and tags.mlflow.parentRunId = '{parent_run_id}'"
-    found = _retry(lambda: client.search_runs([exp_id], filter_string=query, max_results=1,
-                                              order_by=["attributes.start_time DESC"]))
-    opened = _now_iso()
+    found = client.search_runs([exp_id], filter_string=query, max_results=1, order_by=["attributes.start_time DESC"])
+    opened = _iso()
     if found:
         run = found[0]
         status = run.info.status
-        _retry(lambda: client.set_tag(run.info.run_id, OPENED_TAG, opened))
+        client.set_tag(run.info.run_id, OPENED_TAG, opened)
         if status != FINISHED:
-            _retry(lambda: client.update_run(run.info.run_id, status=RUNNING))
+            client.update_run(run.info.run_id, status=RUNNING)
         return run.info.run_id, status
     all_tags = {**tags, OPENED_TAG: opened}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = _retry(lambda: client.create_run(exp_id, run_name=run_name, tags=all_tags))
-    flat = _flatten(params)
-    items = list(flat.items())
+    run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+    items = list(_flatten(params).items())
     for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-        _retry(lambda: client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i:i + 100]]))
-    _retry(lambda: client.log_batch(run.info.run_id, tags=[RunTag("resumable", "true")]))
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
+    client.log_batch(run.info.run_id, tags=[RunTag("resumable", "true")])
     return run.info.run_id, None
 
 
-def _now_iso() -> str:
+def _iso(ms: float | None = None) -> str:
+    """Now, or ``ms`` after the epoch: UTC, ISO 8601 with milliseconds."""
     import datetime as dt
 
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    at = dt.datetime.now(dt.timezone.utc) if ms is None else dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _opened(run) -> str:
     """When the run was last opened (`OPENED_TAG`), else when it started, as sortable text."""
-    import datetime as dt
-
-    started = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.timezone.utc)
-    return run.data.tags.get(OPENED_TAG) or started.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return run.data.tags.get(OPENED_TAG) or _iso(run.info.start_time)
 
 
 def log_dataset(uri: str, run_id: str, name: str, digest: str, source: str) -> None:
@@ -189,32 +197,31 @@ def log_dataset(uri: str, run_id: str, name: str, digest: str, source: str) -> N
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": both readings are the local folder
         warnings.simplefilter("ignore", UserWarning)
         dataset = MetaDataset(resolve_dataset_source(source), name=name, digest=digest[:36])._to_mlflow_entity()
-    _retry(lambda: _client(uri).log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])]))
+    _Client(uri).log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
 
 
 def child_runs(uri: str, parent_run_id: str) -> list:
     """Runs whose parent is ``parent_run_id`` (the trials of a sweep)."""
-    client = _client(uri)
-    parent = _retry(lambda: client.get_run(parent_run_id))
-    return _retry(lambda: client.search_runs([parent.info.experiment_id],
-                                             filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                             max_results=10_000))
+    client = _Client(uri)
+    parent = client.get_run(parent_run_id)
+    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              max_results=10_000)
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of ``key`` (a project name), by step, one value per step: the one logged last. A run resumed from
     a checkpoint logs the steps between that checkpoint and the failure again, and MLflow keeps both."""
-    logged = sorted(_retry(lambda: _client(uri).get_metric_history(run_id, mlflow_key(key))), key=lambda m: m.timestamp)
+    logged = sorted(_Client(uri).get_metric_history(run_id, mlflow_key(key)), key=lambda m: m.timestamp)
     return sorted({m.step: m.value for m in logged}.items())
 
 
 def log_artifacts(uri: str, run_id: str, folder: str | Path, artifact_path: str | None = None) -> None:
-    _retry(lambda: _client(uri).log_artifacts(run_id, str(folder), artifact_path))
+    _Client(uri).log_artifacts(run_id, str(folder), artifact_path)
 
 
 def log_dict(uri: str, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
     """Write ``data`` as the run's JSON artifact ``artifact_file`` (replacing an earlier one)."""
-    _retry(lambda: _client(uri).log_dict(run_id, dict(data), artifact_file))
+    _Client(uri).log_dict(run_id, dict(data), artifact_file)
 
 
 def load_dict(uri: str, run_id: str, artifact_file: str) -> dict[str, Any] | None:
@@ -222,11 +229,11 @@ def load_dict(uri: str, run_id: str, artifact_file: str) -> dict[str, Any] | Non
     import json
     import tempfile
 
-    names = {a.path for a in _retry(lambda: _client(uri).list_artifacts(run_id))}
-    if artifact_file not in names:
+    client = _Client(uri)
+    if artifact_file not in {a.path for a in client.list_artifacts(run_id)}:
         return None
     with tempfile.TemporaryDirectory(prefix="mlflow-artifact-") as tmp:
-        path = _retry(lambda: _client(uri).download_artifacts(run_id, artifact_file, tmp))
+        path = client.download_artifacts(run_id, artifact_file, tmp)
         return json.loads(Path(path).read_text())
 
 
@@ -236,25 +243,25 @@ def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int, 
 
     ts = int(time.time() * 1000)
     batch = [Metric(mlflow_key(k), float(v), ts, step, model_id=model_id) for k, v in metrics.items()]
-    _retry(lambda: _client(uri).log_batch(run_id, metrics=batch))
+    _Client(uri).log_batch(run_id, metrics=batch)
 
 
 def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     from mlflow.entities import RunTag
 
-    _retry(lambda: _client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+    _Client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def set_running(uri: str, run_id: str) -> None:
-    _retry(lambda: _client(uri).update_run(run_id, status=RUNNING))
+    _Client(uri).update_run(run_id, status=RUNNING)
 
 
 def end_run(uri: str, run_id: str, status: str) -> None:
-    _retry(lambda: _client(uri).set_terminated(run_id, status=status))
+    _Client(uri).set_terminated(run_id, status=status)
 
 
 def get_run(uri: str, run_id: str):
-    return _retry(lambda: _client(uri).get_run(run_id))
+    return _Client(uri).get_run(run_id)
 
 
 @contextlib.contextmanager
@@ -342,17 +349,16 @@ def find_parent_run(uri: str, experiment: str | None, run_name: str):
 
     TrackingError lists the sweeps that exist when there is none.
     """
-    client = _client(uri)
+    client = _Client(uri)
     if experiment is None:
-        ids = [e.experiment_id for e in _retry(lambda: client.search_experiments(max_results=1000))]
+        ids = [e.experiment_id for e in client.search_experiments(max_results=1000)]
     else:
-        exp = _retry(lambda: client.get_experiment_by_name(experiment))
+        exp = client.get_experiment_by_name(experiment)
         if exp is None:
             raise TrackingError(f"MLflow experiment {experiment!r} not found in {uri} (train.experiment); "
                                 "run `python cli.py sweep` first, or set MLFLOW_TRACKING_URI to the store that has it")
         ids = [exp.experiment_id]
-    runs = _retry(lambda: client.search_runs(ids, max_results=10_000, order_by=["attributes.start_time DESC"])) \
-        if ids else []
+    runs = client.search_runs(ids, max_results=10_000, order_by=["attributes.start_time DESC"]) if ids else []
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     found = sorted((r for r in parents if r.info.run_name == run_name), reverse=True, key=_opened)
     if not found:
@@ -364,7 +370,7 @@ def find_parent_run(uri: str, experiment: str | None, run_name: str):
 
 
 def experiment_name(uri: str, experiment_id: str) -> str:
-    return _retry(lambda: _client(uri).get_experiment(experiment_id)).name
+    return _Client(uri).get_experiment(experiment_id).name
 
 
 def get_run_or_error(uri: str, run_id: str):
@@ -381,10 +387,10 @@ def get_run_or_error(uri: str, run_id: str):
 def logged_model_id(uri: str, run_id: str, name: str | None = None) -> str | None:
     """The id of the model that run ``run_id`` logged last (under ``name``, when given; MLflow 3
     LoggedModel), or None. A training run logs one, named after its net."""
-    client = _client(uri)
-    run = _retry(lambda: client.get_run(run_id))
+    client = _Client(uri)
+    run = client.get_run(run_id)
     query = f"source_run_id = '{run_id}'" + (f" AND name = '{name}'" if name else "")
-    found = _retry(lambda: client.search_logged_models([run.info.experiment_id], filter_string=query))
+    found = client.search_logged_models([run.info.experiment_id], filter_string=query)
     ready = [m for m in found if str(getattr(m.status, "value", m.status)) == "READY"]
     return max(ready, key=lambda m: m.creation_timestamp).model_id if ready else None
 
@@ -426,28 +432,28 @@ def download_model(uri: str, model_uri: str, dst: str | Path) -> Path:
 
 def log_model_files(uri: str, model_id: str, folder: str | Path) -> None:
     """Add the files of ``folder`` to a logged model's own folder (e.g. its preprocessing.json)."""
-    _retry(lambda: _client(uri).log_model_artifacts(model_id, str(folder)))
+    _Client(uri).log_model_artifacts(model_id, str(folder))
 
 
 def register_model_version(uri: str, name: str, run_id: str, model_id: str, tags: Mapping[str, str],
                            model_tags: Mapping[str, str] | None = None, description: str | None = None):
     """Register run ``run_id``'s logged model as a version of ``name``, or update the tags of the
     version that already holds it (evaluating a run again adds no duplicate). Returns the version."""
-    client = _client(uri)
+    client = _Client(uri)
     try:
-        _retry(lambda: client.create_registered_model(name, tags=dict(model_tags or {}), description=description))
+        client.create_registered_model(name, tags=dict(model_tags or {}), description=description)
     except Exception as exc:
         if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":
             raise
         for k, v in (model_tags or {}).items():
-            _retry(lambda: client.set_registered_model_tag(name, k, v))
-    existing = _retry(lambda: client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"))
+            client.set_registered_model_tag(name, k, v)
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     existing = [v for v in existing if getattr(v, "model_id", None) in (None, model_id)]
     if existing:
         version = max(existing, key=lambda v: int(v.version))
         for k, v in tags.items():
-            _retry(lambda: client.set_model_version_tag(name, version.version, k, str(v)))
-        return _retry(lambda: client.get_model_version(name, version.version))
+            client.set_model_version_tag(name, version.version, k, str(v))
+        return client.get_model_version(name, version.version)
     # mlflow.register_model, not create_model_version: it also records the version on the logged
     # model (its mlflow.modelVersions tag), which the logged model's page reads ("Registered").
     import mlflow
@@ -457,23 +463,23 @@ def register_model_version(uri: str, name: str, run_id: str, model_id: str, tags
     with contextlib.redirect_stderr(io.StringIO()):  # its "Created version ..." line
         version = _retry(lambda: mlflow.register_model(f"models:/{model_id}", name,
                                                        tags={k: str(v) for k, v in tags.items()}))
-    return _retry(lambda: client.get_model_version(name, version.version))
+    return client.get_model_version(name, version.version)
 
 
 def set_version_description(uri: str, name: str, version: str | int, description: str) -> None:
-    _retry(lambda: _client(uri).update_model_version(name, str(version), description=description))
+    _Client(uri).update_model_version(name, str(version), description=description)
 
 
 def registered_aliases(uri: str) -> list[str]:
     """``models:/<name>@<alias>`` for every alias in the store's registry (what `predict` can take)."""
-    found = _retry(lambda: _client(uri).search_registered_models(max_results=1000))
+    found = _Client(uri).search_registered_models(max_results=1000)
     return sorted(f"models:/{m.name}@{alias}" for m in found for alias in (getattr(m, "aliases", None) or {}))
 
 
 def alias_version(uri: str, name: str, alias: str):
     """The version of ``name`` that holds ``alias``, or None."""
     try:
-        return _retry(lambda: _client(uri).get_model_version_by_alias(name, alias))
+        return _Client(uri).get_model_version_by_alias(name, alias)
     except Exception as exc:
         if _error_code(exc) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
@@ -481,14 +487,9 @@ def alias_version(uri: str, name: str, alias: str):
 
 
 def set_alias(uri: str, name: str, alias: str, version: str | int) -> None:
-    _retry(lambda: _client(uri).set_registered_model_alias(name, alias, str(version)))
-
-
-def model_versions(uri: str, name: str) -> list:
-    """Every version of registered model ``name`` (empty when it does not exist)."""
-    return list(_retry(lambda: _client(uri).search_model_versions(f"name = '{name}'")))
+    _Client(uri).set_registered_model_alias(name, alias, str(version))
 
 
 def metric_timestamps(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, wall-clock time in seconds since the epoch) of each logged value of ``key``."""
-    return [(m.step, m.timestamp / 1000) for m in _retry(lambda: _client(uri).get_metric_history(run_id, mlflow_key(key)))]
+    return [(m.step, m.timestamp / 1000) for m in _Client(uri).get_metric_history(run_id, mlflow_key(key))]

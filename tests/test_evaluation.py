@@ -268,6 +268,19 @@ def test_artifacts_live_beside_the_sqlite_store_not_in_the_current_directory(tmp
     assert tracking.artifact_location("http://127.0.0.1:5000", "resnet demo") is None
 
 
+def test_registry_calls_read_the_store_they_are_given(tmp_path: Path, monkeypatch) -> None:
+    import mlflow
+
+    a, b = (f"sqlite:///{tmp_path / name}.db" for name in ("a", "b"))
+    client = mlflow.MlflowClient(a, registry_uri=a)
+    client.create_registered_model("m")
+    client.set_registered_model_alias("m", "champion", client.create_model_version("m", str(tmp_path)).version)
+    # A registry chosen elsewhere in the process (as `mlflow.set_registry_uri` does) is not store b's.
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", a)
+    assert tracking.registered_aliases(a) == ["models:/m@champion"]
+    assert tracking.registered_aliases(b) == [] and tracking.alias_version(b, "m", "champion") is None
+
+
 def test_final_training_error_is_the_mean_of_the_last_windows() -> None:
     curve = [(500, 0.10), (100, 0.90), (300, 0.20), (400, float("nan")), (200, 0.50)]
     assert final_error(curve, 2) == pytest.approx(0.15)  # (300, 500); NaN windows are left out
@@ -589,6 +602,30 @@ def test_report_builds_from_the_evaluation(evaluated: dict) -> None:
     assert client.get_run(evaluated["parent"]).info.status == "FINISHED"
     with pytest.raises(ConfigError, match="not sweep 'other'"):
         build_report(cfg, sweep="other", log=lambda _: None)
+
+
+def test_report_document_escapes_links_and_embeds(tmp_path: Path) -> None:
+    from resnet_pipeline.report.document import Bullets, Code, Heading, Image, Paragraph, Table, to_html, to_markdown
+
+    (tmp_path / "f.png").write_bytes(b"png")
+    blocks = [Heading(2, "A <b> & `x<y`"), Paragraph("**bold <i>** [a & b](https://e.org/?p=1&q=2) [no](ftp://x)"),
+              Paragraph("one ` backtick **b**"), Table(["k|1", "v"], [["a\nb", "`c|d`"]]),
+              Image("f.png", 'fig "1"'), Code("x < y\n\n"), Bullets(["**i**", "[l](http://l)"])]
+    md = to_markdown(blocks)
+    assert md == ("## A <b> & `x<y`\n\n**bold <i>** [a & b](https://e.org/?p=1&q=2) [no](ftp://x)\n\n"
+                  "one ` backtick **b**\n\n| k\\|1 | v |\n|---|---|\n| a b | `c\\|d` |\n\n"
+                  '![fig "1"](f.png)\n\n```\nx < y\n```\n\n- **i**\n- [l](http://l)\n')
+    html = to_html(blocks, "T & <t>")
+    for part in ("<title>T &amp; &lt;t&gt;</title>", "<h2>A &lt;b&gt; &amp; <code>x&lt;y</code></h2>",
+                 '<p><strong>bold &lt;i&gt;</strong> <a href="https://e.org/?p=1&amp;q=2">a &amp; b</a> [no](ftp://x)</p>',
+                 "<p>one ` backtick <strong>b</strong></p>", "<th>k|1</th>", "<td>a\nb</td><td><code>c|d</code></td>",
+                 '<img src="f.png" alt="fig &#34;1&#34;">', "<pre><code>x &lt; y</code></pre>",
+                 '<ul><li><strong>i</strong></li><li><a href="http://l">l</a></li></ul>'):
+        assert part in html, part
+    embedded = to_html(blocks, "T", images_root=tmp_path)
+    assert '<img src="data:image/png;base64,cG5n" alt=' in embedded and 'src="f.png"' not in embedded
+    with pytest.raises(TypeError, match="unknown block str"):
+        to_markdown(["text"])
 
 
 # --- config and CLI errors ------------------------------------------------------------------------
