@@ -356,9 +356,9 @@ def test_training_steps_never_sync_with_the_host(tiny_data: Path, tmp_path: Path
     trainer.train_until(2)  # the first steps build the loader's workers and the optimizer state
     with HostSyncs() as syncs:
         trainer.train_until(17)
-    assert trainer.iteration == 17 and syncs.seen == []
+    assert trainer.state.iteration == 17 and syncs.seen == []
     trainer.end_window()  # reads the totals back, once per window
-    assert 0 <= trainer.metrics["data_wait_fraction"] <= 1 and trainer.metrics["train_error"] <= 1
+    assert 0 <= trainer.state.metrics["data_wait_fraction"] <= 1 and trainer.state.metrics["train_error"] <= 1
     # The detector sees what the old loop did every step: float() of a device value, and a tensor
     # built from a Python number on the device.
     loss = torch.ones(())
@@ -379,7 +379,7 @@ def test_a_checkpoint_resumes_onto_another_device(tiny_data: Path, tmp_path: Pat
     fit(cfg, ModelConfig(depth=8), _src(tiny_data), tmp_path)
     trainer = Trainer(dataclasses.replace(cfg, iterations=20), ModelConfig(depth=8), _src(tiny_data), tmp_path,
                       device=torch.device("meta"))
-    assert trainer.restore() and trainer.iteration == 10
+    assert trainer.restore() and trainer.state.iteration == 10
     assert torch.get_rng_state().device.type == "cpu"
     assert next(trainer.model.parameters()).device.type == "meta"
     momentum = next(iter(trainer.optimizer.state.values()))["momentum_buffer"]
