@@ -367,6 +367,29 @@ def test_training_steps_never_sync_with_the_host(tiny_data: Path, tmp_path: Path
     assert syncs.seen == ["lift_fresh", "_local_scalar_dense"]
 
 
+def test_train_window_runs_without_the_trainer() -> None:
+    """`train_window` with a plain model, optimizer and batch iterator (as torchvision's
+    `train_one_epoch`): it sets the schedule's lr per iteration, counts every step in the window, and
+    skips a NaN batch's step under skip_nonfinite."""
+    from resnet_pipeline.models import build_model
+    from resnet_pipeline.training.loop import Window, train_window
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(depth=8), num_classes=4, input_size=32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = PaperSchedule(optimizer, 0.1, [3], 0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    batches = [(torch.randn(4, 3, 32, 32), torch.arange(4)) for _ in range(5)]
+    batches[2][0][0] = float("nan")
+    window = Window(torch.device("cpu"))
+    skipped = train_window(model, optimizer, scaler, schedule, iter(batches), window, 0, 5, torch.device("cpu"),
+                           skip_nonfinite=True)
+    loss_sum, wrong, count = window.sums()
+    assert skipped == 1 and window.iterations == 5 and count == 16 and 0 <= wrong <= 16
+    assert float(window.step) == 5 and optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 @pytest.mark.filterwarnings("ignore:.*meta parameter")
 def test_a_checkpoint_resumes_onto_another_device(tiny_data: Path, tmp_path: Path) -> None:
     """A checkpoint is read onto the CPU and only the weights and optimizer state move to the model's
