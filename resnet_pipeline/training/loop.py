@@ -2,9 +2,9 @@
 
 `train_step`, `train_window` and `evaluate` are the building blocks, usable on their own (as
 torchvision's `train_one_epoch` and `evaluate`); `Trainer` and `fit` run the paper's iteration-based
-schedule with them, with logging windows, validation, checkpoints and resume (`TrainState`). Under Ray Train, `fit` runs on
-every worker with its rank and world size (the process group is already initialised); without Ray
-it runs in one process (e.g. on a GPU machine that has torch but nothing else).
+schedule with them: logging windows, validation, checkpoints and resume (`TrainState`). Under Ray
+Train, `fit` runs on every worker with its rank and world size (the process group is already
+initialised); without Ray it runs in one process (e.g. on a GPU machine with torch alone).
 
 Imports only torch, torchvision (through the models) and our data loaders.
 """
