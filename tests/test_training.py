@@ -356,15 +356,38 @@ def test_training_steps_never_sync_with_the_host(tiny_data: Path, tmp_path: Path
     trainer.train_until(2)  # the first steps build the loader's workers and the optimizer state
     with HostSyncs() as syncs:
         trainer.train_until(17)
-    assert trainer.iteration == 17 and syncs.seen == []
+    assert trainer.state.iteration == 17 and syncs.seen == []
     trainer.end_window()  # reads the totals back, once per window
-    assert 0 <= trainer.metrics["data_wait_fraction"] <= 1 and trainer.metrics["train_error"] <= 1
+    assert 0 <= trainer.state.metrics["data_wait_fraction"] <= 1 and trainer.state.metrics["train_error"] <= 1
     # The detector sees what the old loop did every step: float() of a device value, and a tensor
     # built from a Python number on the device.
     loss = torch.ones(())
     with HostSyncs() as syncs:
         loss.new_tensor(float(17)) + float(loss)
     assert syncs.seen == ["lift_fresh", "_local_scalar_dense"]
+
+
+def test_train_window_runs_without_the_trainer() -> None:
+    """`train_window` with a plain model, optimizer and batch iterator (as torchvision's
+    `train_one_epoch`): it sets the schedule's lr per iteration, counts every step in the window, and
+    skips a NaN batch's step under skip_nonfinite."""
+    from resnet_pipeline.models import build_model
+    from resnet_pipeline.training.loop import Window, train_window
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(depth=8), num_classes=4, input_size=32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = PaperSchedule(optimizer, 0.1, [3], 0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    batches = [(torch.randn(4, 3, 32, 32), torch.arange(4)) for _ in range(5)]
+    batches[2][0][0] = float("nan")
+    window = Window(torch.device("cpu"))
+    skipped = train_window(model, optimizer, scaler, schedule, iter(batches), window, 0, 5, torch.device("cpu"),
+                           skip_nonfinite=True)
+    loss_sum, wrong, count = window.sums()
+    assert skipped == 1 and window.iterations == 5 and count == 16 and 0 <= wrong <= 16
+    assert float(window.step) == 5 and optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 @pytest.mark.filterwarnings("ignore:.*meta parameter")
@@ -379,7 +402,7 @@ def test_a_checkpoint_resumes_onto_another_device(tiny_data: Path, tmp_path: Pat
     fit(cfg, ModelConfig(depth=8), _src(tiny_data), tmp_path)
     trainer = Trainer(dataclasses.replace(cfg, iterations=20), ModelConfig(depth=8), _src(tiny_data), tmp_path,
                       device=torch.device("meta"))
-    assert trainer.restore() and trainer.iteration == 10
+    assert trainer.restore() and trainer.state.iteration == 10
     assert torch.get_rng_state().device.type == "cpu"
     assert next(trainer.model.parameters()).device.type == "meta"
     momentum = next(iter(trainer.optimizer.state.values()))["momentum_buffer"]

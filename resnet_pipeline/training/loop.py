@@ -1,9 +1,10 @@
 """The training loop: plain, importable functions that run with or without Ray.
 
-`train_step` and `evaluate` are the building blocks; `fit` runs the paper's iteration-based
-schedule with logging windows, validation, checkpoints and resume. Under Ray Train, `fit` runs on
-every worker with its rank and world size (the process group is already initialised); without Ray
-it runs in one process (e.g. on a GPU machine that has torch but nothing else).
+`train_step`, `train_window` and `evaluate` are the building blocks, usable on their own (as
+torchvision's `train_one_epoch` and `evaluate`); `Trainer` and `fit` run the paper's iteration-based
+schedule with them: logging windows, validation, checkpoints and resume (`TrainState`). Under Ray
+Train, `fit` runs on every worker with its rank and world size (the process group is already
+initialised); without Ray it runs in one process (e.g. on a GPU machine with torch alone).
 
 Imports only torch, torchvision (through the models) and our data loaders.
 """
@@ -232,7 +233,7 @@ class FitResult:
 class Window:
     """One logging window's training totals, kept on the device so that a step never waits for the
     host: the loss sum and wrong count grow by device ops, the first non-finite loss is remembered with
-    `torch.where`, and the host reads them once, at the window's end (`read`)."""
+    `torch.where`, and the host reads them once, at the window's end (`sums`)."""
 
     def __init__(self, device: torch.device, sums: list[float] | None = None) -> None:
         loss_sum, wrong, count = sums or (0.0, 0.0, 0.0)
@@ -244,12 +245,16 @@ class Window:
         self.iterations, self.data_wait_s = 0, 0.0
         self.started = time.perf_counter()
 
-    def add(self, loss: torch.Tensor, wrong: torch.Tensor, samples: int) -> None:
-        bad_now = (~torch.isfinite(loss)) & (self.bad[0] < 0)
-        self.bad.copy_(torch.where(bad_now, torch.stack([self.step, loss.double()]), self.bad))
-        self.loss_sum.add_(loss.double(), alpha=samples)
-        self.wrong.add_(wrong)
-        self.count += samples
+    def record(self, loss: torch.Tensor, wrong: torch.Tensor | None, samples: int) -> None:
+        """Count one step; a skipped one (``wrong`` None, `train_step`) adds nothing to the totals."""
+        if wrong is not None:
+            bad_now = (~torch.isfinite(loss)) & (self.bad[0] < 0)
+            self.bad.copy_(torch.where(bad_now, torch.stack([self.step, loss.double()]), self.bad))
+            self.loss_sum.add_(loss.double(), alpha=samples)
+            self.wrong.add_(wrong)
+            self.count += samples
+        self.step.add_(1)
+        self.iterations += 1
 
     def sums(self) -> list[float]:
         """[loss sum, wrong, count] (one host sync)."""
@@ -263,14 +268,87 @@ class Window:
         self.started = time.perf_counter()
 
 
-class Trainer:
-    """The paper's iteration-based schedule for one rank: `train_until` runs steps (the hot loop, with
-    no host sync), `end_window` logs a window, `validate` and `checkpoint` run between windows,
-    `restore` resumes from the newest checkpoint, and `run` strings them together.
+def train_window(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 schedule: PaperSchedule, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], window: Window,
+                 start: int, stop: int, device: torch.device, *, amp_dtype: torch.dtype | None = None,
+                 channels_last: bool = False, skip_nonfinite: bool = False) -> int:
+    """Train iterations ``start`` to ``stop`` - 1 on the next batches of ``batches``, adding each step
+    to ``window``; returns the number of steps skipped for a non-finite loss (``skip_nonfinite``).
 
-    State that a checkpoint keeps: the model, optimizer, schedule and scaler; ``iteration``; the
-    training loader's position (its epoch, batch and DALI state); ``nonfinite_skipped``; the last
-    window's ``metrics``; the open window's totals; every rank's RNG states.
+    No host sync: the step's numbers stay on the device (`Window`), and the only host work is the
+    schedule's lr and the time spent waiting for data.
+    """
+    skipped = 0
+    for iteration in range(start, stop):
+        waited = time.perf_counter()
+        images, labels = next(batches)
+        window.data_wait_s += time.perf_counter() - waited
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        schedule.step(iteration)
+        loss, wrong = train_step(model, images, labels, optimizer, scaler, amp_dtype, skip_nonfinite=skip_nonfinite)
+        skipped += wrong is None
+        window.record(loss, wrong, labels.shape[0])
+    return skipped
+
+
+@dataclass
+class TrainState:
+    """Where a run stands, besides the model, optimizer, schedule and scaler: what a checkpoint keeps of
+    the loop and `Trainer.restore` gives back.
+
+    ``iteration``, ``nonfinite_skipped`` and ``metrics`` are kept current as the run goes. The rest live
+    in the loader, the RNGs and the open `Window` while training; `Trainer.snapshot` copies them in for
+    a checkpoint, and `Trainer.restore` copies them back out.
+    """
+
+    iteration: int = 0
+    nonfinite_skipped: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)  # the last logging window's
+    epoch: int = 0  # the training loader's
+    position: int = 0  # batches of that epoch already trained on
+    loader: list[Any] = field(default_factory=list)  # every rank's loader state (epoch, batch, DALI state)
+    rng: list[Any] = field(default_factory=list)  # every rank's RNG states
+    window: list[float] | None = None  # the open window's [loss sum, wrong, count], summed over ranks
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "epoch": self.epoch, "batch_in_epoch": self.position,
+                "loader": self.loader, "rng": self.rng, "nonfinite_skipped": self.nonfinite_skipped,
+                "metrics": self.metrics, "window": self.window}
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> TrainState:
+        return cls(iteration=state["iteration"], nonfinite_skipped=state.get("nonfinite_skipped", 0),
+                   metrics=state.get("metrics", {}), epoch=state.get("epoch", 0),
+                   position=state.get("batch_in_epoch", 0), loader=state.get("loader") or [], rng=state["rng"],
+                   window=state.get("window"))
+
+
+@dataclass
+class FailureInjection:
+    """Chaos testing (`train.inject_failure_at`): rank 0 fails once, as an exception or a SIGKILL, when
+    the run reaches iteration ``at``. The trainer ends a stretch of steps there and calls this between
+    stretches, never inside the step loop; the marker file makes it once per run, across restarts."""
+
+    at: int
+    kind: str  # "raise" or "sigkill"
+    ckpts: CheckpointManager
+    rank: int
+
+    def __call__(self, iteration: int) -> None:
+        if iteration == self.at and self.rank == 0 and self.ckpts.mark_once(".failure_injected"):
+            if self.kind == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise InjectedFailure(f"injected failure at iteration {iteration} (train.inject_failure_at)")
+
+
+class Trainer:
+    """The paper's iteration-based schedule for one rank, in named steps: `train_until` trains (the hot
+    loop, `train_window`, with no host sync), `end_window` logs a window, `validate` and `checkpoint`
+    run between windows, `restore` resumes from the newest checkpoint, `test` scores the test split
+    once, and `run` strings them together. ``state`` (`TrainState`) is where the run stands.
     """
 
     def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str | Path, *,
@@ -305,10 +383,11 @@ class Trainer:
             plateau_patience=cfg.plateau_patience, plateau_threshold=cfg.plateau_threshold)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.ckpts = CheckpointManager(join(run_dir, "checkpoints"), cfg.keep_checkpoints)
-        self.iteration, self.nonfinite_skipped, self.lr = 0, 0, cfg.peak_lr
-        self.metrics: dict[str, float] = {}  # the last training window's, which the final metrics report
+        self.failure = (None if cfg.inject_failure_at is None else
+                        FailureInjection(cfg.inject_failure_at, cfg.inject_failure, self.ckpts, rank))
+        self.state = TrainState()
         self.window = Window(device)
-        self._batches: Iterator | None = None
+        self._batches = self.batches()
 
     # -- resume ------------------------------------------------------------------------------------
 
@@ -316,35 +395,28 @@ class Trainer:
         """Resume from the newest checkpoint, if any. It is read onto the CPU: the RNG states must stay
         CPU tensors (torch.set_rng_state takes nothing else); the weights and the optimizer state are
         copied to the model's device by load_state_dict."""
-        state = self.ckpts.load_latest(map_location="cpu")
-        if state is None:
+        saved = self.ckpts.load_latest(map_location="cpu")
+        if saved is None:
             return False
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.iteration = state["iteration"]
-        self.nonfinite_skipped = state.get("nonfinite_skipped", 0)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        self.scaler.load_state_dict(saved["scaler"])
         # A run restarted after its last checkpoint (in the test pass, or logging the model) trains
-        # no further, and still reports the last window's training error.
-        self.metrics = state.get("metrics", {})
+        # no further, and still reports the last window's training error (``state.metrics``).
+        self.state = state = TrainState.from_checkpoint(saved)
         # A checkpoint within a logging window holds the window's totals so far (on rank 0): the
         # window's training error then counts all its iterations, as without the restart.
-        self.window = Window(self.device, state.get("window") if self.rank == 0 else None)
-        self.window.step.fill_(self.iteration)
-        self._restore_loader(state)
-        rngs = state["rng"]
-        set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
-        return True
-
-    def _restore_loader(self, state: dict[str, Any]) -> None:
-        loaders = state.get("loader") or []
-        if len(loaders) == self.world_size:
-            self.loader.load_state_dict(loaders[self.rank])
+        self.window = Window(self.device, state.window if self.rank == 0 else None)
+        self.window.step.fill_(state.iteration)
+        if len(state.loader) == self.world_size:
+            self.loader.load_state_dict(state.loader[self.rank])
         else:
             # Another number of workers shards the data otherwise: the stream cannot continue where
             # it was, so the next epoch starts afresh (a new shuffle, no sample skipped twice).
-            self.loader.load_state_dict({"epoch": state.get("epoch", 0) + 1, "position": 0})
+            self.loader.load_state_dict({"epoch": state.epoch + 1, "position": 0})
+        set_rng_state(state.rng[self.rank] if self.rank < len(state.rng) else state.rng[0])
+        return True
 
     def wrap(self) -> None:
         """DDP and torch.compile around the model (after `restore`, which loads the plain ResNet)."""
@@ -357,80 +429,59 @@ class Trainer:
             self.model = torch.compile(self.model)
         self.model.train()
 
-    # -- the hot loop --------------------------------------------------------------------------------
+    # -- training --------------------------------------------------------------------------------------
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The training stream across epochs (the loader goes on to its next epoch at each end)."""
+        """The training stream across epochs (the loader goes on to its next epoch at each end; it
+        starts where `restore` put it, as the generator reads the loader only once drawn from)."""
         while True:
             yield from self.loader
 
     def train_until(self, stop: int) -> None:
-        """Train up to iteration ``stop``. No host sync: the step's numbers stay on the device
-        (`Window`), and the only host work is the schedule's lr and the time spent waiting for data."""
-        cfg, window = self.cfg, self.window
-        if self._batches is None:
-            self._batches = self.batches()
-        while self.iteration < stop:
-            waited = time.perf_counter()
-            images, labels = next(self._batches)
-            window.data_wait_s += time.perf_counter() - waited
-            images = images.to(self.device, non_blocking=True)
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = labels.to(self.device, non_blocking=True)
-            self.lr = self.schedule.step(self.iteration)
-            if cfg.inject_failure_at == self.iteration:
-                self._inject_failure()
-            loss, wrong = train_step(self.model, images, labels, self.optimizer, self.scaler, self.amp_dtype,
-                                     skip_nonfinite=cfg.nonfinite == "skip")
-            if wrong is None:
-                self.nonfinite_skipped += 1
-            else:
-                window.add(loss, wrong, labels.shape[0])
-            window.step.add_(1)
-            window.iterations += 1
-            self.iteration += 1
-
-    def _inject_failure(self) -> None:
-        """Chaos testing (`train.inject_failure_at`): rank 0 fails once, as an exception or a SIGKILL."""
-        if self.rank == 0 and self.ckpts.mark_once(".failure_injected"):
-            if self.cfg.inject_failure == "sigkill":
-                os.kill(os.getpid(), signal.SIGKILL)
-            raise InjectedFailure(f"injected failure at iteration {self.iteration} (train.inject_failure_at)")
+        """Train up to iteration ``stop`` (`train_window`)."""
+        cfg, state = self.cfg, self.state
+        state.nonfinite_skipped += train_window(
+            self.model, self.optimizer, self.scaler, self.schedule, self._batches, self.window, state.iteration,
+            stop, self.device, amp_dtype=self.amp_dtype, channels_last=cfg.channels_last,
+            skip_nonfinite=cfg.nonfinite == "skip")
+        state.iteration = max(state.iteration, stop)
 
     # -- between windows -----------------------------------------------------------------------------
 
     def end_window(self) -> None:
         """Read the window's totals (all-reduced), check them, report them, and start the next window."""
-        window = self.window
+        window, state = self.window, self.state
         local = window.sums() + window.bad.tolist()
         loss_sum, wrong_sum, count, bad_it, _ = _all_reduce_sum(local, self.device) if self.world_size > 1 else local
         if self.cfg.nonfinite == "fail" and (bad_it >= 0 or not math.isfinite(loss_sum)):
             it_local, val_local = local[3:]
             raise NonFiniteLossError(
                 f"non-finite training loss {val_local if it_local >= 0 else loss_sum} at iteration "
-                f"{int(it_local) if it_local >= 0 else self.iteration}; set train.nonfinite: skip to skip such steps")
+                f"{int(it_local) if it_local >= 0 else state.iteration}; set train.nonfinite: skip to skip such steps")
         elapsed = max(time.perf_counter() - window.started, 1e-9)
         train_error = wrong_sum / max(count, 1)
+        lr = self.optimizer.param_groups[0]["lr"]  # the window's last step's (`PaperSchedule.step`)
         self.schedule.observe_train_error(train_error)
-        self.metrics = {
-            "train_loss": loss_sum / max(count, 1), "train_error": train_error, "lr": self.lr,
+        state.metrics = {
+            "train_loss": loss_sum / max(count, 1), "train_error": train_error, "lr": lr,
             "images_per_s": window.iterations * self.cfg.batch_size / elapsed, "epoch": self.loader.epoch,
             # Of the window's wall time, the part this rank waited for its next batch: near 0 when the
             # device is the bottleneck, near 1 when the loader is.
             "data_wait_fraction": min(1.0, window.data_wait_s / elapsed),
-            "nonfinite_skipped": self.nonfinite_skipped}
-        self.report(self.metrics, self.iteration)
+            "nonfinite_skipped": state.nonfinite_skipped}
+        self.report(state.metrics, state.iteration)
         window.restart()
 
     def validate(self) -> float:
         val = evaluate(self.model, self.val_loader, self.device, self.amp_dtype)
         self.schedule.observe_val_error(val["top1_error"])
         self.report({"val_loss": val["loss"], "val_error": val["top1_error"],
-                     **({"val_top5_error": val["top5_error"]} if "top5_error" in val else {})}, self.iteration)
+                     **({"val_top5_error": val["top5_error"]} if "top5_error" in val else {})}, self.state.iteration)
         return val["top1_error"]
 
-    def checkpoint(self, val_error: float | None) -> None:
+    def snapshot(self) -> TrainState:
+        """``state`` with every rank's loader and RNG states and the open window's totals (summed over
+        ranks): collective when distributed, so every rank calls it."""
         rngs: list[Any] = [rng_state()]
         loaders: list[Any] = [self.loader.state_dict()]
         sums = self.window.sums()
@@ -439,17 +490,19 @@ class Trainer:
             dist.all_gather_object(rngs, rng_state())
             dist.all_gather_object(loaders, self.loader.state_dict())
             sums = _all_reduce_sum(sums, self.device)
+        return dataclasses.replace(self.state, epoch=self.loader.epoch, position=self.loader.position,
+                                   loader=loaders, rng=rngs, window=sums)
+
+    def checkpoint(self, val_error: float | None) -> None:
+        state = self.snapshot()
         if self.rank == 0:
-            cfg = self.cfg
             self.ckpts.save({
                 "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
-                "iteration": self.iteration, "epoch": self.loader.epoch, "batch_in_epoch": self.loader.position,
-                "loader": loaders, "rng": rngs, "nonfinite_skipped": self.nonfinite_skipped,
-                "metrics": self.metrics, "window": sums,
-                "config": self.config_snapshot or {"train": dataclasses.asdict(cfg),
+                **state.to_checkpoint(),
+                "config": self.config_snapshot or {"train": dataclasses.asdict(self.cfg),
                                                    "model": dataclasses.asdict(self.model_cfg)},
-            }, self.iteration, val_error)
+            }, state.iteration, val_error)
         if self.world_size > 1:
             dist.barrier()  # nobody runs ahead of a checkpoint that may be needed to restart
 
@@ -459,39 +512,48 @@ class Trainer:
         test = evaluate(self.model, loader, self.device, self.amp_dtype)
         metrics = {"test_loss": test["loss"], "test_error": test["top1_error"],
                    **({"test_top5_error": test["top5_error"]} if "top5_error" in test else {})}
-        self.report(metrics, self.iteration)
+        self.report(metrics, self.state.iteration)
         return metrics
 
     # -- the schedule --------------------------------------------------------------------------------
 
     def next_stop(self) -> int:
-        """The next iteration at which something other than a step happens."""
-        cfg, it = self.cfg, self.iteration
-        return min(cfg.iterations, *((it // every + 1) * every
-                                     for every in (cfg.log_every, cfg.eval_every, cfg.checkpoint_every)))
+        """The next iteration at which something other than a step happens (a window ends, validation,
+        a checkpoint, the injected failure)."""
+        cfg, it = self.cfg, self.state.iteration
+        stops = [(it // every + 1) * every for every in (cfg.log_every, cfg.eval_every, cfg.checkpoint_every)]
+        if self.failure is not None and self.failure.at > it:
+            stops.append(self.failure.at)
+        return min(cfg.iterations, *stops)
+
+    def between_windows(self) -> None:
+        """What happens at the iteration where `train_until` stopped: log, validate, checkpoint."""
+        cfg, it = self.cfg, self.state.iteration
+        last = it == cfg.iterations
+        if it % cfg.log_every == 0 or last:
+            self.end_window()
+        evaluating = it % cfg.eval_every == 0 or last
+        if evaluating or it % cfg.checkpoint_every == 0:
+            self.checkpoint(self.validate() if evaluating else None)
+            # Evaluation and saving are neither training throughput nor data wait.
+            self.window.started, self.window.data_wait_s = time.perf_counter(), 0.0
 
     def run(self) -> FitResult:
         self.restore()
         self.wrap()
-        cfg = self.cfg
         self.window.started = time.perf_counter()
-        while self.iteration < cfg.iterations:
+        while self.state.iteration < self.cfg.iterations:
+            if self.failure is not None:
+                self.failure(self.state.iteration)
             self.train_until(self.next_stop())
-            it, last = self.iteration, self.iteration == cfg.iterations
-            if it % cfg.log_every == 0 or last:
-                self.end_window()
-            evaluating = it % cfg.eval_every == 0 or last
-            if evaluating or it % cfg.checkpoint_every == 0:
-                self.checkpoint(self.validate() if evaluating else None)
-                # Evaluation and saving are neither training throughput nor data wait.
-                self.window.started, self.window.data_wait_s = time.perf_counter(), 0.0
-        final = dict(self.metrics)
+            self.between_windows()
+        final = dict(self.state.metrics)
         if self.has_test:
             final.update(self.test())
         best = self.ckpts.best_error()
         if best is not None:
             final["best_val_error"] = best
-        return FitResult(self.iteration, final, unwrap(self.model), self.ckpts.directory)
+        return FitResult(self.state.iteration, final, unwrap(self.model), self.ckpts.directory)
 
 
 def configure_torch(cfg: TrainConfig, device: torch.device, world_size: int) -> None:
