@@ -49,7 +49,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where supported
     channels_last: bool = True
     compile: bool = False
-    threads_per_worker: Annotated[int, Bounds(ge=0, note="0: the cores / workers")] = 0  # torch threads per worker; 0: the cores / workers
+    threads_per_worker: Annotated[int, Bounds(ge=0, note="0: the cores / workers")] = 0  # torch threads per worker
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resume on CPU)
 
