@@ -98,35 +98,30 @@ def apply_sets(params: Mapping[str, Any], sets: tuple[str, ...] | list[str]) -> 
 
 @dataclasses.dataclass(frozen=True)
 class Bounds:
-    """The range of a numeric field, declared beside it as ``Annotated[int, Bounds(gt=0)]``; checked by
-    pydantic (imported only when a config is checked: the training loop runs where only torch is
-    installed). ``what`` and ``note`` only word the error: "train.x: must be <what> in [0, 1) (<note>)"."""
+    """The range of a numeric field (a lower bound, maybe an upper one), declared beside it as
+    ``Annotated[int, Bounds(gt=0)]`` and checked by pydantic, which is imported only when a config is
+    checked (the training loop runs where only torch is installed). ``what`` and ``note`` word the
+    error: "train.x: must be <what> in [0, 1) (<note>), got 2"."""
 
     gt: float | None = None
     ge: float | None = None
     lt: float | None = None
     le: float | None = None
-    finite: bool = False  # refuse inf and nan (which pass no range check, but would not fail one either)
+    finite: bool = False  # refuse inf and nan, which a range check alone would let through
     what: str = ""
     note: str = ""
 
     def describe(self, integer: bool) -> str:
-        low, high = (self.gt, self.ge), (self.lt, self.le)
-        if any(v is not None for v in high) and any(v is not None for v in low):
-            text = (f"in {'(' if self.gt is not None else '['}{_num(self.gt, self.ge)}, "
-                    f"{_num(self.lt, self.le)}{')' if self.lt is not None else ']'}")
+        """E.g. "a positive integer", "an iteration >= 0", "a training error in (0, 1]"."""
+        low = self.gt if self.gt is not None else self.ge
+        high = self.lt if self.lt is not None else self.le
+        if high is not None:
+            text = f"{self.what} in {'[('[self.gt is not None]}{low:g}, {high:g}{'])'[self.lt is not None]}"
         elif self.gt == 0 and not self.what:
             text = f"a positive {'integer' if integer else 'number'}"
-        elif self.gt is not None or self.ge is not None:
-            text = f"{'>' if self.gt is not None else '>='} {_num(self.gt, self.ge)}"
         else:
-            text = f"{'<' if self.lt is not None else '<='} {_num(self.lt, self.le)}"
-        what = self.what or ("an integer" if integer and not text.startswith(("in", "a ")) else "")
-        return " ".join(filter(None, (what, text, f"({self.note})" if self.note else "")))
-
-
-def _num(strict: float | None, inclusive: float | None) -> str:
-    return f"{strict if strict is not None else inclusive:g}"
+            text = f"{self.what or ('an integer' if integer else '')} {'>' if self.gt is not None else '>='} {low:g}"
+        return text.strip() + (f" ({self.note})" if self.note else "")
 
 
 def _pydantic_type(tp: Any) -> Any:
@@ -136,7 +131,7 @@ def _pydantic_type(tp: Any) -> Any:
 
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Annotated:
-        bounds = next(m for m in tp.__metadata__ if isinstance(m, Bounds))
+        bounds = tp.__metadata__[0]
         finite = {"allow_inf_nan": False} if bounds.finite else {}
         return typing.Annotated[_pydantic_type(args[0]), Field(gt=bounds.gt, ge=bounds.ge, lt=bounds.lt, le=bounds.le,
                                                                **finite)]
@@ -170,7 +165,7 @@ def _schema(cls: type) -> Any:
 
     hints = typing.get_type_hints(cls, include_extras=True)
     schema = TypedDict(f"{cls.__name__}Schema",  # type: ignore[misc]
-                              {f.name: _pydantic_type(hints[f.name]) for f in dataclasses.fields(cls)}, total=False)
+                       {f.name: _pydantic_type(hints[f.name]) for f in dataclasses.fields(cls)}, total=False)
     return TypeAdapter(with_config(ConfigDict(extra="forbid", coerce_numbers_to_str=True))(schema))
 
 
@@ -190,51 +185,36 @@ def _message(errors: list[dict[str, Any]], cls: type, section: str) -> str:
     if unknown:
         return (f"unknown key(s) in params section '{section}': {', '.join(unknown)}; "
                 f"valid keys are: {', '.join(sorted(f.name for f in dataclasses.fields(cls)))}")
-    ranged = [e for e in errors if e["type"] in _RANGE_ERRORS]
-    error = (ranged or errors)[0]
+    error = next((e for e in errors if e["type"] in _RANGE_ERRORS), errors[0])  # a union's other members
     name, value = error["loc"][0], error["input"]
     tp = typing.get_type_hints(cls, include_extras=True)[name]
     key = f"{section}.{name}" + "".join(f"[{i}]" for i in error["loc"][1:] if isinstance(i, int))
-    options = [a for a in typing.get_args(tp) if a is not type(None)] if _is_union(tp) else [tp]
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    options = [a for a in typing.get_args(tp) if a is not type(None)] if union else [tp]
     if value is None:
         return f"{key}: must not be empty (expected {' or '.join(map(_describe, options))})"
-    if error["type"] in _RANGE_ERRORS or error["type"] == "finite_number":
-        bounds = next(_bounds(a) for a in options if _bounds(a))
-        if error["type"] == "finite_number":
-            return f"{key}: must be a finite number, got {value}"
-        return f"{key}: must be {bounds.describe(_base(options[0]) is int)}, got {value}"
+    if error["type"] == "finite_number":
+        return f"{key}: must be a finite number, got {value}"
+    if error["type"] in _RANGE_ERRORS:
+        (base, bounds), = [typing.get_args(a) for a in options if typing.get_origin(a) is typing.Annotated]
+        return f"{key}: must be {bounds.describe(base is int)}, got {value}"
     if len(options) > 1:
         return f"{key}: {value!r} is not valid; expected {' or '.join(map(_describe, options))}"
     if error["type"] == "literal_error":
         hint = ' (YAML reads unquoted on/off as true/false: write "on" or "off")' if isinstance(value, bool) else ""
         return f"{key}: {value!r} is not valid; choose one of {', '.join(map(repr, typing.get_args(tp)))}{hint}"
-    item = typing.get_args(tp)[0] if len(error["loc"]) > 1 else tp
-    return f"{key}: expected {_describe(item)}, got {value!r}"
+    return f"{key}: expected {_describe(typing.get_args(tp)[0] if len(error['loc']) > 1 else tp)}, got {value!r}"
 
 
 _RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
-_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _is_union(tp: Any) -> bool:
-    return typing.get_origin(tp) in (typing.Union, types.UnionType)
-
-
-def _base(tp: Any) -> Any:
-    return typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
-
-
-def _bounds(tp: Any) -> Bounds | None:
-    return next((m for m in getattr(tp, "__metadata__", ()) if isinstance(m, Bounds)), None)
 
 
 def _describe(tp: Any) -> str:
-    tp = _base(tp)
+    tp = typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
     if typing.get_origin(tp) is typing.Literal:
         return f"one of {', '.join(map(repr, typing.get_args(tp)))}"
-    if typing.get_origin(tp) in (list, tuple):
-        return "a list"
-    return _NAMES.get(tp, "a mapping" if tp is dict or typing.get_origin(tp) is dict else str(tp))
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return "a list" if typing.get_origin(tp) in (list, tuple) else names.get(tp, str(tp))
 
 
 def check_fields(cfg: Any, section: str) -> None:
