@@ -7,7 +7,9 @@ reported, never ignored (a typo'd key would otherwise silently fall back to a de
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
@@ -94,73 +96,131 @@ def apply_sets(params: Mapping[str, Any], sets: tuple[str, ...] | list[str]) -> 
     return out
 
 
-def _coerce(name: str, value: Any, tp: Any) -> Any:
-    """Check (and gently coerce) one value against its dataclass field type."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if value is None:
-        if type(None) in args or tp is Any:
-            return None
-        raise ConfigError(f"{name}: must not be empty (expected {getattr(tp, '__name__', tp)})")
-    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
-        inner = [a for a in args if a is not type(None)]
-        for candidate in inner:
-            try:
-                return _coerce(name, value, candidate)
-            except ConfigError:
-                continue
-        described = [f"one of {', '.join(map(repr, typing.get_args(a)))}" if typing.get_origin(a) is typing.Literal
-                     else {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(a, str(a))
-                     for a in inner]
-        raise ConfigError(f"{name}: {value!r} is not valid; expected {' or '.join(described)}")
-    if origin is typing.Literal:
-        if value not in args:
-            hint = ' (YAML reads unquoted on/off as true/false: write "on" or "off")' if isinstance(value, bool) else ""
-            raise ConfigError(f"{name}: {value!r} is not valid; choose one of {', '.join(map(repr, args))}{hint}")
-        return value
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The range of a numeric field (a lower bound, maybe an upper one), declared beside it as
+    ``Annotated[int, Bounds(gt=0)]`` and checked by pydantic, which is imported only when a config is
+    checked (the training loop runs where only torch is installed). ``what`` and ``note`` word the
+    error: "train.x: must be <what> in [0, 1) (<note>), got 2"."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    finite: bool = False  # refuse inf and nan, which a range check alone would let through
+    what: str = ""
+    note: str = ""
+
+    def describe(self, integer: bool) -> str:
+        """E.g. "a positive integer", "an iteration >= 0", "a training error in (0, 1]"."""
+        low = self.gt if self.gt is not None else self.ge
+        high = self.lt if self.lt is not None else self.le
+        if high is not None:
+            text = f"{self.what} in {'[('[self.gt is not None]}{low:g}, {high:g}{'])'[self.lt is not None]}"
+        elif self.gt == 0 and not self.what:
+            text = f"a positive {'integer' if integer else 'number'}"
+        else:
+            text = f"{self.what or ('an integer' if integer else '')} {'>' if self.gt is not None else '>='} {low:g}"
+        return text.strip() + (f" ({self.note})" if self.note else "")
+
+
+def _pydantic_type(tp: Any) -> Any:
+    """``tp`` as pydantic checks it: Bounds as constraints, bools strict (pydantic would read 1 or "yes"
+    as true), lists also from "a,b" (``-S sweep.depths=20,32``), integers also from "6.4e4"."""
+    from pydantic import BeforeValidator, Field, Strict
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        bounds = tp.__metadata__[0]
+        finite = {"allow_inf_nan": False} if bounds.finite else {}
+        return typing.Annotated[_pydantic_type(args[0]), Field(gt=bounds.gt, ge=bounds.ge, lt=bounds.lt, le=bounds.le,
+                                                               **finite)]
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(map(_pydantic_type, args))]
     if origin in (list, tuple):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
-        item_tp = args[0] if args else Any
-        items = [_coerce(f"{name}[{i}]", v, item_tp) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return typing.Annotated[tp, BeforeValidator(_split)]
     if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)  # YAML writes 6.4e4 as a float
-        if isinstance(value, str):
-            try:
-                return int(float(value)) if float(value).is_integer() else _fail_int(name, value)
-            except ValueError:
-                _fail_int(name, value)
-        if not isinstance(value, int):
-            _fail_int(name, value)
+        return typing.Annotated[int, BeforeValidator(_whole)]
+    return typing.Annotated[bool, Strict()] if tp is bool else tp
+
+
+def _split(value: Any) -> Any:
+    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+
+def _whole(value: Any) -> Any:
+    """YAML reads 6.4e4 as the string "6.4e4" (PyYAML wants 6.4e+4): an integer written so is one."""
+    try:
+        return int(float(value)) if isinstance(value, str) and float(value).is_integer() else value
+    except ValueError:
         return value
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-    if tp is str:
-        return str(value)
-    if isinstance(tp, type) and issubclass(tp, dict):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-        return dict(value)
-    return value
 
 
-def _fail_int(name: str, value: Any) -> None:
-    raise ConfigError(f"{name}: expected an integer, got {value!r}")
+@functools.cache
+def _schema(cls: type) -> Any:
+    """A pydantic validator of a dict of dataclass ``cls``'s fields, unknown keys forbidden. Keys left
+    out stay out, so that they keep the dataclass's own defaults."""
+    from pydantic import ConfigDict, TypeAdapter, with_config
+    from typing_extensions import TypedDict  # pydantic's choice before Python 3.12
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    schema = TypedDict(f"{cls.__name__}Schema",  # type: ignore[misc]
+                       {f.name: _pydantic_type(hints[f.name]) for f in dataclasses.fields(cls)}, total=False)
+    return TypeAdapter(with_config(ConfigDict(extra="forbid", coerce_numbers_to_str=True))(schema))
+
+
+def _validated(cls: type, values: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """``values`` checked and converted ("0.1" to 0.1, "6.4e4" to 64000) against dataclass ``cls``'s fields."""
+    from pydantic import ValidationError
+
+    try:
+        return _schema(cls).validate_python(dict(values))
+    except ValidationError as exc:
+        raise ConfigError(_message(exc.errors(), cls, section)) from None
+
+
+def _message(errors: list[dict[str, Any]], cls: type, section: str) -> str:
+    """pydantic's errors as one line that names the key and what is valid."""
+    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+    if unknown:
+        return (f"unknown key(s) in params section '{section}': {', '.join(unknown)}; "
+                f"valid keys are: {', '.join(sorted(f.name for f in dataclasses.fields(cls)))}")
+    error = next((e for e in errors if e["type"] in _RANGE_ERRORS), errors[0])  # a union's other members
+    name, value = error["loc"][0], error["input"]
+    tp = typing.get_type_hints(cls, include_extras=True)[name]
+    key = f"{section}.{name}" + "".join(f"[{i}]" for i in error["loc"][1:] if isinstance(i, int))
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    options = [a for a in typing.get_args(tp) if a is not type(None)] if union else [tp]
+    if value is None:
+        return f"{key}: must not be empty (expected {' or '.join(map(_describe, options))})"
+    if error["type"] == "finite_number":
+        return f"{key}: must be a finite number, got {value}"
+    if error["type"] in _RANGE_ERRORS:
+        (base, bounds), = [typing.get_args(a) for a in options if typing.get_origin(a) is typing.Annotated]
+        return f"{key}: must be {bounds.describe(base is int)}, got {value}"
+    if len(options) > 1:
+        return f"{key}: {value!r} is not valid; expected {' or '.join(map(_describe, options))}"
+    if error["type"] == "literal_error":
+        hint = ' (YAML reads unquoted on/off as true/false: write "on" or "off")' if isinstance(value, bool) else ""
+        return f"{key}: {value!r} is not valid; choose one of {', '.join(map(repr, typing.get_args(tp)))}{hint}"
+    return f"{key}: expected {_describe(typing.get_args(tp)[0] if len(error['loc']) > 1 else tp)}, got {value!r}"
+
+
+_RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def _describe(tp: Any) -> str:
+    tp = typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
+    if typing.get_origin(tp) is typing.Literal:
+        return f"one of {', '.join(map(repr, typing.get_args(tp)))}"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return "a list" if typing.get_origin(tp) in (list, tuple) else names.get(tp, str(tp))
+
+
+def check_fields(cfg: Any, section: str) -> None:
+    """Raise ConfigError naming the key when a field of config dataclass ``cfg`` has the wrong type or
+    is out of its declared range (what `from_dict` checks; for configs built in code)."""
+    _validated(type(cfg), {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, section)
 
 
 def from_dict(cls: type[T], values: Mapping[str, Any] | None, section: str, **overrides: Any) -> T:
@@ -168,21 +228,8 @@ def from_dict(cls: type[T], values: Mapping[str, Any] | None, section: str, **ov
 
     Unknown keys raise ConfigError naming the section, the key and the valid keys.
     """
-    values = dict(values or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in params section '{section}': {', '.join(unknown)}; "
-            f"valid keys are: {', '.join(sorted(fields))}"
-        )
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    kwargs = {k: _coerce(f"{section}.{k}", v, hints[k]) for k, v in values.items()}
-    try:
-        obj = cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"params section '{section}': {exc}") from exc
+    values = {**(values or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    obj = cls(**_validated(cls, values, section))
     validate = getattr(obj, "validate", None)
     if callable(validate):
         try:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping, get_args
 
-from resnet_pipeline.config import ConfigError, load_params, load_section
+from resnet_pipeline.config import Bounds, ConfigError, check_fields, load_params, load_section
 from resnet_pipeline.data.demo import SHAPES
 
 # The official CIFAR-10 python tarball (Krizhevsky 2009). Its checksum is torchvision's.
@@ -20,13 +20,13 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_SIZE = (32, 32)
 
-DATASETS = ("cifar10", "imagefolder", "demo")
-BACKENDS = ("auto", "dali-gpu", "dali-cpu", "torch")
-NORMALIZATIONS = ("auto", "per_pixel", "per_channel")
-
 Dataset = Literal["cifar10", "imagefolder", "demo"]
 Backend = Literal["auto", "dali-gpu", "dali-cpu", "torch"]
 Normalize = Literal["auto", "per_pixel", "per_channel"]
+BACKENDS, NORMALIZATIONS = get_args(Backend), get_args(Normalize)
+
+Seed = Annotated[int, Bounds(ge=0)]
+Count = Annotated[int, Bounds(ge=1)]
 
 
 class DataError(ConfigError):
@@ -55,28 +55,28 @@ class DataConfig:
     download_dir: str = "data/downloads"
     # Fraction of each class's training images held out as `val` when the source has no val split.
     # 0.1 of CIFAR-10's 50k gives the paper's 45k/5k split (Sec. 4.2).
-    val_fraction: float = 0.1
-    split_seed: int = 0
+    val_fraction: Annotated[float, Bounds(ge=0, lt=1)] = 0.1
+    split_seed: Seed = 0
     backend: Backend = "auto"
     # per_pixel: subtract the train split's mean image (Sec. 4.2), needs fixed-size small images;
     # per_channel: subtract the per-channel mean (Sec. 3.4's ImageNet nets). Both then divide by the
     # per-channel std. auto: per_pixel for CIFAR-kind data, per_channel for ImageNet-kind data.
     normalize: Normalize = "auto"
     # DALI CPU threads per pipeline; the torch backend uses this many DataLoader workers.
-    num_threads: int = 2
+    num_threads: Count = 2
     # The generated `demo` dataset: classes x (train + test) images of size x size pixels.
-    demo_classes: int = 10
-    demo_train_per_class: int = 300
-    demo_test_per_class: int = 60
-    demo_image_size: int = 32
-    demo_seed: int = 0
+    demo_classes: Annotated[int, Bounds(ge=2, le=len(SHAPES))] = 10
+    demo_train_per_class: Count = 300
+    demo_test_per_class: Count = 60
+    demo_image_size: Annotated[int, Bounds(ge=16, le=256)] = 32
+    demo_seed: Seed = 0
     # ImageNet-kind data (images larger than 64 px or of mixed sizes; Sec. 3.4): training resizes the
     # shorter side to a random value in resize_range and takes a random crop_size crop; evaluation
     # resizes it to eval_resize and takes the centre crop (or 10 crops). color_aug: the standard
     # colour (PCA lighting) augmentation of [21], in training only.
-    crop_size: int = 224
+    crop_size: Count = 224
     resize_range: list[int] = field(default_factory=lambda: [256, 480])
-    eval_resize: int = 256
+    eval_resize: Count = 256
     color_aug: bool = False
 
     @property
@@ -91,35 +91,14 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the key and its valid values."""
-        for key, valid in (("dataset", DATASETS), ("backend", BACKENDS), ("normalize", NORMALIZATIONS)):
-            value = getattr(self, key)
-            if value not in valid:
-                raise ConfigError(f"data.{key}: {value!r} is not valid; choose one of {', '.join(valid)}")
+        check_fields(self, "data")
         if self.dataset in ("cifar10", "imagefolder") and not self.source:
             raise ConfigError(
                 f"data.source: dataset {self.dataset!r} needs a source: a URL, an archive "
                 "(.tar, .tar.gz, .tgz, .zip) or a folder")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction: {self.val_fraction} is not valid; use a number in [0, 1)")
-        for key in ("split_seed", "demo_seed"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"data.{key}: {getattr(self, key)} is not valid; use an integer >= 0")
-        if self.num_threads < 1:
-            raise ConfigError(f"data.num_threads: {self.num_threads} is not valid; use an integer >= 1")
-        if not 2 <= self.demo_classes <= len(SHAPES):
-            raise ConfigError(f"data.demo_classes: {self.demo_classes} is not valid; use 2..{len(SHAPES)}")
-        for key in ("demo_train_per_class", "demo_test_per_class"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"data.{key}: {getattr(self, key)} is not valid; use an integer >= 1")
-        if not 16 <= self.demo_image_size <= 256:
-            raise ConfigError(f"data.demo_image_size: {self.demo_image_size} is not valid; use 16..256")
-        if (len(self.resize_range) != 2 or not all(isinstance(v, int) for v in self.resize_range)
-                or not 0 < self.resize_range[0] <= self.resize_range[1]):
+        if len(self.resize_range) != 2 or not 0 < self.resize_range[0] <= self.resize_range[1]:
             raise ConfigError(f"data.resize_range: {self.resize_range} is not valid; use [low, high] with "
                               "0 < low <= high, e.g. [256, 480]")
-        for key in ("crop_size", "eval_resize"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"data.{key}: {getattr(self, key)} is not valid; use an integer >= 1")
         if self.crop_size > min(self.resize_range[0], self.eval_resize):
             raise ConfigError(f"data.crop_size: {self.crop_size} is larger than the resized shorter side "
                               f"(data.resize_range {self.resize_range}, data.eval_resize {self.eval_resize}); "

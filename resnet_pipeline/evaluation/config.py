@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from resnet_pipeline.config import ConfigError, check_name
+from resnet_pipeline.config import Bounds, ConfigError, check_fields, check_name
 
 # The alias that marks the registered version with the lowest validation error.
 CHAMPION = "champion"
-SPLITS = ("val", "test")
 # In evaluate.details: the whole evaluation (what `report` renders).
 SUMMARY = "summary.json"
 
@@ -30,15 +29,15 @@ class EvaluateConfig:
     # The split whose error is reported beside the paper's. Validation error (the `val` split) is
     # always measured too: it, never the test error, decides the registry's champion.
     split: Literal["val", "test"] = "test"
-    batch_size: int = 256
+    batch_size: Annotated[int, Bounds(gt=0)] = 256
     # ImageNet-kind data: also 10-crop testing (Sec. 3.4; Tables 2 and 3 use it). auto: on for
     # the ImageNet kind (CIFAR-kind images are tested on a single view, Sec. 4.2).
     ten_crop: Literal["auto", "on", "off"] = "auto"
     # Degradation check (Figure 6): a run's final training error is the mean of its last N
     # logging windows; a rise with depth counts only when larger than the margin (a fraction:
     # 0.01 = 1 percentage point), so noise between seeds is not called degradation.
-    last_windows: int = 5
-    degradation_margin: float = 0.01
+    last_windows: Annotated[int, Bounds(gt=0)] = 5
+    degradation_margin: Annotated[float, Bounds(ge=0, lt=1, what="a fraction of error")] = 0.01
     # What the degradation check compares: each run's final training error (its last `last_windows`
     # windows), or its mean over the second half of the run at equal iterations (short schedules,
     # where the last windows of two curves can cross).
@@ -48,17 +47,12 @@ class EvaluateConfig:
     registry_name: str | None = None
 
     def validate(self) -> None:
+        check_fields(self, "evaluate")
         for key in ("out", "details", "plots", "reports"):
             if not getattr(self, key):
                 raise ConfigError(f"evaluate.{key}: must be a non-empty path")
         if not self.out.endswith(".json"):
             raise ConfigError(f"evaluate.out: {self.out!r} must be a .json file (a DVC metrics file)")
-        for key in ("batch_size", "last_windows"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"evaluate.{key}: must be a positive integer, got {getattr(self, key)}")
-        if not 0 <= self.degradation_margin < 1:
-            raise ConfigError(f"evaluate.degradation_margin: must be in [0, 1) (a fraction of error), "
-                              f"got {self.degradation_margin}")
         if self.registry_name is not None:
             check_name("evaluate.registry_name", self.registry_name, "resnet-cifar10, or null for resnet-<data folder name>")
 
