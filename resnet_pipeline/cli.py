@@ -314,6 +314,7 @@ def evaluate(params_file: str | None, sweep_name: str | None, run_ids: tuple[str
     from resnet_pipeline.data import load_data_config
     from resnet_pipeline.evaluation import load_evaluate_config
     from resnet_pipeline.evaluation.evaluate import run_evaluation
+    from resnet_pipeline.models import net_label
     from resnet_pipeline.sweep import SweepConfig
     from resnet_pipeline.training.config import TrainConfig
 
@@ -327,17 +328,16 @@ def evaluate(params_file: str | None, sweep_name: str | None, run_ids: tuple[str
     summary = run_evaluation(cfg, data_dir, experiment=experiment, sweep=sweep_name, run_ids=run_ids,
                              backend=data_cfg.backend, normalize=data_cfg.normalize, num_threads=data_cfg.num_threads,
                              aug=data_cfg.aug, default_data=data_cfg.out_dir)
-    _print_rows(f"Errors (%) on {summary['compared']} beside the paper, mean +- std over seeds", [{
-        "net": f"plain-{e['depth']}" if e["shortcut"] == "plain" else f"ResNet-{e['depth']} {e['shortcut']}",
-        "n": e["runs"],
+    _print_rows(f"Errors (%) on {summary.compared} beside the paper, mean +- std over seeds", [{
+        "net": net_label(e["depth"], e["shortcut"]), "n": e["runs"],
         "top-1": _pct_pm(e["top1_error_mean"], e["top1_error_std"]), "paper": _pct_pm(e["paper_top1_error"]),
         "diff": _pct_pm(e["diff_top1_error"]), "top-5": _pct_pm(e["top5_error_mean"], e["top5_error_std"]),
         "val": _pct_pm(e["val_error_mean"], e["val_error_std"]),
-        "train": _pct_pm(e["train_error_mean"], e["train_error_std"])} for e in summary["table"]],
-        ("net", "n", "top-1", *(("paper", "diff") if any(e["paper_top1_error"] is not None for e in summary["table"])
+        "train": _pct_pm(e["train_error_mean"], e["train_error_std"])} for e in summary.table],
+        ("net", "n", "top-1", *(("paper", "diff") if any(e["paper_top1_error"] is not None for e in summary.table)
                                 else ()),
-         *(("top-5",) if any(e["top5_error_mean"] is not None for e in summary["table"]) else ()), "val", "train"))
-    for check in summary["degradation"]:
+         *(("top-5",) if any(e["top5_error_mean"] is not None for e in summary.table) else ()), "val", "train"))
+    for check in summary.degradation:
         click.echo(f"degradation check: {check['answer']}")
 
 
@@ -384,20 +384,22 @@ def predict(images: tuple[str, ...], model_uri: str | None, params_file: str | N
 def report(params_file: str | None, sweep_name: str | None) -> None:
     """reports/<sweep>/report.md and report.html from the evaluation, logged to the sweep's MLflow run."""
     from resnet_pipeline.evaluation import load_evaluate_config
+    from resnet_pipeline.evaluation.summary import EvaluationSummary
+    from resnet_pipeline.models import net_label
     from resnet_pipeline.report.build import build_report
 
     dest = build_report(load_evaluate_config(params_file), sweep=sweep_name, params_file=params_file)
     from resnet_pipeline.tracking import resolve_tracking_uri
 
-    summary = json.loads((dest / "evaluation.json").read_text())
+    summary = EvaluationSummary.from_json(json.loads((dest / "evaluation.json").read_text()))
     click.echo(f"\nreport: {dest / 'report.html'} (and report.md)")
     measured = {"test": "test error", "val": "val error", "val_10crop": "val error (10-crop)",
-                "test_10crop": "test error (10-crop)"}.get(summary["compared"], f"{summary['compared']} error")
-    for e in summary["table"]:
-        net = f"plain-{e['depth']}" if e["shortcut"] == "plain" else f"ResNet-{e['depth']} ({e['shortcut']})"
+                "test_10crop": "test error (10-crop)"}.get(summary.compared, f"{summary.compared} error")
+    for e in summary.table:
+        net = net_label(e["depth"], e["shortcut"], "legend")
         click.echo(f"  {net:<18} {measured} {_pct_pm(e['top1_error_mean'], e['top1_error_std'])}%  "
                    f"training error {_pct_pm(e['train_error_mean'], e['train_error_std'])}%")
-    for check in summary["degradation"]:
+    for check in summary.degradation:
         click.echo(f"  degradation check: {check['answer']}")
     click.echo(f"MLflow UI: mlflow ui --backend-store-uri {resolve_tracking_uri()}  (then http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)")
 

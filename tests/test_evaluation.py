@@ -23,6 +23,7 @@ from conftest import write_images
 from resnet_pipeline import paper, tracking
 from resnet_pipeline.config import ConfigError
 from resnet_pipeline.evaluation import EvaluateConfig, RunCurve, degradation_check, degradation_checks, final_error
+from resnet_pipeline.evaluation.summary import EvaluationSummary
 from resnet_pipeline.evaluation.metrics import collect_predictions, confusion_matrix, summarize, topk_error
 
 SWEEP, EXPERIMENT, REGISTRY = "evsweep", "test-eval", "resnet-evtest"
@@ -330,9 +331,9 @@ def test_paper_references_and_secondary_marks() -> None:
 
 def test_evaluation_matches_the_training_runs_own_numbers(evaluated: dict) -> None:
     s, client = evaluated["summary"], _client(evaluated["uri"])
-    assert s["sweep"] == SWEEP and s["parent_run_id"] == evaluated["parent"] and len(s["runs"]) == 4
-    assert [(r["shortcut"], r["depth"]) for r in s["runs"]] == [("plain", 8), ("plain", 14), ("A", 8), ("A", 14)]
-    for row in s["runs"]:
+    assert s.sweep == SWEEP and s.parent_run_id == evaluated["parent"] and len(s.runs) == 4
+    assert [(r["shortcut"], r["depth"]) for r in s.runs] == [("plain", 8), ("plain", 14), ("A", 8), ("A", 14)]
+    for row in s.runs:
         run = client.get_run(row["run_id"])
         m = run.data.metrics
         assert run.info.status == "FINISHED"  # evaluation leaves no run RUNNING
@@ -361,12 +362,12 @@ def test_evaluation_matches_the_training_runs_own_numbers(evaluated: dict) -> No
         # Figure 7: one std per 3x3 layer, the CIFAR stem included (6n+1 layers).
         assert [x["index"] for x in detail["layer_responses"]] == list(range(1, row["depth"]))
         assert all(x["std"] > 0 for x in detail["layer_responses"])
-    assert [(e["shortcut"], e["depth"], e["runs"]) for e in s["table"]] == [
+    assert [(e["shortcut"], e["depth"], e["runs"]) for e in s.table] == [
         ("plain", 8, 1), ("plain", 14, 1), ("A", 8, 1), ("A", 14, 1)]
-    assert s["degradation"][0]["verdict"] in ("degradation", "no degradation", "both degrade")
-    assert client.get_run(evaluated["parent"]).data.tags["degradation.A"] == s["degradation"][0]["verdict"]
-    assert s["degradation"][0]["depths"] == [8, 14]
-    plots = Path(s["plots_dir"])
+    assert s.degradation[0]["verdict"] in ("degradation", "no degradation", "both degrade")
+    assert client.get_run(evaluated["parent"]).data.tags["degradation.A"] == s.degradation[0]["verdict"]
+    assert s.degradation[0]["depths"] == [8, 14]
+    plots = Path(s.plots_dir)
     for f in ("figure6.png", "figure7.png", "figure6.csv", "figure7.csv"):
         assert (plots / f).stat().st_size > 0, f
     lines = (plots / "figure7.csv").read_text().splitlines()
@@ -375,19 +376,23 @@ def test_evaluation_matches_the_training_runs_own_numbers(evaluated: dict) -> No
     metrics = json.loads(Path(evaluated["cfg"].out).read_text())
     assert set(metrics) == {"plain-8", "plain-14", "A-8", "A-14", "degradation-A"}
     assert all(isinstance(v, (int, float)) for entry in metrics.values() for v in entry.values())
-    assert metrics["plain-14"]["top1_error"] == s["runs"][1]["test"]["top1_error"]
-    assert json.loads((Path(evaluated["cfg"].details) / "summary.json").read_text())["runs"] == s["runs"]
+    assert metrics["plain-14"]["top1_error"] == s.runs[1]["test"]["top1_error"]
+    written = json.loads((Path(evaluated["cfg"].details) / "summary.json").read_text())
+    assert written["runs"] == s.runs
+    # The file is the dataclass, key for key and in order, and reads back to it.
+    texts = [json.dumps(x, default=str) for x in (written, s.to_json(), EvaluationSummary.from_json(written).to_json())]
+    assert texts[0] == texts[1] == texts[2]
 
 
 def test_champion_is_the_lowest_validation_error(evaluated: dict) -> None:
     s, client = evaluated["summary"], _client(evaluated["uri"])
     versions = client.search_model_versions(f"name = '{REGISTRY}'")
-    assert len(versions) == 4 and all(r["registry"]["registered"] for r in s["runs"])
+    assert len(versions) == 4 and all(r["registry"]["registered"] for r in s.runs)
     champion = client.get_model_version_by_alias(REGISTRY, "champion")
-    best = min(r["val"]["top1_error"] for r in s["runs"])
+    best = min(r["val"]["top1_error"] for r in s.runs)
     assert float(champion.tags["val_error"]) == best
-    first_best = next(r for r in s["runs"] if r["val"]["top1_error"] == best)  # a tie keeps the first
-    assert champion.run_id == first_best["run_id"] == s["registry"]["champion_run_id"]
+    first_best = next(r for r in s.runs if r["val"]["top1_error"] == best)  # a tie keeps the first
+    assert champion.run_id == first_best["run_id"] == s.registry.champion_run_id
     # A few rounded, clearly named tags; the version says why it is the champion.
     assert set(champion.tags) == {"depth", "shortcut", "seed", "val_error", "test_error"}, champion.tags
     assert len(champion.tags["val_error"]) <= 8 and "became champion: first version" in champion.description
@@ -573,20 +578,20 @@ def test_report_builds_from_the_evaluation(evaluated: dict) -> None:
     dest = build_report(cfg, sweep=SWEEP, params_file="pipelines/demo/params.yaml", log=lambda _: None)
     assert dest == Path(cfg.reports) / SWEEP
     md, html = (dest / "report.md").read_text(), (dest / "report.html").read_text()
-    for text in ("Results beside the paper", "Degradation check (Figure 6)", s["degradation"][0]["answer"],
+    for text in ("Results beside the paper", "Degradation check (Figure 6)", s.degradation[0]["answer"],
                  "figures/figure6.png", "figures/figure7.png", "How to reproduce", "Per-class accuracy",
                  f"python cli.py evaluate --params pipelines/demo/params.yaml --sweep {SWEEP}",
-                 s["environment"]["git_commit"]):
+                 s.environment["git_commit"]):
         assert text in md, text
-    for row in s["runs"]:
+    for row in s.runs:
         assert row["run_id"] in md and row["run_id"] in html
-    assert html.startswith("<!DOCTYPE html>") and html.count("<img ") == 2 + 2 * len(s["runs"])
+    assert html.startswith("<!DOCTYPE html>") and html.count("<img ") == 2 + 2 * len(s.runs)
     # Self-contained: every image embedded (MLflow's artifact viewer loads no relative file).
     assert html.count('<img src="data:image/png;base64,') == html.count("<img ") and 'src="figures/' not in html
     assert "<table>" in html and "**" not in html
     # Run ids link to the MLflow UI; only the current holder of the alias is marked.
-    exp = s["experiment_id"]
-    for row in s["runs"]:
+    exp = s.experiment_id
+    for row in s.runs:
         assert f'href="http://127.0.0.1:5000/#/experiments/{exp}/runs/{row["run_id"]}?workflowType=machine_learning"' in html
     assert md.count("@champion |") == 1, md
     # No top-5 or paper columns on 4-class, non-CIFAR data; no note repeated on every row.

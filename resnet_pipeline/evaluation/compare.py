@@ -6,24 +6,15 @@ Errors are fractions here (as in MLflow); `paper.py` holds percentages and is co
 
 from __future__ import annotations
 
-import math
-import statistics
 from typing import Any, Iterable, Mapping, Sequence
 
 from resnet_pipeline import paper
+from resnet_pipeline.stats import mean_std
 
 
 # Other per-run values whose mean +- std over seeds the table carries: the validation error (which
 # selects models) and the final training error (Figure 6's measure).
 EXTRA_KEYS = ("val_error", "train_error")
-
-
-def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample std (0 for one value) of the finite values; (None, None) when there are none."""
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
 
 
 def _sort_key(key: tuple[str, int, str]) -> tuple:

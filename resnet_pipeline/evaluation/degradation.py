@@ -29,6 +29,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
+from resnet_pipeline.stats import mean_std
+
 Verdict = Literal["degradation", "no degradation", "both degrade", "not enough runs"]
 Basis = Literal["final", "second_half"]
 BASES = ("final", "second_half")
@@ -107,10 +109,6 @@ def final_errors(runs: Iterable[RunCurve], last_windows: int,
     return out
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
@@ -146,7 +144,7 @@ def degradation_check(runs: Iterable[RunCurve], *, residual_shortcut: str | None
 
     points = []
     for d in common:
-        (pm, ps), (rm, rs) = _mean_std(finals["plain", d]), _mean_std(finals[residual_shortcut, d])
+        (pm, ps), (rm, rs) = mean_std(finals["plain", d]), mean_std(finals[residual_shortcut, d])
         points.append(DepthPoint(d, pm, rm, ps, rs, len(finals["plain", d]), len(finals[residual_shortcut, d])))
     plain_rise = points[-1].plain - points[0].plain
     residual_rise = points[-1].residual - points[0].residual

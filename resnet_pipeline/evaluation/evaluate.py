@@ -30,6 +30,7 @@ from resnet_pipeline.config import ConfigError
 from resnet_pipeline.evaluation.config import CHAMPION, SUMMARY, EvaluateConfig
 from resnet_pipeline.data.loader import eval_geometry
 from resnet_pipeline.evaluation.runs import RunInfo
+from resnet_pipeline.evaluation.summary import EvaluationSummary, FigureFiles, LayerResponses, RegistryState
 
 Log = Callable[[str], None]
 
@@ -161,7 +162,7 @@ def environment(device) -> dict[str, Any]:
 def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path | None, *, experiment: str | None, sweep: str | None = None,
                    run_ids: Sequence[str] = (), backend: str = "auto", normalize: str = "auto",
                    num_threads: int = 2, aug: dict[str, Any] | None = None, tracking_uri: str | None = None,
-                   log: Log = print, default_data: str | Path | None = None) -> dict[str, Any]:
+                   log: Log = print, default_data: str | Path | None = None) -> EvaluationSummary:
     """Evaluate a sweep's finished trials (or ``run_ids``); write the outputs; return the summary.
 
     ``data_dir``: the prepared dataset; None: the one the runs trained on (their `data_dir` tag), else
@@ -196,47 +197,62 @@ def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path | None, *, experime
     for s in resolved["skipped"]:
         log(f"  skipped {s['run_name']} ({s['run_id']}): {s['reason']}")
 
-    rows: list[dict[str, Any]] = []
-    histories: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    responses: dict[str, list[dict[str, Any]]] = {}
     with atomic_dir(cfg.details) as details_dir, atomic_dir(cfg.plots) as plots_dir:
-        for i, info in enumerate(resolved["runs"], 1):
-            log(f"[{i}/{len(resolved['runs'])}] {info.run_name} ({info.run_id})")
-            histories[info.run_id] = {k: tracking.metric_history(uri, info.run_id, k) for k in CURVES}
-            row, layer_stds = _evaluate_run(
-                uri, info, cfg, data_path, manifest, histories[info.run_id], details_dir, plots_dir,
-                backend=backend, normalize=info.normalize or normalize, num_threads=num_threads, ten_crop=ten_crop,
-                aug={**eval_geometry(aug), **info.aug},
-                device=device, registry=registry, sweep=sweep, log=log)
-            rows.append(row)
-            responses[info.run_id] = layer_stds
+        rows, histories, responses = _evaluate_runs(
+            uri, resolved["runs"], cfg, data_path, manifest, details_dir, plots_dir, backend=backend,
+            normalize=normalize, num_threads=num_threads, ten_crop=ten_crop, aug=aug, device=device,
+            registry=registry, sweep=sweep, log=log)
         summary = _summarize(cfg, rows, histories, responses, plots_dir, sweep=sweep, parent=parent,
                              experiment=experiment, experiment_id=experiment_id, uri=uri, manifest=manifest,
                              data_path=data_path, kind=kind, ten_crop=ten_crop, registry=registry,
                              skipped=resolved["skipped"], env=env)
-        write_json_atomic(details_dir / SUMMARY, summary)
+        write_json_atomic(details_dir / SUMMARY, summary.to_json())
     write_json_atomic(cfg.out, dvc_metrics(summary))
     if parent is not None:  # the verdict where the sweep's runs are listed
         tracking.set_tags(uri, parent.info.run_id, {
-            f"degradation.{c['residual_shortcut'] or 'none'}": c["verdict"] for c in summary["degradation"]})
+            f"degradation.{c['residual_shortcut'] or 'none'}": c["verdict"] for c in summary.degradation})
     log(f"wrote {cfg.out}, {cfg.details}/ ({SUMMARY} and one file per run), {cfg.plots}/")
     return summary
 
 
-def dvc_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+def _evaluate_runs(uri: str, runs: Sequence[RunInfo], cfg: EvaluateConfig, data_path: Path, manifest: dict[str, Any],
+                   details_dir: Path, plots_dir: Path, *, backend: str, normalize: str, num_threads: int,
+                   ten_crop: bool, aug: dict[str, Any] | None, device, registry: str, sweep: str | None,
+                   log: Log) -> tuple[list[dict[str, Any]], dict[str, dict[str, list]], dict[str, list[dict[str, Any]]]]:
+    """Evaluate each run in turn: (rows, training curves per run id, layer responses per run id)."""
+    from resnet_pipeline import tracking
+
+    rows: list[dict[str, Any]] = []
+    histories: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    responses: dict[str, list[dict[str, Any]]] = {}
+    for i, info in enumerate(runs, 1):
+        log(f"[{i}/{len(runs)}] {info.run_name} ({info.run_id})")
+        histories[info.run_id] = {k: tracking.metric_history(uri, info.run_id, k) for k in CURVES}
+        row, layer_stds = _evaluate_run(
+            uri, info, cfg, data_path, manifest, histories[info.run_id], details_dir, plots_dir,
+            backend=backend, normalize=info.normalize or normalize, num_threads=num_threads, ten_crop=ten_crop,
+            aug={**eval_geometry(aug), **info.aug}, device=device, registry=registry, sweep=sweep, log=log)
+        rows.append(row)
+        responses[info.run_id] = layer_stds
+    return rows, histories, responses
+
+
+def dvc_metrics(summary: EvaluationSummary) -> dict[str, Any]:
     """The DVC metrics file: per net ("<shortcut>-<depth>", as the sweep's metrics.json) the means
     over seeds and the paper's figure, and per degradation check its numbers; numbers only, flat
     enough for `dvc metrics show` and `dvc metrics diff`."""
+    from resnet_pipeline.models import net_label
+
     out: dict[str, Any] = {}
-    for e in summary["table"]:
+    for e in summary.table:
         entry = {"runs": e["runs"], "top1_error": e["top1_error_mean"], "top1_error_std": e["top1_error_std"],
                  "top5_error": e["top5_error_mean"], "val_error": e.get("val_error_mean"),
                  # The degradation check's measure (mean of the last evaluate.last_windows windows), not
                  # the sweep's train_error_mean (the last window): another number, another name.
                  "train_error_last_windows": e.get("train_error_mean"), "paper_top1_error": e["paper_top1_error"],
                  "diff_top1_error": e["diff_top1_error"]}
-        out[f"{e['shortcut']}-{e['depth']}"] = {k: v for k, v in entry.items() if v is not None}
-    for check in summary["degradation"]:
+        out[net_label(e["depth"], e["shortcut"], "key")] = {k: v for k, v in entry.items() if v is not None}
+    for check in summary.degradation:
         entry = {"reproduced": check["verdict"] == "degradation", "decided": check["verdict"] != "not enough runs",
                  "plain_rise": check["plain_rise"], "residual_rise": check["residual_rise"],
                  "residual_worst_rise": check["residual_worst_rise"]}
@@ -305,6 +321,7 @@ def _write_run_files(info: RunInfo, ev: ModelEvaluation, classes: list[str], spl
     """The run's detail JSON (DVC metrics), PNGs (in ``run_plots``), and its confusion CSV (DVC plots
     data: DVC applies one template to the whole folder)."""
     from resnet_pipeline.evaluation.files import write_csv, write_json_atomic
+    from resnet_pipeline.models import net_label
     from resnet_pipeline.report import plots
 
     write_json_atomic(detail_file, {"run_id": info.run_id, "run_name": info.run_name, "classes": classes,
@@ -315,7 +332,7 @@ def _write_run_files(info: RunInfo, ev: ModelEvaluation, classes: list[str], spl
     matrix = ev.passes[split]["confusion_matrix"]
     write_csv(plots_dir / "confusion" / f"{name}.csv", ["actual", "predicted", "count"],
               [[classes[a], classes[p], matrix[a][p]] for a in range(len(classes)) for p in range(len(classes))])
-    title = f"{info.run_name}: {'plain' if info.shortcut == 'plain' else 'ResNet'}-{info.depth} ({info.shortcut})"
+    title = f"{info.run_name}: {net_label(info.depth, info.shortcut, 'legend')}"
     plots.learning_curves(history["train_error"], history["val_error"], run_plots / "learning_curves.png", title,
                           test_error=ev.passes[split]["top1_error"] if split == "test" else None)
     plots.confusion(ev.passes[split]["confusion_matrix"], classes, run_plots / "confusion.png",
@@ -379,14 +396,43 @@ def _summarize(cfg: EvaluateConfig, rows: list[dict[str, Any]], histories: dict[
                responses: dict[str, list[dict[str, Any]]], plots_dir: Path, *, sweep: str | None, parent,
                experiment: str, experiment_id: str, uri: str, manifest: dict[str, Any], data_path: Path, kind: str,
                ten_crop: bool,
-               registry: str, skipped: list[dict[str, Any]], env: dict[str, Any]) -> dict[str, Any]:
+               registry: str, skipped: list[dict[str, Any]], env: dict[str, Any]) -> EvaluationSummary:
     from resnet_pipeline import paper, tracking
     from resnet_pipeline.evaluation.compare import comparison_table
     from resnet_pipeline.evaluation.degradation import RunCurve, degradation_checks
+
+    groups = sorted({(r["shortcut"], r["depth"]) for r in rows}, key=lambda k: (k[0] != "plain", k[0], k[1]))
+    _figure6(rows, groups, histories, plots_dir, manifest["dataset"])
+    series7 = _figure7(rows, groups, responses, plots_dir, manifest["dataset"], cfg.split)
+
+    curves = [RunCurve(r["shortcut"], r["depth"], r["seed"], histories[r["run_id"]]["train_error"], r["run_id"])
+              for r in rows]
+    checks = degradation_checks(curves, last_windows=cfg.last_windows, margin=cfg.degradation_margin,
+                                basis=cfg.degradation_basis)
+    champion = tracking.alias_version(uri, registry, CHAMPION) if cfg.register else None
+    families = sorted({r["family"] for r in rows})
+    benchmark = paper.benchmark(manifest)
+    return EvaluationSummary(
+        units=UNITS, sweep=sweep, parent_run_id=parent.info.run_id if parent is not None else None,
+        experiment=experiment, experiment_id=experiment_id, tracking_uri=uri, dataset=manifest["dataset"],
+        data_dir=str(data_path), kind=kind, families=families, split=cfg.split,
+        compared=f"{cfg.split}_10crop" if ten_crop else cfg.split,
+        paper_protocol={f: paper.protocol(f) for f in families}, runs=rows, skipped=skipped,
+        paper_benchmark=benchmark, table=comparison_table(rows, benchmark), degradation=[c.to_dict() for c in checks],
+        layer_responses=[LayerResponses(s["shortcut"], s["depth"], len(s["stds"]), sum(s["stds"]) / len(s["stds"]),
+                                        max(s["stds"])) for s in series7],
+        registry=RegistryState(registry, CHAMPION, str(champion.version) if champion is not None else None,
+                               champion.run_id if champion is not None else None),
+        plots_dir=Path(cfg.plots).as_posix(), plots=FigureFiles(), details_dir=Path(cfg.details).as_posix(),
+        config=dataclasses.asdict(cfg), environment=env)
+
+
+def _figure6(rows: list[dict[str, Any]], groups: list[tuple[str, int]], histories: dict[str, dict[str, list]],
+             plots_dir: Path, dataset: str) -> None:
+    """Figure 6 (PNG and CSV) and the per-run curves for DVC plots."""
     from resnet_pipeline.evaluation.files import write_csv
     from resnet_pipeline.report import plots
 
-    groups = sorted({(r["shortcut"], r["depth"]) for r in rows}, key=lambda k: (k[0] != "plain", k[0], k[1]))
     # Figure 6: seed-mean curves per (shortcut, depth); the CSV keeps every seed.
     series6, lines6 = [], []
     for shortcut, depth in groups:
@@ -405,8 +451,15 @@ def _summarize(cfg: EvaluateConfig, rows: list[dict[str, Any]], histories: dict[
         write_csv(plots_dir / f"{curve}.csv", ["run", "iteration", curve],
                   [[Path(r["detail"]).stem, s, v] for r in rows  # the run's name, made unique
                    for s, v in sorted(histories[r["run_id"]][curve])])
-    title = f"Figure 6 ({manifest['dataset']}): training error (dashed), validation error (bold)"
+    title = f"Figure 6 ({dataset}): training error (dashed), validation error (bold)"
     plots.figure6(series6, plots_dir / "figure6.png", title)
+
+
+def _figure7(rows: list[dict[str, Any]], groups: list[tuple[str, int]], responses: dict[str, list[dict[str, Any]]],
+             plots_dir: Path, dataset: str, split: str) -> list[dict[str, Any]]:
+    """Figure 7 (PNG and CSV); its series: the seed-mean std per layer of each (shortcut, depth)."""
+    from resnet_pipeline.evaluation.files import write_csv
+    from resnet_pipeline.report import plots
 
     # Figure 7: seed-mean std per layer; the CSV keeps every seed with its rank by magnitude.
     series7, lines7 = [], []
@@ -423,45 +476,5 @@ def _summarize(cfg: EvaluateConfig, rows: list[dict[str, Any]], histories: dict[
     write_csv(plots_dir / "figure7.csv", ["shortcut", "depth", "seed", "layer_index", "layer", "std", "rank_by_std"],
               lines7)
     plots.figure7(series7, plots_dir / "figure7.png",
-                  f"Figure 7 ({manifest['dataset']}, {cfg.split} images): std of the 3x3 layers' responses")
-
-    curves = [RunCurve(r["shortcut"], r["depth"], r["seed"], histories[r["run_id"]]["train_error"], r["run_id"])
-              for r in rows]
-    checks = degradation_checks(curves, last_windows=cfg.last_windows, margin=cfg.degradation_margin,
-                                basis=cfg.degradation_basis)
-    champion = tracking.alias_version(uri, registry, CHAMPION) if cfg.register else None
-    families = sorted({r["family"] for r in rows})
-    benchmark = paper.benchmark(manifest)
-    return {
-        "units": UNITS,
-        "sweep": sweep,
-        "parent_run_id": parent.info.run_id if parent is not None else None,
-        "experiment": experiment,
-        "experiment_id": experiment_id,
-        "tracking_uri": uri,
-        "dataset": manifest["dataset"],
-        "data_dir": str(data_path),
-        "kind": kind,
-        "families": families,
-        "split": cfg.split,
-        "compared": f"{cfg.split}_10crop" if ten_crop else cfg.split,
-        "paper_protocol": {f: paper.protocol(f) for f in families},
-        "runs": rows,
-        "skipped": skipped,
-        "paper_benchmark": benchmark,
-        "table": comparison_table(rows, benchmark),
-        "degradation": [c.to_dict() for c in checks],
-        # Figure 7 in numbers: the seed-mean layer stds of each net, averaged over its 3x3 layers.
-        "layer_responses": [{"shortcut": s["shortcut"], "depth": s["depth"], "layers": len(s["stds"]),
-                             "mean_std": sum(s["stds"]) / len(s["stds"]), "max_std": max(s["stds"])}
-                            for s in series7],
-        "registry": {"name": registry, "alias": CHAMPION,
-                     "champion_version": str(champion.version) if champion is not None else None,
-                     "champion_run_id": champion.run_id if champion is not None else None},
-        "plots_dir": Path(cfg.plots).as_posix(),
-        "plots": {"figure6": "figure6.png", "figure7": "figure7.png", "figure6_data": "figure6.csv",
-                  "figure7_data": "figure7.csv"},
-        "details_dir": Path(cfg.details).as_posix(),
-        "config": dataclasses.asdict(cfg),
-        "environment": env,
-    }
+                  f"Figure 7 ({dataset}, {split} images): std of the 3x3 layers' responses")
+    return series7

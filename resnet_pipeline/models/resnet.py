@@ -205,9 +205,14 @@ def net_name(depth: int, shortcut: str) -> str:
     return f"plain{depth}" if shortcut == "plain" else f"resnet{depth}-{shortcut}"
 
 
-def net_label(depth: int, shortcut: str) -> str:
-    """A net as the paper writes it, for text: ``plain-20``, ``ResNet-56 A``."""
-    return f"plain-{depth}" if shortcut == "plain" else f"ResNet-{depth} {shortcut}"
+def net_label(depth: int, shortcut: str, style: Literal["text", "legend", "key"] = "text") -> str:
+    """A net as the paper writes it: for text ``ResNet-56 A``, for a figure's legend or title
+    ``ResNet-56 (A)``, as a metrics key ``A-56`` (the sweep's and DVC's metrics files); ``plain-20``
+    in all three."""
+    if shortcut == "plain":
+        return f"plain-{depth}"
+    return {"text": f"ResNet-{depth} {shortcut}", "legend": f"ResNet-{depth} ({shortcut})",
+            "key": f"{shortcut}-{depth}"}[style]
 
 
 def trial_name(depth: int, shortcut: str, seed: int) -> str:

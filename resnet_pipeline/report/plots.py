@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from resnet_pipeline.models import net_label
+
 Curve = Sequence[tuple[int, float]]
 
 
@@ -42,10 +44,6 @@ def _xy(curve: Curve) -> tuple[list[int], list[float]]:
     return [s for s, _ in points], [100 * v for _, v in points]
 
 
-def _name(shortcut: str, depth: int) -> str:
-    return f"plain-{depth}" if shortcut == "plain" else f"ResNet-{depth} ({shortcut})"
-
-
 def figure6(series: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Training error (dashed) and validation error (bold) vs iterations: plain nets in the left
     panel, residual nets (one panel per shortcut) on the right, one colour per depth (Figure 6).
@@ -67,7 +65,7 @@ def figure6(series: Sequence[dict[str, Any]], path: str | Path, title: str = "")
                 top = max(top, max(y))
             if s.get("val"):
                 x, y = _xy(s["val"])
-                ax.plot(x, y, "-", color=colour, linewidth=2.2, label=_name(shortcut, s["depth"]))
+                ax.plot(x, y, "-", color=colour, linewidth=2.2, label=net_label(s["depth"], shortcut, "legend"))
                 top = max(top, max(y))
         if not panel:
             ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
@@ -93,7 +91,7 @@ def figure7(series: Sequence[dict[str, Any]], path: str | Path, title: str = "")
     ax_order, ax_sorted = fig.subplots(2, 1)
     for s in sorted(series, key=lambda s: (s["shortcut"] != "plain", s["depth"])):
         style = "--" if s["shortcut"] == "plain" else "-"
-        label = _name(s["shortcut"], s["depth"])
+        label = net_label(s["depth"], s["shortcut"], "legend")
         x = range(1, len(s["stds"]) + 1)
         ax_order.plot(x, s["stds"], style, color=colours[s["depth"]], linewidth=1.3, label=label)
         ax_sorted.plot(x, sorted(s["stds"], reverse=True), style, color=colours[s["depth"]], linewidth=1.3,
