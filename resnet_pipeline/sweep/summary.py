@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from resnet_pipeline.models import ModelConfig, trial_name
+from resnet_pipeline.models import ModelConfig, net_label, trial_name
+from resnet_pipeline.stats import mean_std
 from resnet_pipeline.sweep.config import SweepConfig, Trial, trial_model
 from resnet_pipeline.sweep.planning import complexity
 
@@ -58,13 +58,6 @@ def log_to_parent(uri: str, parent_id: str, summary: dict[str, Any], step: int) 
     tracking.log_metrics(uri, parent_id, metrics, step)
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and standard deviation over seeds per (depth, shortcut)."""
     out = []
@@ -73,7 +66,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         group = [r for r in rows if r["depth"] == depth and r["shortcut"] == shortcut and r["status"] == "FINISHED"]
         entry: dict[str, Any] = {"depth": depth, "shortcut": shortcut, "seeds": len(group)}
         for metric in ("train_error", "val_error", "test_error"):
-            entry[f"{metric}_mean"], entry[f"{metric}_std"] = _mean_std([r.get(metric) for r in group])
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = mean_std([r.get(metric) for r in group])
         out.append(entry)
     return out
 
@@ -85,7 +78,7 @@ def write_summary(summary: dict[str, Any], out: Path) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
-    flat = {f"{a['shortcut']}-{a['depth']}": {k: v for k, v in a.items() if k.endswith("_mean") or k == "seeds"}
+    flat = {net_label(a["depth"], a["shortcut"], "key"): {k: v for k, v in a.items() if k.endswith("_mean") or k == "seeds"}
             for a in summary["aggregate"]}
     atomic_write_bytes(out / "metrics.json", json.dumps(flat, indent=2).encode())
     lines = [",".join(SUMMARY_COLUMNS)]
