@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_pipeline.config import PROJECT_ROOT, ConfigError
+from resnet_pipeline.files import write_json_atomic
 
 STATE_FILE = "cluster.json"
 JOB_LOGS = "job-logs"  # driver logs of the jobs, copied here by `down`
@@ -121,9 +122,7 @@ def read_state(state_dir: Path) -> dict[str, Any] | None:
 
 
 def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
-    tmp = state_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, state_dir / STATE_FILE)
+    write_json_atomic(state_dir / STATE_FILE, state)
 
 
 def _process(entry: dict[str, Any]):

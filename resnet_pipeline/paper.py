@@ -131,9 +131,6 @@ IMAGENET_TABLE4: dict[tuple[str, int], tuple[Reference, Reference]] = {
     }.items()
 }
 
-# ILSVRC 2015 test set, top-5, ensemble (first place).
-IMAGENET_ENSEMBLE_TOP5_TEST = Reference(3.57, "Table 5", "ImageNet test set, ensemble, top-5")
-
 # Table 1: multiply-adds ("FLOPs") per 224x224 image, of the v1 (paper) bottleneck.
 TABLE1_MULT_ADDS: dict[int, Reference] = {
     d: Reference(v, "Table 1", "multiply-adds at 224x224")

@@ -12,7 +12,7 @@ from resnet_pipeline.config import ConfigError
 from resnet_pipeline.models import ModelConfig
 from resnet_pipeline.sweep import SweepConfig, dry_run, plan, run_sweep
 from resnet_pipeline.training import TrainConfig
-from resnet_pipeline.training.checkpoint import join
+from resnet_pipeline.storage import join
 
 TRAIN = dict(iterations=20, batch_size=32, milestones=[1000], log_every=10, eval_every=20, checkpoint_every=10,
              workers=2, precision="fp32", threads_per_worker=1, experiment="test-sweep")

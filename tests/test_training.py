@@ -14,7 +14,7 @@ from conftest import s3_keys
 from resnet_pipeline.config import ConfigError
 from resnet_pipeline.models import ModelConfig
 from resnet_pipeline.training import CheckpointManager, PaperSchedule, TrainConfig, load_checkpoint
-from resnet_pipeline.training.checkpoint import display, join
+from resnet_pipeline.storage import display, join
 from resnet_pipeline.training.loop import DataSource, InjectedFailure, NonFiniteLossError, fit
 
 # ResNet-8 (n=1) keeps every run to seconds; the code paths are those of ResNet-20..1202.

@@ -1,6 +1,6 @@
 """The DALI loader: one pipeline-building function for every dataset kind, train and eval.
 
-The only module that imports DALI. The transforms are those described in `loader.py`.
+The only module that imports DALI. The transforms are those described in `spec.py`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from resnet_pipeline.data.loader import FIVE_CROPS, LIGHTING_STD, LoaderSpec, SpecLoader, shard_seed
+from resnet_pipeline.data.spec import FIVE_CROPS, LIGHTING_STD, LoaderSpec, SpecLoader, shard_seed
 
 READER = "reader"  # the reader's name, which the iterator reads its epoch size from
 
@@ -105,7 +105,7 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
                          for flip in ((0, 1) if spec.ten_crop else (0,)) for x, y in positions]
                 images = fn.stack(*crops) if spec.ten_crop else crops[0]  # [10, 3, crop, crop]
         if spec.train and spec.color_aug:
-            # PCA lighting (see loader.py): one RGB offset per image, in normalised units.
+            # PCA lighting (see spec.py): one RGB offset per image, in normalised units.
             alpha = fn.random.normal(shape=[3], stddev=LIGHTING_STD)
             components = spec.lighting / np.asarray(spec.std)[:, None]  # column i: sqrt(lambda_i) p_i / std
             offset = sum(alpha[i] * constant(components[:, i], on="cpu") for i in range(3))  # per sample, on the CPU

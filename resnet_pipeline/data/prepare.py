@@ -23,15 +23,14 @@ import os
 import platform
 import shutil
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from resnet_pipeline.config import to_dict
+from resnet_pipeline.environment import versions
+from resnet_pipeline.files import atomic_dir
 from resnet_pipeline.data import sources
 from resnet_pipeline.data.config import CIFAR10_CLASSES, CIFAR10_SIZE, CIFAR10_URL, DataConfig, DataError
 from resnet_pipeline.data.demo import generate_demo
@@ -50,6 +49,7 @@ MEAN_IMAGE_MAX_SIDE = 64
 _KEEP_PRIORITY = {"test": 0, "val": 1, "train": 2}
 # Below this many files the validation runs in-process: worker start-up would cost more.
 _MIN_FILES_FOR_POOL = 512
+_VERSIONED = ("resnet-pipeline", "torch", "torchvision", "pillow", "numpy", "nvidia-dali-cuda130")
 
 
 @dataclass
@@ -83,7 +83,8 @@ def prepare(cfg: DataConfig, *, timeout_s: float = DOWNLOAD_TIMEOUT_S, workers: 
     # Resolved (symlinks too), so that an output inside the source is seen whatever path leads there.
     out = Path(cfg.out_dir).expanduser().resolve()
     workers = workers or os.cpu_count() or 1
-    with _atomic_dir(out) as tmp:
+    _check_out(out)
+    with atomic_dir(out) as tmp:
         scratch = tmp / "_source"
         scratch.mkdir()
         source = _acquire(cfg, out, scratch, timeout_s)
@@ -463,7 +464,7 @@ def _manifest(cfg: DataConfig, source_info: dict, classes: list[str], accepted: 
             "files": [{"path": r.rel, "kind": r.kind, "reason": r.reason} for r in rejected],
         },
         "config": to_dict(cfg),
-        "versions": _versions(),
+        "versions": {"python": platform.python_version(), **versions(_VERSIONED)},
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -509,65 +510,13 @@ def _mean_image(candidates: list[_Candidate], accepted: list[_Candidate],
     return (total / len(final)).astype(np.float32)
 
 
-def _versions() -> dict:
-    versions = {"python": platform.python_version()}
-    for dist in ("resnet-pipeline", "torch", "torchvision", "pillow", "numpy", "nvidia-dali-cuda130"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    return versions
-
-
-@contextmanager
-def _atomic_dir(dest: Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``dest``; on success it replaces ``dest``, on failure
-    it is removed together with any parent folder this call created."""
-    created = []
-    parent = dest.parent
-    while not parent.exists():
-        created.append(parent)
-        parent = parent.parent
-    dest.parent.mkdir(parents=True, exist_ok=True)
+def _check_out(dest: Path) -> None:
+    """The output replaces the folder whole: never a file, nor a folder of someone else's files."""
     if dest.exists() and not dest.is_dir():
         raise DataError(f"data.out: {dest} exists and is not a folder")
     if dest.is_dir() and not (dest / MANIFEST).is_file() and any(dest.iterdir()):
-        # The output replaces the folder whole: never a folder of someone else's files.
         raise DataError(f"data.out: {dest} is a folder that `prepare` did not write (it has files and no "
                         f"{MANIFEST}); give a new or empty folder, or a prepared dataset's folder to replace")
-    _remove_stale(dest)
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in created:  # innermost first
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
-    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-    if dest.exists():
-        os.rename(dest, old)
-    os.rename(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_stale(dest: Path) -> None:
-    """Remove temporary folders that a killed earlier run left beside ``dest``."""
-    for entry in dest.parent.glob(f".{dest.name}.*-*"):
-        kind, _, pid = entry.name.rpartition("-")
-        if not pid.isdigit() or not kind.endswith((".tmp", ".old")):
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(entry, ignore_errors=True)
-        except PermissionError:
-            pass  # another user's live process
 
 
 def summary(manifest: dict, out: Path) -> str:

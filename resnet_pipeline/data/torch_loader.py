@@ -1,5 +1,5 @@
 """The torch loader: torchvision decoding + a DataLoader, with the transforms described in
-`loader.py` (for comparison with DALI, and for machines without DALI).
+`spec.py` (for comparison with DALI, and for machines without DALI).
 
 Configured to be a fair baseline: ``num_threads`` worker processes (one per core by default),
 persistent workers, libjpeg-turbo decoding on uint8 tensors (TorchCodec's image decoders, which
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torchcodec.decoders import decode_image
 from torchvision.transforms.v2 import functional as TF
 
-from resnet_pipeline.data.loader import FIVE_CROPS, LIGHTING_STD, LoaderSpec, SpecLoader, shard_seed
+from resnet_pipeline.data.spec import FIVE_CROPS, LIGHTING_STD, LoaderSpec, SpecLoader, shard_seed
 
 
 def _anchor(free: int, fraction: float) -> int:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 from resnet_pipeline.stats import mean_std
 
@@ -186,9 +186,3 @@ def degradation_checks(runs: Iterable[RunCurve], *, last_windows: int = 5, margi
         return [degradation_check(runs, last_windows=last_windows, margin=margin, basis=basis)]
     return [degradation_check(runs, residual_shortcut=s, last_windows=last_windows, margin=margin, basis=basis)
             for s in shortcuts]
-
-
-def curves_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[RunCurve]:
-    """RunCurves from dicts with shortcut, depth, seed, train_error [[step, value], ...] (e.g. JSON)."""
-    return [RunCurve(r["shortcut"], int(r["depth"]), int(r["seed"]), [tuple(p) for p in r["train_error"]],
-                     r.get("run_id")) for r in rows]

@@ -145,17 +145,12 @@ def environment(device) -> dict[str, Any]:
     import os
     import platform
 
-    import torch
+    from resnet_pipeline import environment as env
 
-    from resnet_pipeline.training.driver import environment_tags
-
-    tags = environment_tags(1)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else tags["device"]
-    from resnet_pipeline.training.driver import GIT_COMMIT_TAG
-
-    return {"git_commit": tags[GIT_COMMIT_TAG], "git_dirty": tags["git_dirty"], "python": tags["python"], "device": name,
-            "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "versions": {k.split(".", 1)[1]: v for k, v in tags.items() if k.startswith("version.")},
+    name = env.gpu_name(device) if device.type == "cuda" else env.device_name()
+    return {"git_commit": env.git_commit(), "git_dirty": env.git_dirty(), "python": platform.python_version(),
+            "device": name, "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "versions": {k: v for k, v in env.versions(env.RUN_PACKAGES).items() if v is not None},
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -171,7 +166,7 @@ def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path | None, *, experime
     ``aug`` (ImageNet-kind crop sizes) are used for runs that did not log the `data.*` they trained with.
     """
     from resnet_pipeline import tracking
-    from resnet_pipeline.evaluation.files import atomic_dir, write_json_atomic
+    from resnet_pipeline.files import atomic_dir, write_json_atomic
     from resnet_pipeline.evaluation.runs import resolve_runs
     from resnet_pipeline.training.loop import resolve_device
 
@@ -271,7 +266,7 @@ def _evaluate_run(uri: str, info: RunInfo, cfg: EvaluateConfig, data_path: Path,
                   log: Log) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Evaluate one run, write its files, log them to the run, register its model; (row, responses)."""
     from resnet_pipeline.evaluation.degradation import final_error
-    from resnet_pipeline.evaluation.files import safe_name
+    from resnet_pipeline.files import safe_name
     from resnet_pipeline.evaluation.metrics import headline
     from resnet_pipeline.evaluation.preprocess import Preprocessing
     from resnet_pipeline.evaluation.runs import load_trained_model
@@ -320,7 +315,7 @@ def _write_run_files(info: RunInfo, ev: ModelEvaluation, classes: list[str], spl
                      plots_dir: Path, name: str) -> None:
     """The run's detail JSON (DVC metrics), PNGs (in ``run_plots``), and its confusion CSV (DVC plots
     data: DVC applies one template to the whole folder)."""
-    from resnet_pipeline.evaluation.files import write_csv, write_json_atomic
+    from resnet_pipeline.files import write_csv, write_json_atomic
     from resnet_pipeline.models import net_label
     from resnet_pipeline.report import plots
 
@@ -430,7 +425,7 @@ def _summarize(cfg: EvaluateConfig, rows: list[dict[str, Any]], histories: dict[
 def _figure6(rows: list[dict[str, Any]], groups: list[tuple[str, int]], histories: dict[str, dict[str, list]],
              plots_dir: Path, dataset: str) -> None:
     """Figure 6 (PNG and CSV) and the per-run curves for DVC plots."""
-    from resnet_pipeline.evaluation.files import write_csv
+    from resnet_pipeline.files import write_csv
     from resnet_pipeline.report import plots
 
     # Figure 6: seed-mean curves per (shortcut, depth); the CSV keeps every seed.
@@ -458,7 +453,7 @@ def _figure6(rows: list[dict[str, Any]], groups: list[tuple[str, int]], historie
 def _figure7(rows: list[dict[str, Any]], groups: list[tuple[str, int]], responses: dict[str, list[dict[str, Any]]],
              plots_dir: Path, dataset: str, split: str) -> list[dict[str, Any]]:
     """Figure 7 (PNG and CSV); its series: the seed-mean std per layer of each (shortcut, depth)."""
-    from resnet_pipeline.evaluation.files import write_csv
+    from resnet_pipeline.files import write_csv
     from resnet_pipeline.report import plots
 
     # Figure 7: seed-mean std per layer; the CSV keeps every seed with its rank by magnitude.

@@ -9,7 +9,6 @@ loop's `evaluate` does.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable
 
 import torch
@@ -86,7 +85,3 @@ def summarize(probs: torch.Tensor, labels: torch.Tensor, classes: list[str] | tu
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """The scalar part of `summarize`'s result (what goes into the summary and MLflow)."""
     return {k: metrics[k] for k in ("top1_error", "top5_error", "loss", "count")}
-
-
-def all_finite(values: Iterable[float | None]) -> bool:
-    return all(v is not None and math.isfinite(v) for v in values)

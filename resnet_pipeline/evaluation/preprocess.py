@@ -1,7 +1,7 @@
 """The evaluation transform for single image files, and what it needs, stored with each model.
 
 `Preprocessing` is everything needed to turn an image file into the model's input exactly as the
-evaluation loaders do (`resnet_pipeline/data/loader.py`, single view): the classes, the dataset
+evaluation loaders do (`resnet_pipeline/data/spec.py`, single view): the classes, the dataset
 kind, the normalisation (the train split's per-pixel mean image, or per-channel mean) and the
 per-channel std, and for the ImageNet kind the resize and crop sizes. `evaluate` writes it as
 ``preprocessing.json`` next to each logged model, so `predict` needs no dataset folder.

@@ -70,7 +70,7 @@ def build_report(cfg: EvaluateConfig, *, sweep: str | None = None, params_file: 
     """Write <reports>/<sweep>/ (report.md, report.html, figures/, evaluation.json: the summary it
     renders); return it."""
     from resnet_pipeline import tracking
-    from resnet_pipeline.evaluation.files import atomic_dir
+    from resnet_pipeline.files import atomic_dir
 
     cfg.validate()
     summary = load_summary(cfg, sweep)

@@ -22,7 +22,7 @@ STOPPED_EARLY = "stopped_early"
 def parent_params(snapshot: dict[str, Any] | None, sweep: SweepConfig, model_cfg: ModelConfig,
                   train: TrainConfig) -> dict[str, Any]:
     """The parent's params: what all trials share. Each trial sets its own depth, shortcut and family."""
-    from resnet_pipeline.training.checkpoint import display
+    from resnet_pipeline.storage import display
 
     snap = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in (snapshot or {}).items()}
     snap.update(sweep=dataclasses.asdict(sweep),

@@ -74,15 +74,15 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def write_summary(summary: dict[str, Any], out: Path) -> Path:
     """summary.json (everything), summary.csv (one row per trial) and metrics.json (mean over seeds
     per net, flat, for `dvc metrics show`), each written atomically."""
-    from resnet_pipeline.training.checkpoint import atomic_write_bytes
+    from resnet_pipeline.files import write_bytes_atomic
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    write_bytes_atomic(out / "summary.json", json.dumps(summary, indent=2).encode())
     flat = {net_label(a["depth"], a["shortcut"], "key"): {k: v for k, v in a.items() if k.endswith("_mean") or k == "seeds"}
             for a in summary["aggregate"]}
-    atomic_write_bytes(out / "metrics.json", json.dumps(flat, indent=2).encode())
+    write_bytes_atomic(out / "metrics.json", json.dumps(flat, indent=2).encode())
     lines = [",".join(SUMMARY_COLUMNS)]
     for r in summary["trials"]:
         lines.append(",".join("" if r.get(c) is None else str(r.get(c)) for c in SUMMARY_COLUMNS))
-    atomic_write_bytes(out / "summary.csv", ("\n".join(lines) + "\n").encode())
+    write_bytes_atomic(out / "summary.csv", ("\n".join(lines) + "\n").encode())
     return out

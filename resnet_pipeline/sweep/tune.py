@@ -44,7 +44,7 @@ def trial_base(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, d
                digest: str, *, backend: str, normalize: str, num_threads: int, aug: dict[str, Any] | None,
                uri: str, parent_id: str, snapshot: dict[str, Any]) -> dict[str, Any]:
     """What every trial of the sweep shares (`_trial_fn`'s ``config["base"]``)."""
-    from resnet_pipeline.training.checkpoint import join
+    from resnet_pipeline.storage import join
 
     # The storage path made absolute here (Tune runs each trial in its own working directory),
     # one folder per sweep and settings: trials of other sweeps have the same names.

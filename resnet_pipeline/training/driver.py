@@ -10,16 +10,16 @@ import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 import signal
-import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from resnet_pipeline.config import PROJECT_ROOT, ConfigError, project_relative
+from resnet_pipeline import environment
+from resnet_pipeline.config import ConfigError, project_relative
 from resnet_pipeline.models import ModelConfig, net_label, trial_name
 from resnet_pipeline.training.config import TrainConfig
-from resnet_pipeline.training.checkpoint import (CheckpointError, CheckpointManager, credentials_in, display, is_uri, join,
-                                                 open_store)
+from resnet_pipeline.storage import credentials_in, display, is_uri, join, open_store
+from resnet_pipeline.training.checkpoint import CheckpointError, CheckpointManager
 from resnet_pipeline.training.loop import DataSource
 
 
@@ -85,18 +85,6 @@ def default_run_name(model_cfg: ModelConfig, seed: int) -> str:
     return f"{trial_name(model_cfg.depth, model_cfg.resolved_shortcut(), seed)}-{stamp}"
 
 
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def git_commit() -> str:
-    return _git("rev-parse", "HEAD") or "unknown"
-
-
 # The tag that holds a run's git commit: MLflow's own, which its UI shows in the runs table.
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 
@@ -106,20 +94,11 @@ def environment_tags(workers: int) -> dict[str, str]:
     shows in its columns, whether the work tree had uncommitted changes, world size, devices, versions."""
     import getpass
     import platform
-    from importlib.metadata import PackageNotFoundError, version
 
-    import torch
-
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    tags = {GIT_COMMIT_TAG: git_commit(), "git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+    tags = {GIT_COMMIT_TAG: environment.git_commit(), "git_dirty": environment.git_dirty(),
             "mlflow.user": getpass.getuser(), "mlflow.source.name": "cli.py", "mlflow.source.type": "LOCAL",
-            "world_size": str(workers), "python": platform.python_version(),
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"}
-    for pkg in ("torch", "torchvision", "ray", "mlflow", "nvidia-dali-cuda130", "dvc"):
-        try:
-            tags[f"version.{pkg}"] = version(pkg)
-        except PackageNotFoundError:
-            pass
+            "world_size": str(workers), "python": platform.python_version(), "device": environment.device_name()}
+    tags.update({f"version.{pkg}": v for pkg, v in environment.versions(environment.RUN_PACKAGES).items() if v is not None})
     return tags
 
 

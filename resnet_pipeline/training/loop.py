@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnet_pipeline.models import ModelConfig, ResNet, build_model
-from resnet_pipeline.training.checkpoint import CheckpointManager, join
+from resnet_pipeline.storage import join
+from resnet_pipeline.training.checkpoint import CheckpointManager
 from resnet_pipeline.training.config import TrainConfig
 from resnet_pipeline.training.schedule import PaperSchedule
 

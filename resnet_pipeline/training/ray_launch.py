@@ -1,6 +1,8 @@
 """Ray Train wiring: a TorchTrainer whose per-worker function is `run_worker`.
 
-Ray is imported only here. Connects to $RAY_ADDRESS when set, else starts a local instance.
+Ray is imported lazily, inside the functions that use it, so this module loads without Ray; the
+other Ray users are `sweep` (Tune) and `driver` (which only checks that Ray is installed). Connects
+to $RAY_ADDRESS when set, else starts a local instance.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def check_storage(storage_path: str | Path) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from resnet_pipeline.training.checkpoint import display, is_uri, open_store
+    from resnet_pipeline.storage import display, is_uri, open_store
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) <= 1:
@@ -127,7 +129,7 @@ def check_storage(storage_path: str | Path) -> None:
 
 
 def _sees(storage_path: str, name: str) -> bool:
-    from resnet_pipeline.training.checkpoint import open_store
+    from resnet_pipeline.storage import open_store
 
     try:
         return name in open_store(storage_path).names()
@@ -138,7 +140,7 @@ def _sees(storage_path: str, name: str) -> bool:
 def ray_storage(storage_path: str | Path) -> dict[str, Any]:
     """RunConfig's storage arguments: a folder as is; a URI resolved here to a pyarrow filesystem and
     a path in it (Ray would re-parse the URI, and its query, on every process)."""
-    from resnet_pipeline.training.checkpoint import is_uri
+    from resnet_pipeline.storage import is_uri
 
     if not is_uri(storage_path):
         return {"storage_path": str(storage_path)}

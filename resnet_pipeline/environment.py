@@ -1,0 +1,77 @@
+"""Where a result came from: git commit, package versions, Python, platform, CPU and device.
+
+Recorded beside every dataset, run, evaluation and benchmark figure, so that a number carries its
+evidence. torch is imported only by the device functions.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from resnet_pipeline.config import PROJECT_ROOT
+
+# What a training run or an evaluation records the versions of.
+RUN_PACKAGES = ("torch", "torchvision", "ray", "mlflow", "nvidia-dali-cuda130", "dvc")
+
+
+def git(*args: str) -> str | None:
+    """``git args`` in the project's work tree, or None where git or the repository is missing."""
+    try:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def git_commit() -> str:
+    return git("rev-parse", "HEAD") or "unknown"
+
+
+def git_dirty() -> str:
+    """"true" where tracked files have uncommitted changes, "false", or "unknown" without git."""
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return "unknown" if status is None else str(bool(status)).lower()
+
+
+def versions(dists: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed version of each distribution; None for one that is not installed."""
+    found: dict[str, str | None] = {}
+    for dist in dists:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_name(device=None) -> str | None:
+    """The CUDA device's name (the current one by default), or None without CUDA."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if torch.cuda.is_available() else None
+
+
+def device_name() -> str:
+    """The GPU, or ``cpu (<arch>)`` where there is none."""
+    return gpu_name(0) or f"cpu ({platform.processor() or platform.machine()})"
+
+
+def machine_info() -> dict:
+    """CPU model, core count, GPU and library versions, recorded beside every benchmark figure."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu_name(), "python": platform.python_version(),
+            **versions(("torch", "torchvision", "nvidia-dali-cuda130", "pillow"))}
