@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test cluster-up cluster-demo cluster-logs cluster-down
+.PHONY: install demo test test-fast cluster-up cluster-demo cluster-logs cluster-down
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The inner loop: the unit tests, without those marked slow (Ray, DVC, the cluster; under ~3 min here).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 # Cluster mode on this machine (README, "Run on a cluster"): a Ray head and an MLflow tracking server
 # in the background (PIDs, logs and the tracking store in .cluster/), the demo sweep as a Ray job, its

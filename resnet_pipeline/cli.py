@@ -12,7 +12,9 @@ import sys
 
 import click
 
+from resnet_pipeline.bench.cli import bench
 from resnet_pipeline.config import ConfigError
+from resnet_pipeline.console import int_list, str_list, json_only_on_stdout, print_rows, console, duration
 
 
 class _Group(click.Group):
@@ -77,7 +79,7 @@ def models(family: str | None, as_json: bool) -> None:
     for r in rows:
         table.add_row(r["family"], str(r["depth"]), r["shortcut"], r.get("variant") or "-",
                       f"{r['input_size']}x{r['input_size']}", f"{r['params']:,}", f"{r['mult_adds'] / 1e9:.3f}G")
-    _console().print(table)
+    console().print(table)
 
 
 @main.command()
@@ -174,28 +176,28 @@ def sweep(params_file: str | None, data_dir: str | None, depths: str | None, sho
 
     params = _params(params_file, sets)
     data_cfg = load_data_config(params)
-    sweep_cfg = load_section(SweepConfig, "sweep", params, depths=_int_list(depths, "--depths"),
-                             shortcuts=_str_list(shortcuts), include=_str_list(include), seeds=seeds, name=name,
+    sweep_cfg = load_section(SweepConfig, "sweep", params, depths=int_list(depths, "--depths"),
+                             shortcuts=str_list(shortcuts), include=str_list(include), seeds=seeds, name=name,
                              max_concurrent=max_concurrent, asha=asha, trial_launcher=trial_launcher)
     model_cfg = load_section(ModelConfig, "model", params)
     train_cfg = load_section(TrainConfig, "train", params, iterations=iterations, storage_path=storage_path)
     data = data_dir or data_cfg.out_dir
     if dry_run:
-        with _json_only_on_stdout(as_json):
+        with json_only_on_stdout(as_json):
             report = run_dry(sweep_cfg, train_cfg, model_cfg, data, aug=data_cfg.aug, data=data_cfg)
         if as_json:
             click.echo(json.dumps(report, indent=2))
             return
-        _print_rows(f"Sweep '{sweep_cfg.name}': {len(report['trials'])} trials of {train_cfg.iterations:,} iterations "
-                    f"(dry run; {report['num_classes']} classes, {report['input_size']} px inputs, from "
-                    f"{report['shape_from']}; training measured at "
-                    f"{report['calibration_mult_adds_per_s'] / 1e9:.1f} G mult-adds/s on this machine)",
-                    report["trials"], ("depth", "shortcut", "seed", "params", "mult_adds", "train_mult_adds",
+        print_rows(f"Sweep '{sweep_cfg.name}': {len(report['trials'])} trials of {train_cfg.iterations:,} iterations "
+                   f"(dry run; {report['num_classes']} classes, {report['input_size']} px inputs, from "
+                   f"{report['shape_from']}; training measured at "
+                   f"{report['calibration_mult_adds_per_s'] / 1e9:.1f} G mult-adds/s on this machine)",
+                   report["trials"], ("depth", "shortcut", "seed", "params", "mult_adds", "train_mult_adds",
                                        "estimated_s"))
-        click.echo(f"estimated total: {_duration(report['estimated_total_s_one_process'])} in one process on this "
+        click.echo(f"estimated total: {duration(report['estimated_total_s_one_process'])} in one process on this "
                    f"machine (mult-adds per image x 3 for the backward pass x images, at the measured rate)")
         return
-    with _json_only_on_stdout(as_json):
+    with json_only_on_stdout(as_json):
         summary = run_sweep(sweep_cfg, train_cfg, model_cfg, data, backend=data_cfg.backend,
                             normalize=data_cfg.normalize, num_threads=data_cfg.num_threads, aug=data_cfg.aug,
                             snapshot={"data": data_cfg})
@@ -210,88 +212,13 @@ def sweep(params_file: str | None, data_dir: str | None, depths: str | None, sho
 
 
 def _print_sweep(summary: dict) -> None:
-    _print_rows(f"Sweep '{summary['sweep']}' (MLflow parent run {summary['parent_run_id']})", summary["trials"],
-                ("depth", "shortcut", "seed", "status", "train_error", "val_error", "test_error", "params",
+    print_rows(f"Sweep '{summary['sweep']}' (MLflow parent run {summary['parent_run_id']})", summary["trials"],
+               ("depth", "shortcut", "seed", "status", "train_error", "val_error", "test_error", "params",
                  "wall_time_s", "images_per_s"))
-    _print_rows("Mean +- std over seeds", summary["aggregate"],
-                ("depth", "shortcut", "seeds", "train_error_mean", "train_error_std", "val_error_mean",
+    print_rows("Mean +- std over seeds", summary["aggregate"],
+               ("depth", "shortcut", "seeds", "train_error_mean", "train_error_std", "val_error_mean",
                  "val_error_std", "test_error_mean", "test_error_std"))
     click.echo(f"summary: {summary['out']}/summary.json, summary.csv")
-
-
-def _int_list(value: str | None, flag: str) -> list[int] | None:
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 20,32,44", param_hint=flag)
-
-
-def _str_list(value: str | None) -> list[str] | None:
-    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _json_only_on_stdout(as_json: bool):
-    """With --json, stdout carries the JSON only: what the runs print (progress, Ray's worker
-    logs) goes to stderr meanwhile."""
-    import contextlib
-
-    return contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
-
-
-def _print_rows(title: str, rows: list[dict], columns: tuple[str, ...]) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for c in columns:
-        # fold, not ellipsis: a cell too wide for the console wraps instead of losing its end ("FINI…")
-        table.add_column(c, justify="left" if c in ("shortcut", "status", "backend", "mode", "decoder") else "right",
-                         overflow="fold")
-    for r in rows:
-        table.add_row(*(_fmt_cell(c, r.get(c)) for c in columns))
-    _console().print(table)
-
-
-def _console():
-    """Rich's console; under DVC, in a log or a pipe (no terminal) rich assumes 80 columns and cuts
-    tables to them, so there it gets room for the table's natural width."""
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=200)
-
-
-def _human(value: float, units: tuple[tuple[float, str], ...]) -> str:
-    for scale, unit in units:
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{unit}"
-    return f"{value:.3g}"
-
-
-COUNTS = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
-
-
-def _duration(seconds: float) -> str:
-    """2.4 h, 38 min, 45 s."""
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
-
-
-def _fmt_cell(column: str, v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float) and ("error" in column or column.endswith("_fraction")):
-        return f"{v:.1%}"
-    if isinstance(v, float) and column.startswith("vs_"):
-        return f"{v:.2f}x"
-    if column in ("params", "mult_adds", "train_mult_adds"):
-        return _human(float(v), COUNTS)
-    if column.endswith("_s") and isinstance(v, (int, float)) and column not in ("images_per_s", "images_per_cpu_s"):
-        return _duration(float(v))
-    if isinstance(v, float):
-        return f"{v:,.1f}"
-    return str(v)
 
 
 @main.command()
@@ -328,7 +255,7 @@ def evaluate(params_file: str | None, sweep_name: str | None, run_ids: tuple[str
     summary = run_evaluation(cfg, data_dir, experiment=experiment, sweep=sweep_name, run_ids=run_ids,
                              backend=data_cfg.backend, normalize=data_cfg.normalize, num_threads=data_cfg.num_threads,
                              aug=data_cfg.aug, default_data=data_cfg.out_dir)
-    _print_rows(f"Errors (%) on {summary.compared} beside the paper, mean +- std over seeds", [{
+    print_rows(f"Errors (%) on {summary.compared} beside the paper, mean +- std over seeds", [{
         "net": net_label(e["depth"], e["shortcut"]), "n": e["runs"],
         "top-1": _pct_pm(e["top1_error_mean"], e["top1_error_std"]), "paper": _pct_pm(e["paper_top1_error"]),
         "diff": _pct_pm(e["diff_top1_error"]), "top-5": _pct_pm(e["top5_error_mean"], e["top5_error_std"]),
@@ -404,245 +331,7 @@ def report(params_file: str | None, sweep_name: str | None) -> None:
     click.echo(f"MLflow UI: mlflow ui --backend-store-uri {resolve_tracking_uri()}  (then http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)")
 
 
-def loader_bench_options(f):
-    """--params, --data and --backend of the loader benchmarks."""
-    f = click.option("--backend", "backends", multiple=True, type=click.Choice(["dali-gpu", "dali-cpu", "torch"]),
-                     help="Backend to time; repeat for several (default: every one this machine has).")(f)
-    f = click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")(f)
-    return click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-                        help="Params file (default: params.yaml); data.out, data.normalize, data.num_threads.")(f)
-
-
-@main.group()
-def bench() -> None:
-    """Benchmarks (results belong in docs/benchmarks.md)."""
-
-
-@bench.command("data")
-@loader_bench_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
-              help="Timed seconds per backend and round.")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Rounds; the median is reported.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[str, ...], batch_size: int,
-               seconds: float, rounds: int, as_json: bool) -> None:
-    """Images/s of each data loader backend with the training augmentation, side by side."""
-    from resnet_pipeline.data import load_data_config
-    from resnet_pipeline.data.bench import bench_data as run_bench
-
-    cfg = load_data_config(params_file)
-    from resnet_pipeline.data.bench import bench_decoders
-
-    report = run_bench(data_dir or cfg.out_dir, backends=list(backends) or None, batch_size=batch_size,
-                       num_threads=cfg.num_threads, normalize=cfg.normalize, seconds=seconds, rounds=rounds)
-    report["decoders"] = bench_decoders(data_dir or cfg.out_dir, rounds=rounds)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    from rich.table import Table
-
-    machine = report["machine"]
-    table = Table(title=f"Training augmentation on {report['data_dir']}, batch {batch_size}\n"
-                        f"{machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu'] or 'none'}")
-    for col in ("backend", "threads", "images/s", "vs torch", "each round", "images/CPU-s"):
-        table.add_column(col, justify="left" if col in ("backend", "threads") else "right")
-    torch_rate = {r["backend"]: r["images_per_s"] for r in report["results"]}.get("torch")
-    for r in report["results"]:
-        ratio = f"{r['images_per_s'] / torch_rate:.1f}x" if torch_rate else "-"
-        table.add_row(r["backend"], r["layout"], f"{r['images_per_s']:,.0f}", ratio,
-                      " ".join(f"{x:,.0f}" for x in r["rounds_images_per_s"]), f"{r['images_per_cpu_s']:,.0f}")
-    _console().print(table)
-    _print_rows("Decoding alone, one thread (the torch backend uses TorchCodec)", report["decoders"],
-                ("decoder", "files", "images_per_s", "same_pixels"))
-
-
-@bench.command("resume")
-@loader_bench_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--position", type=click.FloatRange(min=0, max=1, min_open=True), default=0.75, show_default=True,
-              help="Where in the epoch the checkpoint is (a fraction).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def bench_resume(params_file: str | None, data_dir: str | None, backends: tuple[str, ...], batch_size: int,
-                 position: float, as_json: bool) -> None:
-    """A restart's cost to the training loader: building it, and reaching a checkpointed batch from its
-    saved state against decoding every batch before it."""
-    from resnet_pipeline.data import load_data_config
-    from resnet_pipeline.data.bench import bench_resume as run_bench
-
-    cfg = load_data_config(params_file)
-    report = run_bench(data_dir or cfg.out_dir, backends=list(backends) or None, batch_size=batch_size,
-                       num_threads=cfg.num_threads, normalize=cfg.normalize, position=position)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    _print_rows(f"Resuming the training loader on {report['data_dir']}, batch {batch_size} "
-                f"({report['machine']['cpu']}, {report['machine']['cores']} cores)", report["results"],
-                ("backend", "batches_per_epoch", "position", "build_s", "restore_s", "replay_s", "replay_vs_restore"))
-
-
-@bench.command("train")
-@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-              help="Params file (default: params.yaml): data.out is the default dataset.")
-@click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
-@click.option("--depth", type=int, default=20, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--iterations", type=click.IntRange(min=1), default=60, show_default=True, help="Per mode.")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "bf16"]),
-              help="Repeat for several (default: fp32); the first runs every mode, the others bare only.")
-@click.option("--memory-format", "memory_formats", multiple=True, type=click.Choice(["channels_last", "nchw"]),
-              help="Repeat for several (default: channels_last); the first runs every mode, the others bare only.")
-@click.option("--mode", "modes", multiple=True, type=click.Choice(["bare", "ray-1", "ray-2"]),
-              help="Repeat for several (default: all three).")
-@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Run the modes this many times, every other round in reverse order; a summary gives the medians.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def bench_train(params_file: str | None, data_dir: str | None, depth: int, batch_size: int, iterations: int,
-                precisions: tuple[str, ...], memory_formats: tuple[str, ...], modes: tuple[str, ...], rounds: int,
-                as_json: bool) -> None:
-    """Images/s of the Ray Train path (1 and 2 workers) vs the bare single-process loop, and of the bare
-    loop in fp32/bf16 and channels_last/NCHW, side by side."""
-    from resnet_pipeline.data import load_data_config
-    from resnet_pipeline.training.bench import bench_train as run_bench
-
-    cfg = load_data_config(params_file)
-    with _json_only_on_stdout(as_json):
-        report = run_bench(data_dir or cfg.out_dir, depth=depth, batch_size=batch_size, iterations=iterations,
-                           precisions=precisions or ("fp32",), memory_formats=memory_formats or ("channels_last",),
-                           modes=modes or ("bare", "ray-1", "ray-2"), rounds=rounds)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    _print_bench_train(report)
-
-
-def _print_bench_train(report: dict) -> None:
-    _print_rows(f"Training throughput, ResNet-{report['depth']}, batch {report['batch_size']}, "
-                f"{report['iterations']} iterations ({report['machine']['cpu']}, {report['machine']['cores']} cores)",
-                report["results"], ("round", "mode", "precision", "memory_format", "images_per_s", "vs_bare",
-                                    "data_wait_fraction", "wall_s", "overhead_s"))
-    if report["rounds"] > 1:
-        _print_rows(f"Median of {report['rounds']} rounds (vs_bare: the median ratio to the same round's bare loop)",
-                    report["summary"], ("mode", "rounds", "images_per_s", "vs_bare", "vs_bare_min", "vs_bare_max",
-                                        "data_wait_fraction"))
-
-
-@bench.command("depths")
-@click.option("--cifar-depths", default="20,32,44,56,110", show_default=True)
-@click.option("--imagenet-depths", default="18,34,50", show_default=True)
-@click.option("--imagenet-input", type=click.IntRange(min=1), default=64, show_default=True, help="Side of the ImageNet nets' input.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
-              help="Timed seconds per net and round.")
-@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True, help="Rounds; the median is reported.")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "bf16"]),
-              help="Repeat for several (default: fp32): every net at each, taking turns; vs_first compares "
-                   "each with the first precision and graph.")
-@click.option("--graph", "graphs", multiple=True, type=click.Choice(["eager", "compiled"]),
-              help="Repeat for several (default: eager). compiled: the net in torch.compile, as train.compile "
-                   "runs it (first_step_s includes the compilation).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def bench_depths(cifar_depths: str, imagenet_depths: str, imagenet_input: int, batch_size: int, seconds: float,
-                 rounds: int, precisions: tuple[str, ...], graphs: tuple[str, ...], as_json: bool) -> None:
-    """Images/s and effective GFLOP/s of bare training steps for each depth, precision and graph mode
-    (synthetic data)."""
-    from resnet_pipeline.training.bench import bench_depths as run_bench
-
-    from resnet_pipeline.models import ModelConfig
-
-    depths = {}
-    for flag, family, value in (("--cifar-depths", "cifar", cifar_depths), ("--imagenet-depths", "imagenet",
-                                                                             imagenet_depths)):
-        depths[family] = tuple(_int_list(value, flag))
-        for depth in depths[family]:
-            try:
-                ModelConfig(depth=depth, family=family).validate()
-            except ValueError as exc:
-                raise click.BadParameter(str(exc).removeprefix("model.depth: "), param_hint=flag) from None
-    report = run_bench(cifar_depths=depths["cifar"], imagenet_depths=depths["imagenet"],
-                       imagenet_input=imagenet_input, batch_size=batch_size, seconds=seconds, rounds=rounds,
-                       precisions=precisions or ("fp32",), graphs=graphs or ("eager",))
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    _print_bench_depths(report)
-
-
-def _print_bench_depths(report: dict) -> None:
-    _print_rows(f"Training steps per depth, batch {report['batch_size']}, {', '.join(report['precisions'])}, "
-                f"{', '.join(report['graphs'])}, {report['memory_format']}; "
-                f"fp32 peak {report['peak']['gflops']:.0f} GFLOP/s = {report['peak']['formula']}",
-                report["results"], ("family", "depth", "input_size",
-                                    *(["precision"] if len(report["precisions"]) > 1 else []),
-                                    *(["graph"] if len(report["graphs"]) > 1 else []), "mult_adds", "images_per_s",
-                                    *(["vs_first"] if len(report["precisions"]) + len(report["graphs"]) > 2 else []),
-                                    "gflops", "peak_fraction", "gflops_per_cpu_s", "core_peak_fraction",
-                                    *(["first_step_s"] if "compiled" in report["graphs"] else [])))
-
-
-@bench.command("overhead")
-@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-              help="Params file (default: params.yaml): data.out is the default dataset.")
-@click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
-@click.option("--trials", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--iterations", type=click.IntRange(min=1), default=1, show_default=True, help="Per trial.")
-@click.option("--launcher", "launchers", multiple=True, type=click.Choice(["in-trial", "ray-train"]),
-              help="Trial launcher(s) to time, one sweep each, in one Ray instance (default: both; "
-                   "ray-train alone with --workers above 1).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Training workers per trial (the in-trial launcher takes 1).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def bench_overhead(params_file: str | None, data_dir: str | None, trials: int, iterations: int,
-                   launchers: tuple[str, ...], workers: int, as_json: bool) -> None:
-    """Per-trial overhead of a sweep: real sweeps of tiny trials, each trial's time split up."""
-    from resnet_pipeline.data import load_data_config
-    from resnet_pipeline.training.bench import bench_overhead as run_bench
-
-    with _json_only_on_stdout(as_json):
-        report = run_bench(data_dir or load_data_config(params_file).out_dir, trials=trials, iterations=iterations,
-                           workers=workers, launchers=launchers or None)
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    _print_bench_overhead(report)
-
-
-def _print_bench_overhead(report: dict) -> None:
-    click.echo(f"ray.init {report['ray_start_s']:.1f} s")
-    for sweep in report["sweeps"]:
-        _print_rows(f"Sweep of {report['trials']} trials x {report['iterations']} iteration(s) x "
-                    f"{report['workers']} worker(s), trial launcher "
-                    f"{sweep['launcher']}: sweep set-up and summary {sweep['sweep_fixed_s']:.1f} s, overhead per "
-                    f"trial {sweep['overhead_per_trial_s']:.1f} s (median after the first)",
-                    sweep["results"], ("run_name", "gap_s", "to_first_step_s", "steps_s", "evaluation_s",
-                                       "model_logging_s", "end_s", "wall_s", "overhead_s"))
-
-
-@bench.command("all")
-@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-              help="Params file (default: params.yaml); data.out, data.normalize, data.num_threads.")
-@click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def bench_all(params_file: str | None, data_dir: str | None, as_json: bool) -> None:
-    """`bench data`, `bench train` (fp32/bf16 x channels_last/NCHW) and `bench depths` with their defaults."""
-    from resnet_pipeline.data import load_data_config
-    from resnet_pipeline.data.bench import bench_data as run_data
-    from resnet_pipeline.training.bench import bench_depths as run_depths
-    from resnet_pipeline.training.bench import bench_train as run_train
-
-    cfg = load_data_config(params_file)
-    data = data_dir or cfg.out_dir
-    with _json_only_on_stdout(as_json):
-        report = {"data": run_data(data, num_threads=cfg.num_threads, normalize=cfg.normalize),
-                  "train": run_train(data, precisions=("fp32", "bf16"), memory_formats=("channels_last", "nchw")),
-                  "depths": run_depths()}
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    _print_rows("Data loaders, training augmentation", report["data"]["results"],
-                ("backend", "images_per_s", "images_per_cpu_s"))
-    _print_bench_train(report["train"])
-    _print_bench_depths(report["depths"])
+main.add_command(bench)
 
 
 @main.group()

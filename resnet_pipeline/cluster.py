@@ -156,6 +156,28 @@ def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
 
 
+def _check_can_start(state_dir: Path, num_cpus: int | None, host: str, mlflow_host: str, port: int,
+                     dashboard_port: int, mlflow_port: int, backend_store_uri: str | None) -> None:
+    """ClusterError, before anything starts, for a cluster of this state folder still running, a bad
+    CPU count or port, an MLflow store the server cannot open, or a port already taken."""
+    old = read_state(state_dir)
+    if old and any(_process(e) for e in old["processes"].values()):
+        raise ClusterError(f"a cluster started from {state_dir} is still running "
+                           f"({', '.join(str(e['pid']) for e in old['processes'].values())}); "
+                           "stop it first: python cli.py cluster down")
+    if num_cpus is not None and num_cpus < 1:
+        raise ClusterError(f"--num-cpus: must be >= 1, got {num_cpus}")
+    ports = (("--port", host, port), ("--dashboard-port", host, dashboard_port),
+             ("--mlflow-port", mlflow_host, mlflow_port))
+    for flag, _, p in ports:
+        if not 0 < p < 65536:
+            raise ClusterError(f"{flag}: must be a port number in 1..65535, got {p}")
+    if backend_store_uri is not None:
+        check_backend_store_uri(backend_store_uri)
+    for flag, h, p in ports:
+        _check_port_free(h, p, flag)
+
+
 def up(state_dir: Path | None = None, *, host: str = "127.0.0.1", mlflow_host: str = "127.0.0.1",
        num_cpus: int | None = None, port: int = GCS_PORT, dashboard_port: int = DASHBOARD_PORT,
        mlflow_port: int = MLFLOW_PORT, backend_store_uri: str | None = None,
@@ -168,22 +190,7 @@ def up(state_dir: Path | None = None, *, host: str = "127.0.0.1", mlflow_host: s
     """
     state_dir = (state_dir or default_state_dir()).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    old = read_state(state_dir)
-    if old and any(_process(e) for e in old["processes"].values()):
-        raise ClusterError(f"a cluster started from {state_dir} is still running "
-                           f"({', '.join(str(e['pid']) for e in old['processes'].values())}); "
-                           "stop it first: python cli.py cluster down")
-    if num_cpus is not None and num_cpus < 1:
-        raise ClusterError(f"--num-cpus: must be >= 1, got {num_cpus}")
-    ports = (("--port", host, port), ("--dashboard-port", host, dashboard_port), ("--mlflow-port", mlflow_host,
-                                                                                    mlflow_port))
-    for flag, _, p in ports:
-        if not 0 < p < 65536:
-            raise ClusterError(f"{flag}: must be a port number in 1..65535, got {p}")
-    if backend_store_uri is not None:
-        check_backend_store_uri(backend_store_uri)
-    for flag, h, p in ports:
-        _check_port_free(h, p, flag)
+    _check_can_start(state_dir, num_cpus, host, mlflow_host, port, dashboard_port, mlflow_port, backend_store_uri)
     token = ensure_token(token_path())
     env = {**os.environ, **auth_env(token)}
     # Jobs' `python` is this environment's: they inherit the head's PATH.
@@ -192,7 +199,7 @@ def up(state_dir: Path | None = None, *, host: str = "127.0.0.1", mlflow_host: s
     # A temp dir of its own: ray.init() elsewhere on this machine looks for /tmp/ray's cluster and
     # must not find this one. Short, as Ray's socket paths must fit 107 characters.
     temp_dir = tempfile.mkdtemp(prefix="ray-")
-    # Logical CPUs are accounting: a trial holds workers + 1 (sweep.py), so at least 3 for 2 workers.
+    # Logical CPUs are accounting: a trial holds workers + 1 (sweep/resources.py), so at least 3 for 2 workers.
     cpus = num_cpus or max(os.cpu_count() or 1, 4)
     ray_cmd = [_bin("ray"), "start", "--head", "--block", "--port", str(port), "--dashboard-host", host,
                "--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(free_port()),

@@ -71,7 +71,18 @@ def device_name() -> str:
     return gpu_name(0) or f"cpu ({platform.processor() or platform.machine()})"
 
 
+def cuda_info() -> dict:
+    """CUDA and cuDNN versions, compute capability and memory of the first GPU; empty without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    props = torch.cuda.get_device_properties(0)
+    return {"cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "capability": f"{props.major}.{props.minor}", "gpu_memory_gib": round(props.total_memory / 2**30, 1)}
+
+
 def machine_info() -> dict:
     """CPU model, core count, GPU and library versions, recorded beside every benchmark figure."""
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu_name(), "python": platform.python_version(),
-            **versions(("torch", "torchvision", "nvidia-dali-cuda130", "pillow"))}
+            **versions(("torch", "torchvision", "nvidia-dali-cuda130", "pillow", "numpy")), **cuda_info()}

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resnet_pipeline.data import DataConfig, prepare  # noqa: E402
+from resnet_pipeline.environment import machine_info  # noqa: E402
 from resnet_pipeline.models import ModelConfig, build_model  # noqa: E402
 from resnet_pipeline.training.config import TrainConfig  # noqa: E402
 from resnet_pipeline.training.loop import DataSource, Trainer, fit, resolve_precision, train_step  # noqa: E402
@@ -208,15 +208,6 @@ class Smoke:
         return {"precision": str(amp).replace("torch.", "") if amp else "fp32", "batch": batch, **out}
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"}
-    if device.type == "cuda":
-        env["cudnn"] = torch.backends.cudnn.version()
-        env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
-    return env
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -239,7 +230,7 @@ def main() -> int:
             prepare(DataConfig(dataset="cifar10" if args.source and args.source.endswith(".tar.gz") else "imagefolder",
                                source=source, out=str(data), val_fraction=0.1))
         smoke = Smoke(data, device, work, args.depth, args.compile if args.compile is not None else args.device == "cuda")
-        smoke.report["environment"] = environment(device)
+        smoke.report["environment"] = {**machine_info(), "device": str(device)}
         smoke.report["prepare_s"] = round(time.perf_counter() - started, 1)
         smoke.run("sync_free", smoke.sync_free)
         smoke.run("resume", smoke.resume)

@@ -19,6 +19,17 @@ from PIL import Image
 
 from resnet_pipeline.config import PROJECT_ROOT
 
+# A test that takes one of these fixtures starts Ray or runs DVC pipelines: `make test-fast` leaves it out.
+SLOW_FIXTURES = {"ray_session", "demo_repo", "first_repro"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that uses a fixture of SLOW_FIXTURES (tests that start Ray or DVC in
+    another way carry the mark themselves)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 def write_images(folder: Path, count: int, *, size: tuple[int, int] = (32, 32), fmt: str = "JPEG",
                  seed: int = 0, prefix: str = "img") -> list[Path]:

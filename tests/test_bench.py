@@ -16,10 +16,11 @@ import pytest
 from PIL import Image
 
 from resnet_pipeline.config import PROJECT_ROOT
+from resnet_pipeline.data.config import CIFAR10_CLASSES
 
 
 def test_bench_depths_reports_effective_flops() -> None:
-    from resnet_pipeline.training.bench import bench_depths
+    from resnet_pipeline.bench.train import bench_depths
 
     report = bench_depths(cifar_depths=(8,), imagenet_depths=(18,), imagenet_input=32, batch_size=4, seconds=0,
                           min_steps=1, rounds=1, precisions=("fp32", "bf16"))
@@ -95,7 +96,7 @@ def test_bench_overhead_refuses_what_it_cannot_time_before_ray_starts(tiny_data:
 
 
 def test_bench_train_precision_and_memory_format_axes(tiny_data: Path) -> None:
-    from resnet_pipeline.training.bench import bench_train
+    from resnet_pipeline.bench.train import bench_train
 
     report = bench_train(tiny_data, depth=8, batch_size=8, iterations=4, log_every=2, precisions=("fp32", "bf16"),
                          memory_formats=("channels_last", "nchw"), modes=("bare",), variant_seconds=0, rounds=2)
@@ -117,7 +118,7 @@ def test_bench_train_precision_and_memory_format_axes(tiny_data: Path) -> None:
 
 def test_bench_train_rounds_train_the_ray_path_again(tiny_data: Path, ray_session) -> None:
     """Each round is a new Ray Train run (the same run name would be taken as already done)."""
-    from resnet_pipeline.training.bench import bench_train
+    from resnet_pipeline.bench.train import bench_train
 
     report = bench_train(tiny_data, depth=8, batch_size=8, iterations=4, log_every=2, modes=("ray-1",), rounds=2)
     assert [(r["round"], r["mode"]) for r in report["results"]] == [(0, "ray-1"), (1, "ray-1")]
@@ -158,8 +159,8 @@ def _tiny_cifar_archive(path: Path) -> Path:
     """The layout of cifar10-jpeg.tar.gz: cifar10-jpeg/{train,test}/<class>/NNNN.jpg."""
     rng = np.random.default_rng(0)
     with tarfile.open(path, "w:gz") as tar:
-        for split, n in (("train", 8), ("test", 3)):
-            for c in ("cat", "dog"):
+        for split, n in (("train", 5), ("test", 1)):
+            for c in CIFAR10_CLASSES:
                 for i in range(n):
                     buf = io.BytesIO()
                     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="JPEG")
@@ -171,28 +172,31 @@ def _tiny_cifar_archive(path: Path) -> Path:
 
 
 def test_gpu_bench_smoke_on_cpu_imports_only_torch(tmp_path: Path) -> None:
-    """The GPU script's every part at toy sizes, in a fresh interpreter that must not import Ray,
-    MLflow, DALI or YAML (the GPU machine has only PyTorch)."""
+    """The GPU benchmark's every part at toy sizes (`python -m resnet_pipeline.bench.gpu`, from the
+    project folder as on the GPU machine), in an interpreter where Ray, MLflow, DALI, YAML, click and
+    pydantic cannot be imported (the GPU machine has only PyTorch)."""
     archive = _tiny_cifar_archive(tmp_path / "cifar.tar.gz")
     out = tmp_path / "gpu_bench.json"
-    code = ("import importlib.util, json, sys\n"
-            f"spec = importlib.util.spec_from_file_location('gpu_bench', {str(PROJECT_ROOT / 'scripts/gpu_bench.py')!r})\n"
-            "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
-            f"mod.main(['--device', 'cpu', '--smoke', '--cifar', {str(archive)!r}, '--out', {str(out)!r}])\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow', 'yaml', 'click')\n"
-            "             or m.startswith('nvidia.dali'))\n"
-            "print('FORBIDDEN', json.dumps(bad))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+    code = ("import importlib.abc, runpy, sys\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] in ('ray', 'mlflow', 'yaml', 'click', 'pydantic') or name.startswith('nvidia.dali'):\n"
+            "            raise ImportError(f'{name} is not installed on the GPU machine')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            f"sys.argv = ['gpu', '--device', 'cpu', '--smoke', '--cifar', {str(archive)!r}, '--out', {str(out)!r}, "
+            f"'--work', {str(tmp_path / 'work')!r}]\n"
+            "runpy.run_module('resnet_pipeline.bench.gpu', run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == "FORBIDDEN []"
     summary = json.loads(out.read_text())
     assert [(t["net"], t["mode"]) for t in summary["throughput"]] == [("resnet20", "eager"), ("resnet50", "eager")]
     assert all(t["images_per_s"] > 0 for t in summary["throughput"])
     cifar = summary["cifar"]
     assert "error" not in cifar, cifar
-    assert cifar["completed"] and cifar["iterations"] == 4 and cifar["train_images"] == 16
-    assert cifar["test_images"] == 6 and 0 <= cifar["test_error"] <= 1
+    assert cifar["completed"] and cifar["iterations"] == 4, cifar
+    assert (cifar["train_images"], cifar["val_images"], cifar["test_images"]) == (40, 10, 10)  # a stratified 10% per class
+    assert 0 <= cifar["test_error"] <= 1 and cifar["images_per_s"] > 0 and 0 <= cifar["data_wait_fraction"] <= 1
 
 
 def test_gpu_smoke_cpu_mode_runs_every_check_it_can_without_the_integrations(tmp_path: Path) -> None:
@@ -223,7 +227,7 @@ def test_gpu_smoke_cpu_mode_runs_every_check_it_can_without_the_integrations(tmp
 def test_bench_resume_times_restoring_against_replaying(tiny_data: Path) -> None:
     """bench resume, both backends: a restored loader reaches the checkpointed batch (timed), and so does
     one that reads every batch before it; the figures are positive and the position is inside the epoch."""
-    from resnet_pipeline.data.bench import bench_resume
+    from resnet_pipeline.bench.data import bench_resume
 
     report = bench_resume(tiny_data, backends=["dali-cpu", "torch"], batch_size=16, num_threads=1, position=0.5)
     assert [r["backend"] for r in report["results"]] == ["dali-cpu", "torch"]

@@ -11,14 +11,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "resnet_pipeline"
 
 # Bottom to top (STYLE.md): models and shared utilities; data; the training loop; Ray orchestration
 # (Train wiring, the Tune sweep, the cluster) with tracking at the side; evaluation and report; bench
-# and the CLI. The longest matching prefix decides a module's layer.
+# (resnet_pipeline/bench/) and the CLI. The longest matching prefix decides a module's layer.
 LAYERS = {
     "models": 0, "config": 0, "files": 0, "storage": 0, "environment": 0, "paper": 0, "stats": 0,
     "data": 1,
     "training": 2,
     "training.ray_launch": 3, "training.driver": 3, "training.worker": 3, "sweep": 3, "cluster": 3, "tracking": 3,
     "evaluation": 4, "report": 4,
-    "bench": 5, "data.bench": 5, "training.bench": 5, "cli": 5,  # data/ and training/bench.py: benchmarks
+    "console": 5, "bench": 5, "cli": 5,
 }
 
 
@@ -107,3 +107,10 @@ def test_no_import_cycle():
         if start not in state:
             visit(start, [start])
     assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_only_the_cli_imports_the_benchmarks():
+    importers = sorted(m for m, targets in _graph().items()
+                       if any(t == "bench" or t.startswith("bench.") for t in targets)
+                       and not (m == "bench" or m.startswith("bench.") or m == "cli"))
+    assert importers == [], f"the library imports the benchmarks: {importers}"

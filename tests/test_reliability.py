@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -498,8 +499,15 @@ def _ckpt(repo: Path, trial: str) -> int:
 _FIRST_SWEEP_DIRS: set[Path] = set()
 
 
+def _sweep_folders(repo: Path) -> set[Path]:
+    """results/demo/demo-<digest>/, the sweeps' folders (not Tune's demo-tune-<time>/ beside them, which
+    a looser glob picked up in listing order: the test then watched a folder without trials)."""
+    return {d for d in (repo / "results" / "demo").glob("demo-*") if re.fullmatch(r"demo-[0-9a-f]+", d.name)}
+
+
 def _sweep_dir(repo: Path) -> Path:
-    new = [d for d in (repo / "results" / "demo").glob("demo-*") if d not in _FIRST_SWEEP_DIRS]
+    new = sorted(_sweep_folders(repo) - _FIRST_SWEEP_DIRS)
+    assert len(new) <= 1, f"more than one new sweep folder: {new}"
     return new[0] if new else repo / "results" / "demo" / "not-yet"
 
 
@@ -525,7 +533,7 @@ def test_interrupted_dvc_sweep_resumes_without_rerunning_finished_trials(demo_re
     params["train"].update(lr=0.05, experiment=EXPERIMENT, iterations=iterations)
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     old_checkpoints = set((repo / "results" / "demo").glob("*/*/checkpoints/ckpt_*.pt"))
-    _FIRST_SWEEP_DIRS.update((repo / "results" / "demo").glob("demo-*"))
+    _FIRST_SWEEP_DIRS.update(_sweep_folders(repo))
 
     def trials() -> dict:
         return {n: r for n, r in _runs(uri).items() if "mlflow.parentRunId" in r.data.tags}

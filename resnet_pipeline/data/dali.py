@@ -29,93 +29,116 @@ def build_pipeline(spec: LoaderSpec, *, device: str = "cpu", device_id: int | No
     ``device="cpu"`` runs everything on the CPU and needs ``device_id=None`` (DALI's
     CPU_ONLY_DEVICE_ID still looks for CUDA).
     """
-    from nvidia.dali import fn, pipeline_def, types
-
-    def constant(array, on: str = device) -> object:
-        return types.Constant(np.ascontiguousarray(array, dtype=np.float32), device=on)
+    from nvidia.dali import pipeline_def, types
 
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads, device_id=device_id,
                   seed=shard_seed(spec.seed, spec.shard_id), prefetch_queue_depth=2,
                   enable_checkpointing=spec.train, checkpoint=checkpoint)
     def pipeline():
-        encoded, labels = fn.readers.file(
-            file_root=str(spec.root), files=list(spec.files), labels=list(spec.labels), name=READER,
-            shard_id=spec.shard_id, num_shards=spec.num_shards,
-            # Training: a global reshuffle every epoch (the same permutation on every rank, as the
-            # shared seed makes it), then each rank reads its contiguous shard, the same positions
-            # of every epoch's permutation (DALI keeps the shard when it reshuffles, and refuses
-            # stick_to_shard=True beside shuffle_after_epoch; its reader_meta reports it set).
-            shuffle_after_epoch=spec.train, **({"shuffle_after_epoch_seed": spec.seed} if spec.train else {}),
-            # Each shard is padded to whole batches with repeats of its last sample, which the
-            # iterator cuts again (PARTIAL; training then drops what lies past the common number of
-            # batches, see DaliLoader). So an epoch ends where the reader's shard ends, and the next
-            # one starts afresh instead of on the previous epoch's leftovers (which would put a
-            # sample on two ranks in the same epoch).
-            stick_to_shard=not spec.train, pad_last_batch=True,
-            # Plain reads: for small files (CIFAR's are ~1 KB) an mmap per file costs more than it saves.
-            dont_use_mmap=True)
+        encoded, labels = _read(spec)
         # `prepare` already applied every EXIF rotation (re-encoding those files), so the decoder
         # need not look for one; the torch backend does not either.
         decode = dict(device="mixed" if device == "gpu" else "cpu", output_type=types.RGB, adjust_orientation=False)
-        outputs = []
         if spec.kind == "cifar":
-            # Each DALI CPU operator costs 10-17 us per 32x32 image whatever its arithmetic (its
-            # per-sample overhead), so the pipeline runs the fewest: the decoder, and one
-            # crop_mirror_normalize (shift with zero fill, flip, HWC -> CHW, uint8). The loader
-            # normalises the whole batch in one pass: x / std minus the mean / std, the mean (per
-            # pixel or per channel) shifted and flipped as each sample was (see `mean_table`). The
-            # result is the same as subtracting the mean at the stored resolution and padding with
-            # zeros (the mean colour, after normalising).
-            mirror = 0
-            height, width = spec.image_size
-            crop = {}
-            if spec.train:
-                # Sec. 4.2: pad 4 pixels, random 32x32 crop = shift the window by an integer in
-                # [-4, 4]: the decoder decodes the part of the image the window keeps, and
-                # crop_mirror_normalize places it in the window, zeros on the side it left.
-                row, anchor, shape, pos_x, pos_y, mirror = fn.external_source(
-                    source=ShiftSampler(spec), num_outputs=6, batch=True, batch_info=True)
-                images = fn.decoders.image_slice(encoded, anchor, shape, axis_names="WH", normalized_anchor=False,
-                                                 normalized_shape=False, **decode)
-                crop = dict(crop=(height, width), crop_pos_x=pos_x, crop_pos_y=pos_y, out_of_bounds_policy="pad")
-                outputs = [row]
-            else:
-                images = fn.decoders.image(encoded, **decode)  # HWC uint8
-            # uint8 out: a quarter of the bytes for the iterator to copy; the loader normalises.
-            images = fn.crop_mirror_normalize(images, mirror=mirror, dtype=types.UINT8, output_layout="CHW", **crop)
+            images, outputs = _cifar_images(spec, encoded, decode)
         else:
-            images = fn.decoders.image(encoded, **decode)  # HWC uint8
-            mean = [float(m) for m in spec.mean]
-            std = [float(s) for s in spec.std]
-            crop = (spec.crop_size, spec.crop_size)
-            if spec.train:
-                # Sec. 3.4: shorter side random in [256, 480], random 224 crop or its flip.
-                low, high = spec.resize_range
-                shorter = fn.random.uniform(values=[float(v) for v in range(low, high + 1)])
-                images = fn.resize(images, resize_shorter=shorter, antialias=True)
-                images = fn.crop_mirror_normalize(
-                    images, crop=crop, crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
-                    crop_pos_y=fn.random.uniform(range=[0.0, 1.0]), mirror=fn.random.coin_flip(),
-                    mean=mean, std=std, dtype=types.FLOAT, output_layout="CHW")
-            else:
-                images = fn.resize(images, resize_shorter=float(spec.eval_resize), antialias=True)
-                positions = FIVE_CROPS if spec.ten_crop else ((0.5, 0.5),)
-                crops = [fn.crop_mirror_normalize(images, crop=crop, crop_pos_x=x, crop_pos_y=y, mirror=flip,
-                                                  mean=mean, std=std, dtype=types.FLOAT, output_layout="CHW")
-                         for flip in ((0, 1) if spec.ten_crop else (0,)) for x, y in positions]
-                images = fn.stack(*crops) if spec.ten_crop else crops[0]  # [10, 3, crop, crop]
+            images, outputs = _imagenet_images(spec, encoded, decode), []
         if spec.train and spec.color_aug:
-            # PCA lighting (see spec.py): one RGB offset per image, in normalised units.
-            alpha = fn.random.normal(shape=[3], stddev=LIGHTING_STD)
-            components = spec.lighting / np.asarray(spec.std)[:, None]  # column i: sqrt(lambda_i) p_i / std
-            offset = sum(alpha[i] * constant(components[:, i], on="cpu") for i in range(3))  # per sample, on the CPU
-            offset = fn.reshape(offset, shape=[3, 1, 1])
-            images = images + (offset.gpu() if device == "gpu" else offset)
+            images = _lighting(spec, images, device)
         # On the GPU, labels (and the mean-table rows) go there too: every output then comes out on
         # the same device.
         return (images, *[(x.gpu() if device == "gpu" else x) for x in (labels, *outputs)])
 
     return pipeline()
+
+
+def _read(spec: LoaderSpec):
+    """The file reader: (encoded images, labels) of this shard."""
+    from nvidia.dali import fn
+
+    return fn.readers.file(
+        file_root=str(spec.root), files=list(spec.files), labels=list(spec.labels), name=READER,
+        shard_id=spec.shard_id, num_shards=spec.num_shards,
+        # Training: a global reshuffle every epoch (the same permutation on every rank, as the
+        # shared seed makes it), then each rank reads its contiguous shard, the same positions
+        # of every epoch's permutation (DALI keeps the shard when it reshuffles, and refuses
+        # stick_to_shard=True beside shuffle_after_epoch; its reader_meta reports it set).
+        shuffle_after_epoch=spec.train, **({"shuffle_after_epoch_seed": spec.seed} if spec.train else {}),
+        # Each shard is padded to whole batches with repeats of its last sample, which the
+        # iterator cuts again (PARTIAL; training then drops what lies past the common number of
+        # batches, see DaliLoader). So an epoch ends where the reader's shard ends, and the next
+        # one starts afresh instead of on the previous epoch's leftovers (which would put a
+        # sample on two ranks in the same epoch).
+        stick_to_shard=not spec.train, pad_last_batch=True,
+        # Plain reads: for small files (CIFAR's are ~1 KB) an mmap per file costs more than it saves.
+        dont_use_mmap=True)
+
+
+def _cifar_images(spec: LoaderSpec, encoded, decode: dict) -> tuple[Any, list]:
+    """CIFAR-kind images, uint8 CHW, and the mean-table rows the loader normalises them with.
+
+    Each DALI CPU operator costs 10-17 us per 32x32 image whatever its arithmetic (its per-sample
+    overhead), so the pipeline runs the fewest: the decoder, and one crop_mirror_normalize (shift
+    with zero fill, flip, HWC -> CHW, uint8). The loader normalises the whole batch in one pass:
+    x / std minus the mean / std, the mean (per pixel or per channel) shifted and flipped as each
+    sample was (see `mean_table`). The result is the same as subtracting the mean at the stored
+    resolution and padding with zeros (the mean colour, after normalising)."""
+    from nvidia.dali import fn, types
+
+    if not spec.train:
+        images = fn.decoders.image(encoded, **decode)  # HWC uint8
+        return fn.crop_mirror_normalize(images, mirror=0, dtype=types.UINT8, output_layout="CHW"), []
+    # Sec. 4.2: pad 4 pixels, random 32x32 crop = shift the window by an integer in [-4, 4]: the
+    # decoder decodes the part of the image the window keeps, and crop_mirror_normalize places it
+    # in the window, zeros on the side it left.
+    height, width = spec.image_size
+    row, anchor, shape, pos_x, pos_y, mirror = fn.external_source(
+        source=ShiftSampler(spec), num_outputs=6, batch=True, batch_info=True)
+    images = fn.decoders.image_slice(encoded, anchor, shape, axis_names="WH", normalized_anchor=False,
+                                     normalized_shape=False, **decode)
+    # uint8 out: a quarter of the bytes for the iterator to copy; the loader normalises.
+    images = fn.crop_mirror_normalize(images, mirror=mirror, dtype=types.UINT8, output_layout="CHW",
+                                      crop=(height, width), crop_pos_x=pos_x, crop_pos_y=pos_y,
+                                      out_of_bounds_policy="pad")
+    return images, [row]
+
+
+def _imagenet_images(spec: LoaderSpec, encoded, decode: dict):
+    """ImageNet-kind images, float32 CHW normalised: training's scale augmentation and random crop
+    or its flip (Sec. 3.4), or evaluation's centre crop (or 10 crops) of the resized image."""
+    from nvidia.dali import fn, types
+
+    images = fn.decoders.image(encoded, **decode)  # HWC uint8
+    mean = [float(m) for m in spec.mean]
+    std = [float(s) for s in spec.std]
+    crop = (spec.crop_size, spec.crop_size)
+    if spec.train:
+        # Sec. 3.4: shorter side random in [256, 480], random 224 crop or its flip.
+        low, high = spec.resize_range
+        shorter = fn.random.uniform(values=[float(v) for v in range(low, high + 1)])
+        images = fn.resize(images, resize_shorter=shorter, antialias=True)
+        return fn.crop_mirror_normalize(
+            images, crop=crop, crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
+            crop_pos_y=fn.random.uniform(range=[0.0, 1.0]), mirror=fn.random.coin_flip(),
+            mean=mean, std=std, dtype=types.FLOAT, output_layout="CHW")
+    images = fn.resize(images, resize_shorter=float(spec.eval_resize), antialias=True)
+    positions = FIVE_CROPS if spec.ten_crop else ((0.5, 0.5),)
+    crops = [fn.crop_mirror_normalize(images, crop=crop, crop_pos_x=x, crop_pos_y=y, mirror=flip,
+                                      mean=mean, std=std, dtype=types.FLOAT, output_layout="CHW")
+             for flip in ((0, 1) if spec.ten_crop else (0,)) for x, y in positions]
+    return fn.stack(*crops) if spec.ten_crop else crops[0]  # [10, 3, crop, crop]
+
+
+def _lighting(spec: LoaderSpec, images, device: str):
+    """PCA lighting (see spec.py): one RGB offset per image, in normalised units, computed on the CPU."""
+    from nvidia.dali import fn, types
+
+    alpha = fn.random.normal(shape=[3], stddev=LIGHTING_STD)
+    components = spec.lighting / np.asarray(spec.std)[:, None]  # column i: sqrt(lambda_i) p_i / std
+    offset = sum(alpha[i] * types.Constant(np.ascontiguousarray(components[:, i], dtype=np.float32), device="cpu")
+                 for i in range(3))
+    offset = fn.reshape(offset, shape=[3, 1, 1])
+    return images + (offset.gpu() if device == "gpu" else offset)
 
 
 class ShiftSampler:

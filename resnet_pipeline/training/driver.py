@@ -238,58 +238,17 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
     tags (a sweep's trial: the sweep's name and configuration digest)."""
     from resnet_pipeline import tracking
 
-    train_cfg.validate()
-    model_cfg.validate()
-    data_path = check_data_dir(data_dir)
-    train_cfg = resolve_workers(train_cfg.for_data(data_path))
-    from resnet_pipeline.data.loader import loader_spec
-
-    # Before Ray starts: the loader settings fit this dataset (e.g. per-pixel mean needs fixed-size
-    # images) and every worker gets at least one batch.
-    spec = loader_spec(data_path, "train", train=True, batch_size=train_cfg.per_worker_batch,
-                       num_shards=train_cfg.workers, normalize=normalize, **(aug or {}))
-    if len(spec) == 0:
-        raise ConfigError(f"train.batch_size {train_cfg.batch_size} over {train_cfg.workers} workers is larger than "
-                          f"the training split of {data_path} ({spec.num_samples} images)")
-    print(data_choices(spec, normalize, model_cfg))
-    if launcher == "auto":
-        try:
-            import ray  # noqa: F401
-            launcher = "ray"
-        except ImportError:
-            launcher = "local"
-    if launcher == "local" and train_cfg.workers != 1:
-        raise ConfigError(f"train.workers={train_cfg.workers} needs Ray (not installed); use --workers 1")
-    if launcher == "ray":
-        from resnet_pipeline.training.ray_launch import check_local_capacity
-
-        check_local_capacity(train_cfg.workers, train_cfg.use_gpu)
-
+    train_cfg, data_path, spec, launcher = _check_before_ray(train_cfg, model_cfg, data_dir, normalize, aug, launcher)
     run_name = train_cfg.run_name or default_run_name(model_cfg, train_cfg.seed)
     storage = resolve_storage(train_cfg.storage_path)
     run_dir = join(storage, run_name)
     check_resumable(join(run_dir, "checkpoints"), train_cfg, model_cfg, run_name)
     threads = loader_threads(train_cfg, backend, num_threads, available_devices(), gpu_share)
     src = DataSource(str(data_path), backend, normalize, threads, dict(aug or {}))
-    snapshot = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-                for k, v in (snapshot or {"model": model_cfg}).items()}
-    # Logged and printed without the credentials a storage URI may carry; the workers get it whole.
-    shown = {**dataclasses.asdict(train_cfg), "run_name": run_name, "storage_path": display(train_cfg.storage_path)}
-    snapshot.update(train=shown, model=dataclasses.asdict(model_cfg))
-    if "data" in snapshot:  # only the data settings that shape this run
-        snapshot["data"] = {k: v for k, v in snapshot["data"].items()
-                            if not (spec.kind == "cifar" and k in IMAGENET_ONLY)
-                            and not (k.startswith("demo_") and snapshot["data"].get("dataset") != "demo")}
+    snapshot, shown = _snapshot(snapshot, train_cfg, model_cfg, run_name, spec)
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    from resnet_pipeline.data import dataset_fingerprint
-
-    tags = {**environment_tags(train_cfg.workers), "depth": str(model_cfg.depth),
-            "shortcut": model_cfg.resolved_shortcut(), "family": model_cfg.resolved_family(),
-            "seed": str(train_cfg.seed), "run_dir": display(run_dir) if is_uri(run_dir) else project_relative(run_dir),
-            # What it trained on, so that evaluation finds the same data (and refuses other data).
-            DATA_DIR_TAG: str(data_path), DATA_FINGERPRINT_TAG: dataset_fingerprint(data_path),
-            "mlflow.note.content": run_description(model_cfg, train_cfg, spec, data_path), **(extra_tags or {})}
+    tags = _run_tags(train_cfg, model_cfg, spec, data_path, run_dir, extra_tags)
     run_id, previous = tracking.start_run(uri, train_cfg.experiment, run_name, snapshot, tags, parent_run_id)
     if previous is None:
         tracking.log_dataset(uri, run_id, data_path.name, tags[DATA_FINGERPRINT_TAG], str(data_path))
@@ -323,3 +282,65 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
         tracking.end_run(uri, run_id, status)
     metrics = tracking.run_metrics(tracking.get_run(uri, run_id))
     return {**summary, "metrics": metrics, "resumed": previous is not None}
+
+
+def _check_before_ray(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, normalize: str,
+                      aug: dict[str, Any] | None, launcher: str) -> tuple[TrainConfig, Path, Any, str]:
+    """Everything that can be checked before Ray starts: the configs, the data folder, the loader
+    settings against this dataset (e.g. per-pixel mean needs fixed-size images), one batch for every
+    worker, and the launcher against what is installed and the machine's capacity. Returns the
+    resolved training config, the data folder, the training loader's spec and the launcher."""
+    from resnet_pipeline.data.loader import loader_spec
+
+    train_cfg.validate()
+    model_cfg.validate()
+    data_path = check_data_dir(data_dir)
+    train_cfg = resolve_workers(train_cfg.for_data(data_path))
+    spec = loader_spec(data_path, "train", train=True, batch_size=train_cfg.per_worker_batch,
+                       num_shards=train_cfg.workers, normalize=normalize, **(aug or {}))
+    if len(spec) == 0:
+        raise ConfigError(f"train.batch_size {train_cfg.batch_size} over {train_cfg.workers} workers is larger than "
+                          f"the training split of {data_path} ({spec.num_samples} images)")
+    print(data_choices(spec, normalize, model_cfg))
+    if launcher == "auto":
+        try:
+            import ray  # noqa: F401
+            launcher = "ray"
+        except ImportError:
+            launcher = "local"
+    if launcher == "local" and train_cfg.workers != 1:
+        raise ConfigError(f"train.workers={train_cfg.workers} needs Ray (not installed); use --workers 1")
+    if launcher == "ray":
+        from resnet_pipeline.training.ray_launch import check_local_capacity
+
+        check_local_capacity(train_cfg.workers, train_cfg.use_gpu)
+    return train_cfg, data_path, spec, launcher
+
+
+def _snapshot(snapshot: dict[str, Any] | None, train_cfg: TrainConfig, model_cfg: ModelConfig, run_name: str,
+              spec: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's logged configuration, and its train section as printed: both without the
+    credentials a storage URI may carry (the workers get it whole), and with only the data settings
+    that shape this run."""
+    snapshot = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                for k, v in (snapshot or {"model": model_cfg}).items()}
+    shown = {**dataclasses.asdict(train_cfg), "run_name": run_name, "storage_path": display(train_cfg.storage_path)}
+    snapshot.update(train=shown, model=dataclasses.asdict(model_cfg))
+    if "data" in snapshot:
+        snapshot["data"] = {k: v for k, v in snapshot["data"].items()
+                            if not (spec.kind == "cifar" and k in IMAGENET_ONLY)
+                            and not (k.startswith("demo_") and snapshot["data"].get("dataset") != "demo")}
+    return snapshot, shown
+
+
+def _run_tags(train_cfg: TrainConfig, model_cfg: ModelConfig, spec: Any, data_path: Path, run_dir: str | Path,
+              extra_tags: dict[str, str] | None) -> dict[str, str]:
+    """The MLflow run's tags: environment, net, seed, checkpoint folder, and what it trained on (so
+    that evaluation finds the same data, and refuses other data)."""
+    from resnet_pipeline.data import dataset_fingerprint
+
+    return {**environment_tags(train_cfg.workers), "depth": str(model_cfg.depth),
+            "shortcut": model_cfg.resolved_shortcut(), "family": model_cfg.resolved_family(),
+            "seed": str(train_cfg.seed), "run_dir": display(run_dir) if is_uri(run_dir) else project_relative(run_dir),
+            DATA_DIR_TAG: str(data_path), DATA_FINGERPRINT_TAG: dataset_fingerprint(data_path),
+            "mlflow.note.content": run_description(model_cfg, train_cfg, spec, data_path), **(extra_tags or {})}

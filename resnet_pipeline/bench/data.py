@@ -1,16 +1,15 @@
-"""Throughput of the data loaders: images/s of each backend with the training augmentation."""
+"""Data loader benchmarks (`python cli.py bench data | resume`): images/s of each backend with the
+training augmentation, decoders alone, and the cost of resuming a loader mid-epoch."""
 
 from __future__ import annotations
 
 import gc
-import os
-import platform
 import statistics
 import time
-from importlib import metadata
 from pathlib import Path
 
 from resnet_pipeline.data.loader import cuda_available, dali_available, make_loader
+from resnet_pipeline.environment import machine_info
 
 
 def available_backends() -> list[str]:
@@ -196,25 +195,3 @@ def _batches(loader):
     """Endless batches, epoch after epoch."""
     while True:
         yield from loader
-
-
-def machine_info() -> dict:
-    """CPU model, core count, GPU and library versions, recorded beside every benchmark figure."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for dist in ("torch", "torchvision", "nvidia-dali-cuda130", "pillow"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name() if cuda_available() else None,
-            "python": platform.python_version(), **versions}

@@ -1,20 +1,21 @@
 """GPU benchmark: throughput and model FLOP utilisation of the project's ResNets, and the paper's
-CIFAR-10 schedule (Sec. 4.2, 64k iterations) on a GPU-resident data loader.
+CIFAR-10 schedule (Sec. 4.2, 64k iterations) as the pipeline trains it.
 
-Needs only torch, numpy and PIL (torchvision is recorded when present), plus this project's
-`resnet_pipeline.models` and the training step of `resnet_pipeline.training.loop` (no Ray, DALI,
-MLflow or YAML), so it runs on a machine that has PyTorch and nothing else. Every part has a time budget and the JSON summary is
-rewritten after every measurement, so a run cut short still leaves its results.
+Needs only torch, numpy and Pillow (no Ray, DALI, MLflow, YAML or click), so it runs on a machine that
+has PyTorch and nothing else: the nets are `resnet_pipeline.models`, the step is the training loop's
+`train_step`, and the CIFAR run is `prepare` + the torch loader + `Trainer`. Every part has a time
+budget and the JSON summary is rewritten after every measurement, so a run cut short still leaves
+its results. From the project folder:
 
-    python scripts/gpu_bench.py --cifar ../shared/datasets/cifar10-jpeg.tar.gz --out gpu_bench.json
-    python scripts/gpu_bench.py --device cpu --smoke --cifar tiny.tar.gz --out smoke.json   # seconds
+    python -m resnet_pipeline.bench.gpu --cifar ../shared/datasets/cifar10-jpeg.tar.gz --out gpu_bench.json
+    python -m resnet_pipeline.bench.gpu --device cpu --smoke --cifar tiny.tar.gz --out smoke.json   # seconds
 
 Parts (in this order, so that the figures that matter most come first):
 1. ``eager``: images/s and MFU of each net, bf16 autocast + channels_last, no compilation.
 2. ``cifar``: ResNet-20 for the paper's 64k iterations (batch 128, lr 0.1, /10 at 32k and 48k,
-   momentum 0.9, weight decay 1e-4) on CIFAR-10 decoded once into a uint8 tensor on the device;
-   the augmentation (4-pixel pad, random 32x32 crop, horizontal flip) is done per epoch as batched
-   tensor ops. Reports the wall time and the test error (paper, Table 6: 8.75%).
+   momentum 0.9, weight decay 1e-4, 45k/5k train/validation) through the library: the archive
+   prepared once, the torch loader with the paper's augmentation, `Trainer` with torch.compile on a
+   GPU. Reports the wall time, the loader's share of it, and the test error (paper, Table 6: 8.75%).
 3. ``compiled``: the throughput of part 1 with torch.compile, and with torch.compile + CUDA graphs
    (mode="reduce-overhead").
 
@@ -25,27 +26,23 @@ per multiply-add); peak 989 TFLOP/s, the H100/H200 SXM dense bf16 figure.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import io
 import json
 import os
-import platform
 import sys
-import tarfile
+import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from resnet_pipeline.models import resnet_cifar, resnet_imagenet, resnet_mult_adds  # noqa: E402
-from resnet_pipeline.training.loop import evaluate, train_step  # noqa: E402
+from resnet_pipeline.data.config import DataConfig
+from resnet_pipeline.data.prepare import load_manifest, prepare
+from resnet_pipeline.environment import machine_info
+from resnet_pipeline.models import ModelConfig, resnet_cifar, resnet_imagenet, resnet_mult_adds
+from resnet_pipeline.training.config import TrainConfig
+from resnet_pipeline.training.loop import DataSource, Trainer, configure_torch, train_step
 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H100/H200 SXM spec sheet, dense (no sparsity)
 
@@ -144,137 +141,69 @@ def throughput(name: str, mode: str, nets: dict, device: torch.device, amp_dtype
             "mfu": flops / (peak * 1e12) if peak else None, "warmup_s": warm_s, "steps": steps}
 
 
-# --- CIFAR-10 on the device --------------------------------------------------------------------
+# --- CIFAR-10 through the library ----------------------------------------------------------------
 
-def load_cifar(path: Path, device: torch.device, threads: int = 8) -> dict[str, Any]:
-    """Decode the image-folder archive (``*/train|test/<class>/*.jpg``) once into uint8 tensors
-    [N, 3, 32, 32] on ``device``."""
-    blobs: dict[str, list[tuple[str, bytes]]] = {"train": [], "test": []}
-    with tarfile.open(path) as tar:
-        for m in tar:
-            parts = m.name.split("/")
-            if m.isfile() and len(parts) >= 3 and parts[-3] in blobs:
-                blobs[parts[-3]].append((parts[-2], tar.extractfile(m).read()))
-    classes = sorted({c for split in blobs.values() for c, _ in split})
-
-    def decode(b: bytes) -> np.ndarray:
-        return np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
-
-    out: dict[str, Any] = {"classes": classes}
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding
-        for split, items in blobs.items():
-            images = np.stack(list(pool.map(decode, [b for _, b in items], chunksize=256)))  # (N, 32, 32, 3)
-            out[split] = (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device),
-                          torch.tensor([classes.index(c) for c, _ in items], device=device))
-    return out
+class OutOfTime(Exception):
+    """Raised from the trainer's report hook once the CIFAR run's budget is spent."""
 
 
-class DeviceCifarLoader:
-    """Batches of the paper's training augmentation (Sec. 4.2), computed per epoch on the device.
-
-    Subtract the per-pixel mean (divide by the per-channel std, as the project's loaders do), pad 4
-    zeros on each side, take a random 32x32 crop, flip half the images; reshuffled every epoch.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch: int, seed: int = 0) -> None:
-        if images.shape[0] < batch:
-            raise ValueError(f"{images.shape[0]} training images, fewer than one batch of {batch}")
-        self.images, self.labels, self.batch = images, labels, batch
-        x = images.float()
-        self.mean = x.mean(0, keepdim=True)  # (1, 3, 32, 32) per-pixel mean
-        self.std = x.std(dim=(0, 2, 3), keepdim=True)  # (1, 3, 1, 1) per-channel std
-        self.gen = torch.Generator(device=images.device).manual_seed(seed)
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) / self.std
-
-    def epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n, dev = self.images.shape[0], self.images.device
-        perm = torch.randperm(n, device=dev, generator=self.gen)
-        x = F.pad(self.normalize(self.images[perm]), (4, 4, 4, 4))  # (N, 3, 40, 40), zero = the mean
-        shift = torch.randint(0, 9, (2, n), device=dev, generator=self.gen)
-        ar = torch.arange(32, device=dev)
-        rows = (shift[0][:, None] + ar)[:, None, :, None].expand(n, 3, 32, 40)
-        x = x.gather(2, rows)
-        cols = (shift[1][:, None] + ar)[:, None, None, :].expand(n, 3, 32, 32)
-        x = x.gather(3, cols)
-        flip = torch.rand(n, device=dev, generator=self.gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        return x.contiguous(memory_format=torch.channels_last), self.labels[perm]
-
-    def __iter__(self):
-        x, y = self.epoch()
-        for i in range(x.shape[0] // self.batch):  # drop the last partial batch
-            yield x[i * self.batch:(i + 1) * self.batch], y[i * self.batch:(i + 1) * self.batch]
-
-
-def cifar_run(path: Path, device: torch.device, amp_dtype, mode: str, iterations: int, batch: int,
-              budget: float, summary: Summary) -> dict[str, Any]:
-    """ResNet-20 for ``iterations`` of the paper's schedule; stops early (and says so) at ``budget``."""
+def cifar_run(path: Path, work: Path, device: torch.device, precision: str, mode: str, iterations: int,
+              batch: int, budget: float, summary: Summary, threads: int) -> dict[str, Any]:
+    """ResNet-20 on CIFAR-10 as the pipeline trains it: `prepare` (the archive to ``work/prepared``, once,
+    45k/5k train/validation), the torch loader with the paper's augmentation, and the library's
+    `Trainer` with the paper's schedule (lr 0.1, /10 at 1/2 and 3/4 of ``iterations``). Stops early
+    (and says so) once ``budget`` seconds are spent, and then still scores the test split."""
     start = time.perf_counter()
-    data = load_cifar(path, device)
-    sync(device)
-    res: dict[str, Any] = {"mode": mode, "iterations_planned": iterations, "batch": batch,
-                           "train_images": int(data["train"][0].shape[0]), "test_images": int(data["test"][0].shape[0]),
-                           "load_s": time.perf_counter() - start}
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "prepared"
+    if not (data / "manifest.json").exists():
+        prepare(DataConfig(dataset="cifar10", source=str(path), out=str(data), val_fraction=0.1,
+                           num_threads=threads))
+    manifest = load_manifest(data)
+    res: dict[str, Any] = {"mode": mode, "precision": precision, "iterations_planned": iterations, "batch": batch,
+                           "train_images": manifest["splits"]["train"]["count"],
+                           "val_images": manifest["splits"]["val"]["count"],
+                           "test_images": manifest["splits"]["test"]["count"],
+                           "loader_threads": threads, "prepare_s": time.perf_counter() - start}
     summary.data["cifar"] = res
-    loader = DeviceCifarLoader(*data["train"], batch)
-    milestones = [iterations // 2, iterations * 3 // 4]  # 32k and 48k of 64k
-    torch.manual_seed(0)
-    base = resnet_cifar(20, len(data["classes"])).to(device, memory_format=torch.channels_last)
-    opt = make_optimizer(base, device, lr=0.1)
-    step = step_fn(compiled(base, mode), opt, device, mode, amp_dtype)
-    wrong_sum = torch.zeros((), device=device, dtype=torch.long)
-    seen, it, first_step_s, stopped = 0, 0, None, False
+    gpu = device.type == "cuda"
+    cfg = TrainConfig(iterations=iterations, batch_size=batch, milestones=[iterations // 2, iterations * 3 // 4],
+                      workers=1, use_gpu="on" if gpu else "off", precision=precision, compile=mode == "compile",
+                      log_every=max(1, min(100, iterations // 4)), eval_every=max(1, iterations // 4),
+                      checkpoint_every=iterations, keep_checkpoints=1, threads_per_worker=0, seed=0)
+    windows: list[tuple[float, int, dict[str, float]]] = []
+
+    def report(metrics: dict[str, float], iteration: int) -> None:
+        if "train_error" in metrics:
+            windows.append((time.perf_counter(), iteration, metrics))
+            if time.perf_counter() - start > budget:
+                raise OutOfTime(iteration)
+
+    configure_torch(cfg, device, 1)
+    trainer = Trainer(cfg, ModelConfig(depth=20), DataSource(str(data), backend="torch", normalize="per_pixel",
+                                                             num_threads=threads),
+                      tempfile.mkdtemp(prefix=f"run-{mode}-", dir=work), device=device, report=report)
     train_start = time.perf_counter()
-    while it < iterations and not stopped:
-        for x, y in loader:
-            opt.param_groups[0]["lr"] = 0.1 * 0.1 ** sum(it >= m for m in milestones)
-            _, wrong = step(x, y)
-            it += 1
-            if it >= iterations - 390:  # training error over about the last epoch
-                wrong_sum += wrong
-                seen += y.shape[0]
-            if it == 2:
-                sync(device)
-                first_step_s = time.perf_counter() - train_start  # compilation / graph capture
-            if it % 1000 == 0:
-                sync(device)
-                if time.perf_counter() - start > budget:
-                    stopped = True
-            if it >= iterations or stopped:
-                break
-    sync(device)
+    try:
+        final = trainer.run()  # trains, then scores the test split
+        test, completed = final.metrics, True
+    except OutOfTime:
+        test, completed = trainer.test(), False
     train_s = time.perf_counter() - train_start
-    test_x, test_y = data["test"]
-    batches = [(loader.normalize(test_x[i:i + 1000]), test_y[i:i + 1000]) for i in range(0, test_x.shape[0], 1000)]
-    test = evaluate(base, batches, device, amp_dtype)  # the eager module: no recompilation for eval mode
-    steady = (train_s - (first_step_s or 0)) / max(it - 2, 1)
-    res.update(iterations=it, completed=it >= iterations, train_s=train_s, compile_s=first_step_s,
+    it = trainer.state.iteration
+    # Steady state: from the end of the first window (warm-up, compilation) to the last one's.
+    (t0, i0, _), (t1, i1, last) = windows[0], windows[-1]
+    steady = (t1 - t0) / (i1 - i0) if i1 > i0 else train_s / max(it, 1)
+    res.update(iterations=it, completed=completed, train_s=train_s, first_window_s=t0 - train_start,
                step_ms=1000 * steady, images_per_s=batch / steady,
-               projected_full_s=(first_step_s or 0) + steady * (iterations - 2),
-               test_error=test["top1_error"], test_top5_error=test.get("top5_error"),
-               train_error_last_epoch=float(wrong_sum) / seen if seen else None,
-               total_s=time.perf_counter() - start)
+               data_wait_fraction=last.get("data_wait_fraction"),
+               projected_full_s=(t0 - train_start) + steady * (iterations - i0),
+               test_error=test.get("test_error"), test_top5_error=test.get("test_top5_error"),
+               train_error_last_window=last.get("train_error"), total_s=time.perf_counter() - start)
     return res
 
 
 # --- main ----------------------------------------------------------------------------------------
-
-def environment(device: torch.device) -> dict[str, Any]:
-    try:
-        import torchvision  # not needed here; recorded when present
-    except ImportError:
-        torchvision = None
-    env = {"python": platform.python_version(), "torch": torch.__version__,
-           "torchvision": torchvision.__version__ if torchvision else None, "numpy": np.__version__,
-           "device": str(device), "cpu_count": os.cpu_count()}
-    if device.type == "cuda":
-        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
-                   cudnn=torch.backends.cudnn.version(),
-                   gpu_memory_gib=torch.cuda.get_device_properties(device).total_memory / 2**30)
-    return env
-
 
 def run_part(summary: Summary, key: str, fn: Callable[[], dict[str, Any]]) -> None:
     """Run one measurement; an error is recorded in the summary instead of ending the run."""
@@ -301,7 +230,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--iterations", type=int, default=None, help="CIFAR run length (default 64000; smoke 4).")
     p.add_argument("--modes", default=None, help="Comma-separated of eager,compile,cudagraphs "
                                                   "(default: all on a GPU, eager on a CPU).")
-    p.add_argument("--cifar-mode", default=None, help="Mode of the CIFAR run (default: cudagraphs on a GPU).")
+    p.add_argument("--cifar-mode", choices=["eager", "compile"], default=None,
+                   help="The CIFAR run's model: eager, or torch.compile (train.compile; default on a GPU).")
+    p.add_argument("--loader-threads", type=int, default=None,
+                   help="The CIFAR run's loader threads (data.num_threads; default: cores - 1, at most 8).")
+    p.add_argument("--work", type=Path, default=None,
+                   help="Folder for the prepared CIFAR-10 and the run's checkpoints (default: a temporary one).")
     p.add_argument("--precision", choices=["bf16", "fp32"], default=None,
                    help="Default: bf16 on a GPU, fp32 on a CPU (CPUs without AMX emulate bf16, 20-100x slower).")
     p.add_argument("--peak-tflops", type=float, default=None,
@@ -326,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seconds = args.seconds or (0.2 if args.smoke else 3.0)
     warmup, min_steps = (1, 1) if args.smoke else (5, 3)
     summary = Summary(args.out, {
-        "command": " ".join([sys.executable, *sys.argv]), "environment": environment(device), "smoke": args.smoke,
+        "command": " ".join([sys.executable, *sys.argv]), "environment": {**machine_info(), "device": str(device)}, "smoke": args.smoke,
         "precision": args.precision, "memory_format": "channels_last", "peak_tflops": peak,
         "flops_per_image": "3 x 2 x mult-adds (forward + backward)", "throughput": [], "cifar": None})
     summary.save()
@@ -336,20 +270,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run_part(summary, "throughput", lambda: throughput(name, "eager", nets, device, amp_dtype, peak, seconds,
                                                                warmup, min_steps))
     if args.cifar is not None:
-        mode = args.cifar_mode or ("cudagraphs" if gpu else "eager")
+        mode = args.cifar_mode or ("compile" if gpu else "eager")
         iterations = args.iterations or (4 if args.smoke else 64_000)
         batch = 8 if args.smoke else 128
         budget = min(args.cifar_budget_s, deadline.left() - 30)
+        threads = args.loader_threads or max(1, min(8, (os.cpu_count() or 2) - 1))
+        work = Path(args.work or tempfile.mkdtemp(prefix="gpu-bench-"))
 
         def cifar() -> dict[str, Any]:
             try:
-                return cifar_run(args.cifar, device, amp_dtype, mode, iterations, batch, budget, summary)
+                return cifar_run(args.cifar, work, device, args.precision, mode, iterations, batch, budget,
+                                 summary, threads)
             except Exception as exc:  # noqa: BLE001 - e.g. a compile failure: retry eager, keep the error
                 if mode == "eager":
                     raise
                 first_error = f"{type(exc).__name__}: {exc}"
-                res = cifar_run(args.cifar, device, amp_dtype, "eager", iterations, batch,
-                                min(budget, deadline.left() - 30), summary)
+                res = cifar_run(args.cifar, work, device, args.precision, "eager", iterations, batch,
+                                min(budget, deadline.left() - 30), summary, threads)
                 return {**res, "error_in_" + mode: first_error}
 
         run_part(summary, "cifar", cifar)

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from resnet_pipeline.environment import machine_info
 from resnet_pipeline.models import ModelConfig
 from resnet_pipeline.training.config import TrainConfig
 
@@ -154,7 +155,6 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
                                                                 if r["data_wait_fraction"] is not None),
                         "vs_bare": statistics.median(ratios) if ratios else None,
                         "vs_bare_min": min(ratios, default=None), "vs_bare_max": max(ratios, default=None)})
-    from resnet_pipeline.data.bench import machine_info
 
     return {"depth": depth, "batch_size": batch_size, "iterations": iterations, "precisions": list(precisions),
             "memory_formats": list(memory_formats), "backend": backend, "data_dir": str(data),
@@ -285,7 +285,6 @@ def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
              if (r["precision"], r["graph"]) == (precisions[0], graphs[0])}
     for r in results:
         r["vs_first"] = r["images_per_s"] / first[r["family"], r["depth"]]
-    from resnet_pipeline.data.bench import machine_info
 
     return {"batch_size": batch_size, "precisions": list(precisions),
             "memory_format": "channels_last" if channels_last else "nchw", "graphs": list(graphs),
@@ -339,7 +338,6 @@ def bench_overhead(data_dir: str | Path, *, trials: int = 3, iterations: int = 1
         init_ray(workers=workers)
         ray_start = time.time() - start
         sweeps = [_overhead_sweep(data, launcher, trials, train, depth, backend) for launcher in launchers]
-    from resnet_pipeline.data.bench import machine_info
 
     return {"trials": trials, "iterations": iterations, "batch_size": batch_size, "depth": depth, "backend": backend,
             "workers": workers, "data_dir": str(data), "ray_start_s": ray_start, "sweeps": sweeps,
