@@ -219,7 +219,7 @@ def run_part(summary: Summary, key: str, fn: Callable[[], dict[str, Any]]) -> No
     summary.save()
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="Where to write the JSON summary.")
     p.add_argument("--cifar", type=Path, default=None, help="cifar10-jpeg.tar.gz (image folders train/ and test/).")
@@ -241,6 +241,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--peak-tflops", type=float, default=None,
                    help=f"Peak for MFU (default: {H200_BF16_DENSE_TFLOPS:g} on a GPU, none on a CPU).")
     p.add_argument("--seconds", type=float, default=None, help="Timed seconds per throughput measurement.")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = _parser()
     args = p.parse_args(argv)
 
     deadline = Deadline(args.budget_s)
@@ -260,7 +265,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seconds = args.seconds or (0.2 if args.smoke else 3.0)
     warmup, min_steps = (1, 1) if args.smoke else (5, 3)
     summary = Summary(args.out, {
-        "command": " ".join([sys.executable, *sys.argv]), "environment": {**machine_info(), "device": str(device)}, "smoke": args.smoke,
+        "command": " ".join([sys.executable, *sys.argv]), "environment": {**machine_info(), "device": str(device)},
+        "smoke": args.smoke,
         "precision": args.precision, "memory_format": "channels_last", "peak_tflops": peak,
         "flops_per_image": "3 x 2 x mult-adds (forward + backward)", "throughput": [], "cifar": None})
     summary.save()

@@ -81,8 +81,7 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
     modes = tuple(dict.fromkeys(modes))
     precisions = _choices(precisions, PRECISIONS, "precision")
     memory_formats = _choices(memory_formats, MEMORY_FORMATS, "memory format")
-    from resnet_pipeline.training.driver import check_data_dir, train
-    from resnet_pipeline.training.loop import DataSource, fit
+    from resnet_pipeline.training.driver import check_data_dir
 
     data = check_data_dir(data_dir)
     cores = os.cpu_count() or 1
@@ -100,38 +99,17 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
         for i, (round_, mode, precision, fmt) in enumerate(runs):
             start = time.perf_counter()
             variant = (precision, fmt) != (precisions[0], memory_formats[0])
-            waits: list[float] = []  # each window's data_wait_fraction
             if mode == "bare":
-                speeds: list[float] = []
-
-                def report(m: dict[str, float], step: int, speeds=speeds, waits=waits, start=start,
-                           variant=variant) -> None:
-                    if "images_per_s" in m:
-                        speeds.append(m["images_per_s"])
-                        waits.append(m["data_wait_fraction"])
-                        if variant and len(speeds) >= 3 and time.perf_counter() - start > variant_seconds:
-                            raise _Enough
-
                 cfg = dataclasses.replace(base, workers=1, threads_per_worker=cores, precision=precision,
-                                          channels_last=fmt == "channels_last",
-                                          log_every=1 if variant else log_every)
-                try:
-                    fit(cfg, model_cfg, DataSource(str(data), backend, num_threads=1), Path(tmp) / f"bare{i}",
-                        report=report)
-                except _Enough:
-                    pass
+                                          channels_last=fmt == "channels_last", log_every=1 if variant else log_every)
+                speeds, waits = _bare_run(cfg, model_cfg, data, backend, Path(tmp) / f"bare{i}",
+                                          variant_seconds if variant else None)
             else:
-                from resnet_pipeline import tracking
-
-                workers = int(mode.split("-")[1])
                 # A run name and results folder of its own: a finished run of the same name would
                 # be taken as done ("nothing to do") instead of trained again.
-                cfg = dataclasses.replace(base, workers=workers, run_name=f"{mode}-{round_}",
+                cfg = dataclasses.replace(base, workers=int(mode.split("-")[1]), run_name=f"{mode}-{round_}",
                                           storage_path=str(Path(tmp) / f"results{i}"))
-                summary = train(cfg, model_cfg, data, backend=backend, num_threads=workers,
-                                tracking_uri=f"sqlite:///{Path(tmp) / 'mlflow.db'}")
-                speeds, waits = ([v for _, v in tracking.metric_history(summary["tracking_uri"], summary["run_id"], key)]
-                                 for key in ("images_per_s", "data_wait_fraction"))
+                speeds, waits = _ray_run(cfg, model_cfg, data, backend, Path(tmp) / "mlflow.db")
             wall = time.perf_counter() - start
             ips = _steady(speeds)
             row = {"round": round_, "mode": mode, "precision": precision, "memory_format": fmt, "images_per_s": ips,
@@ -141,13 +119,61 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
             if not variant:  # a full run: start-up and evaluation are what the wall time adds
                 row.update(train_s=iterations * batch_size / ips, overhead_s=wall - iterations * batch_size / ips)
             results.append(row)
+    summary = _against_bare(results, modes, precisions[0], memory_formats[0])
+
+    return {"depth": depth, "batch_size": batch_size, "iterations": iterations, "precisions": list(precisions),
+            "memory_formats": list(memory_formats), "backend": backend, "data_dir": str(data),
+            "variant_seconds": variant_seconds, "rounds": rounds,
+            "machine": {**machine_info(), "load": load_average()}, "results": results, "summary": summary}
+
+
+def _bare_run(cfg: TrainConfig, model_cfg: ModelConfig, data: Path, backend: str, run_dir: Path,
+              stop_after_s: float | None) -> tuple[list[float], list[float]]:
+    """The single-process loop (`fit`): each window's images/s and data-wait fraction. With
+    ``stop_after_s``, it stops once it has 3 windows and has run that long."""
+    from resnet_pipeline.training.loop import DataSource, fit
+
+    speeds: list[float] = []
+    waits: list[float] = []
+    start = time.perf_counter()
+
+    def report(m: dict[str, float], step: int) -> None:
+        if "images_per_s" in m:
+            speeds.append(m["images_per_s"])
+            waits.append(m["data_wait_fraction"])
+            if stop_after_s is not None and len(speeds) >= 3 and time.perf_counter() - start > stop_after_s:
+                raise _Enough
+
+    try:
+        fit(cfg, model_cfg, DataSource(str(data), backend, num_threads=1), run_dir, report=report)
+    except _Enough:
+        pass
+    return speeds, waits
+
+
+def _ray_run(cfg: TrainConfig, model_cfg: ModelConfig, data: Path, backend: str,
+             store: Path) -> tuple[list[float], list[float]]:
+    """The Ray Train path (`training.driver.train`, MLflow in ``store``): each window's images/s and
+    data-wait fraction, as rank 0 logged them."""
+    from resnet_pipeline import tracking
+    from resnet_pipeline.training.driver import train
+
+    summary = train(cfg, model_cfg, data, backend=backend, num_threads=cfg.workers, tracking_uri=f"sqlite:///{store}")
+    speeds, waits = ([v for _, v in tracking.metric_history(summary["tracking_uri"], summary["run_id"], key)]
+                     for key in ("images_per_s", "data_wait_fraction"))
+    return speeds, waits
+
+
+def _against_bare(results: list[dict], modes: tuple[str, ...], precision: str, fmt: str) -> list[dict]:
+    """Sets each row's ``vs_bare`` (against the same round's bare loop at the first precision and
+    memory format); returns each mode's medians over the rounds at that combination."""
     bare = {r["round"]: r["images_per_s"] for r in results
-            if (r["mode"], r["precision"], r["memory_format"]) == ("bare", precisions[0], memory_formats[0])}
+            if (r["mode"], r["precision"], r["memory_format"]) == ("bare", precision, fmt)}
     for r in results:
         r["vs_bare"] = r["images_per_s"] / bare[r["round"]] if r["round"] in bare else None
     summary = []
     for mode in modes:
-        rows = [r for r in results if (r["mode"], r["precision"], r["memory_format"]) == (mode, *main[0][1:])]
+        rows = [r for r in results if (r["mode"], r["precision"], r["memory_format"]) == (mode, precision, fmt)]
         ratios = [r["vs_bare"] for r in rows if r["vs_bare"] is not None]
         summary.append({"mode": mode, "rounds": len(rows),
                         "images_per_s": statistics.median(r["images_per_s"] for r in rows),
@@ -155,11 +181,7 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
                                                                 if r["data_wait_fraction"] is not None),
                         "vs_bare": statistics.median(ratios) if ratios else None,
                         "vs_bare_min": min(ratios, default=None), "vs_bare_max": max(ratios, default=None)})
-
-    return {"depth": depth, "batch_size": batch_size, "iterations": iterations, "precisions": list(precisions),
-            "memory_formats": list(memory_formats), "backend": backend, "data_dir": str(data),
-            "variant_seconds": variant_seconds, "rounds": rounds,
-            "machine": {**machine_info(), "load": load_average()}, "results": results, "summary": summary}
+    return summary
 
 
 # --- depths ------------------------------------------------------------------------------------
@@ -266,21 +288,7 @@ def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
             for e in entries:
                 e["rates"].append(_timed_steps(e["step"], batch_size, seconds, min_steps))
     peak = cpu_peak()
-    results = []
-    for e in entries:
-        ips = statistics.median(r[0] for r in e["rates"])
-        per_cpu_s = statistics.median(r[1] for r in e["rates"])
-        flop = 3 * 2 * e["mult_adds"] / 1e9  # GFLOP per image: forward + backward ~ 3 forwards, 2 per mult-add
-        fp32 = e["precision"] == "fp32" and peak["gflops"]
-        results.append({"family": e["family"], "depth": e["depth"], "input_size": e["input_size"],
-                        "precision": e["precision"], "graph": e["graph"], "params": e["params"],
-                        "mult_adds": e["mult_adds"],
-                        "images_per_s": ips, "rounds_images_per_s": [r[0] for r in e["rates"]],
-                        "images_per_cpu_s": per_cpu_s, "first_step_s": e["first_step_s"], "gflops": ips * flop,
-                        "peak_fraction": ips * flop / peak["gflops"] if fp32 else None,
-                        # per CPU-second against one core's peak: less sensitive to other jobs' load
-                        "gflops_per_cpu_s": per_cpu_s * flop,
-                        "core_peak_fraction": per_cpu_s * flop * peak["cores"] / peak["gflops"] if fp32 else None})
+    results = [_depth_row(e, peak) for e in entries]
     first = {(r["family"], r["depth"]): r["images_per_s"] for r in results
              if (r["precision"], r["graph"]) == (precisions[0], graphs[0])}
     for r in results:
@@ -290,6 +298,23 @@ def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
             "memory_format": "channels_last" if channels_last else "nchw", "graphs": list(graphs),
             "seconds_per_round": seconds, "rounds": rounds, "threads": torch.get_num_threads(), "peak": peak,
             "machine": {**machine_info(), "load": load_average()}, "results": results}
+
+
+def _depth_row(e: dict[str, Any], peak: dict[str, Any]) -> dict[str, Any]:
+    """One net's `bench_depths` row: the median round's images/s and its effective GFLOP/s (for fp32,
+    against the CPU's peak)."""
+    ips = statistics.median(r[0] for r in e["rates"])
+    per_cpu_s = statistics.median(r[1] for r in e["rates"])
+    flop = 3 * 2 * e["mult_adds"] / 1e9  # GFLOP per image: forward + backward ~ 3 forwards, 2 per mult-add
+    fp32 = e["precision"] == "fp32" and peak["gflops"]
+    return {"family": e["family"], "depth": e["depth"], "input_size": e["input_size"],
+            "precision": e["precision"], "graph": e["graph"], "params": e["params"], "mult_adds": e["mult_adds"],
+            "images_per_s": ips, "rounds_images_per_s": [r[0] for r in e["rates"]],
+            "images_per_cpu_s": per_cpu_s, "first_step_s": e["first_step_s"], "gflops": ips * flop,
+            "peak_fraction": ips * flop / peak["gflops"] if fp32 else None,
+            # per CPU-second against one core's peak: less sensitive to other jobs' load
+            "gflops_per_cpu_s": per_cpu_s * flop,
+            "core_peak_fraction": per_cpu_s * flop * peak["cores"] / peak["gflops"] if fp32 else None}
 
 
 # --- sweep overhead ----------------------------------------------------------------------------
