@@ -29,6 +29,7 @@ def project_relative(path: str | Path) -> str:
 # params.yaml in the folder the command runs in (as DVC reads it), else the project's.
 DEFAULT_PARAMS = Path("params.yaml")
 SECTIONS = ("data", "model", "train", "sweep", "evaluate")
+EXTENDS = "extends"  # a params file's key naming the file it starts from (`load_params`)
 
 
 class ConfigError(ValueError):
@@ -47,29 +48,50 @@ def check_name(key: str, value: str, example: str) -> None:
 
 
 def load_params(path: str | Path | None = None) -> dict[str, Any]:
-    """Read a params.yaml file into a dict of sections."""
-    import yaml  # here, not at import time: the training loop runs where only torch is installed
+    """Read a params.yaml file into a dict of sections.
 
+    A file may hold only what it changes from another: ``extends: <path>`` (relative to the file)
+    gives every key it does not set, section by section (the pipelines' params files extend the root
+    params.yaml, so that what a pipeline changes reads at a glance)."""
     if path is None:
         path = DEFAULT_PARAMS if DEFAULT_PARAMS.is_file() else PROJECT_ROOT / DEFAULT_PARAMS
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path.absolute()} (pass --params with an existing YAML file)")
+    return _read_params(path, ())
+
+
+def _read_params(path: Path, children: tuple[Path, ...]) -> dict[str, Any]:
+    import yaml  # here, not at import time: the training loop runs where only torch is installed
+
     try:
         params = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"params file {path} is not valid YAML: {exc}") from exc
     if not isinstance(params, dict):
         raise ConfigError(f"params file {path} must be a mapping of sections, got {type(params).__name__}")
+    base = params.pop(EXTENDS, None)
     unknown = sorted(set(params) - set(SECTIONS), key=str)
     if unknown:  # a misspelt section would otherwise leave every one of its keys at its default
         raise ConfigError(f"params file {path}: unknown section(s) {', '.join(map(str, unknown))}; "
-                          f"valid sections are: {', '.join(SECTIONS)}")
+                          f"valid sections are: {', '.join(SECTIONS)} (and {EXTENDS}: the file it starts from)")
     for name, section in params.items():
         if section is not None and not isinstance(section, dict):
             raise ConfigError(f"params file {path}: section '{name}' must be a mapping of keys to values, "
                               f"got {type(section).__name__} {section!r}")
-    return params
+    if base is None:
+        return params
+    base_path = path.parent / str(base)
+    if not isinstance(base, str) or not base_path.is_file():
+        raise ConfigError(f"params file {path}: {EXTENDS}: {base!r} is not a params file (give its path, "
+                          f"relative to {path.parent}, e.g. ../../params.yaml)")
+    if base_path.resolve() in {p.resolve() for p in (path, *children)}:
+        raise ConfigError(f"params file {path}: {EXTENDS}: {base} extends itself, through "
+                          f"{' -> '.join(map(str, (*children, path, base_path)))}")
+    merged = _read_params(base_path, (*children, path))
+    for name, section in params.items():
+        merged[name] = {**(merged.get(name) or {}), **(section or {})}
+    return merged
 
 
 def apply_sets(params: Mapping[str, Any], sets: tuple[str, ...] | list[str]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from resnet_pipeline import cluster
+from resnet_pipeline.config import load_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -106,7 +107,7 @@ def _wait_job(head: dict, job_id: str, timeout_s: float = 480) -> tuple[str, str
 def test_sweep_job_on_a_one_machine_cluster(head: dict, tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
     state, info, project = head["state"], head["info"], head["root"] / "project"
     project.mkdir()
-    params = yaml.safe_load((ROOT / "pipelines/demo/params.yaml").read_text())
+    params = load_params(ROOT / "pipelines/demo/params.yaml")  # with the root's keys it extends
     params["data"].update(out=str(tiny_data), backend="dali-cpu", num_threads=1)
     params["train"].update(TRAIN)
     params["sweep"].update(SWEEP)

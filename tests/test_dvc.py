@@ -62,18 +62,24 @@ def test_plots_draw_and_each_stage_follows_its_own_inputs(demo_repo: Path, first
     def stale() -> set[str]:
         return set(json.loads(_dvc(demo_repo, "status", "--json", "pipelines/demo/dvc.yaml", stdout_only=True)))
 
-    params = demo_repo / "pipelines/demo/params.yaml"
+    params, root = demo_repo / "pipelines/demo/params.yaml", demo_repo / "params.yaml"
     loader = demo_repo / "resnet_pipeline/data/loader.py"
-    before = params.read_text(), loader.read_text()
+    before = params.read_text(), loader.read_text(), root.read_text()
     try:
-        params.write_text(before[0].replace("reports: reports", "reports: other-reports"))
-        assert stale() == {"pipelines/demo/dvc.yaml:report"}  # evaluate does not read evaluate.reports
+        # A key of the root's params: the stages that read that key (evaluate does not read evaluate.reports).
+        root.write_text(before[2].replace("reports: reports", "reports: other-reports"))
+        assert stale() == {"pipelines/demo/dvc.yaml:report"}
+        root.write_text(before[2])
+        # A key added to the pipeline's own params (as `dvc exp run -S` adds one): the stages that read its section.
+        params.write_text(before[0].replace("\ntrain:\n", "\ntrain:\n  lr: 0.2\n", 1))
+        assert stale() == {"pipelines/demo/dvc.yaml:sweep", "pipelines/demo/dvc.yaml:evaluate"}
         params.write_text(before[0])
         loader.write_text(before[1] + "\n# changed\n")  # the loaders shape training and evaluation, not prepare
         assert stale() == {"pipelines/demo/dvc.yaml:sweep", "pipelines/demo/dvc.yaml:evaluate"}
     finally:
         params.write_text(before[0])
         loader.write_text(before[1])
+        root.write_text(before[2])
     assert stale() == set()
 
 
@@ -100,11 +106,9 @@ def test_cifar10_short_pipeline_structure(demo_repo: Path) -> None:
     its schedule on Figure 1's nets; on a tiny archive in the layout of the real one and a few
     iterations, `dvc repro` runs its four stages and writes its outputs, and the degradation check
     compares the curves over the second half of the run."""
-    import yaml
+    from resnet_pipeline.config import PROJECT_ROOT, load_params
 
-    from resnet_pipeline.config import PROJECT_ROOT
-
-    committed = yaml.safe_load((PROJECT_ROOT / "pipelines/cifar10-short/params.yaml").read_text())
+    committed = load_params(PROJECT_ROOT / "pipelines/cifar10-short/params.yaml")  # with the root's keys
     train, sweep = committed["train"], committed["sweep"]
     assert (train["iterations"], train["milestones"], train["batch_size"], train["lr"]) == (2000, [1000, 1500], 128, 0.1)
     assert (train["momentum"], train["weight_decay"], train["eval_every"]) == (0.9, 0.0001, 250)
@@ -136,11 +140,11 @@ def test_the_sweep_stage_declares_the_folder_its_checkpoints_go_to(pipeline: str
 
     import yaml
 
-    from resnet_pipeline.config import PROJECT_ROOT
+    from resnet_pipeline.config import PROJECT_ROOT, load_params
     from resnet_pipeline.training.config import TrainConfig
 
     path = PROJECT_ROOT / pipeline
-    params = yaml.safe_load((path.parent / "params.yaml").read_text())
+    params = load_params(path.parent / "params.yaml")
     stage = yaml.safe_load(path.read_text())["stages"]["sweep"]
 
     def resolve(text: str) -> str:
@@ -153,3 +157,23 @@ def test_the_sweep_stage_declares_the_folder_its_checkpoints_go_to(pipeline: str
     train = TrainConfig(storage_path=flag[1] if flag else params["train"]["storage_path"])
     expected = train.for_data(params["data"]["out"]).storage_path  # relative to the stage's wdir (the root)
     assert persisted == [expected] and "auto" not in persisted, (persisted, expected)
+
+
+@pytest.mark.parametrize("name", ["demo", "imagenet", "cifar10-short"])
+def test_each_stage_tracks_the_pipelines_own_params_file(name: str) -> None:
+    """A pipeline's params.yaml extends the root's (`load_params`), which DVC does not know: so each
+    stage tracks its keys in the root's file, and whole the sections of those keys in the pipeline's
+    file. Every such section must be in that file (DVC refuses a missing one), so that a key set or
+    added there (`dvc exp run -S`) re-runs the stages that read it."""
+    import yaml
+
+    from resnet_pipeline.config import PROJECT_ROOT
+
+    folder = PROJECT_ROOT / "pipelines" / name
+    own = yaml.safe_load((folder / "params.yaml").read_text())
+    for stage, spec in yaml.safe_load((folder / "dvc.yaml").read_text())["stages"].items():
+        files = {next(iter(entry)): next(iter(entry.values())) for entry in spec["params"]}
+        assert set(files) == {"params.yaml", f"pipelines/{name}/params.yaml"}, (stage, files)
+        sections = list(dict.fromkeys(key.partition(".")[0] for key in files["params.yaml"]))
+        assert files[f"pipelines/{name}/params.yaml"] == sections, stage
+        assert all(isinstance(own.get(s), dict) for s in sections), (stage, sections, sorted(own))
