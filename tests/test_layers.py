@@ -43,8 +43,9 @@ def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
                 package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
                 package = package[: len(package) - (node.level - 1)]
                 base = ".".join(["resnet_pipeline", *package, *([node.module] if node.module else [])])
-            # `from A import X` imports the module A.X where there is one, else A
-            candidates = [[f"{base}.{a.name}", base] for a in node.names]
+            # `from A import X` runs A (a package's __init__ included) and reads X from it, so it
+            # imports A, and the module A.X where there is one
+            candidates = [[base]] + [[f"{base}.{a.name}"] for a in node.names]
         else:
             continue
         for options in candidates:

@@ -31,7 +31,7 @@ import numpy as np
 from resnet_pipeline.config import to_dict
 from resnet_pipeline.environment import versions
 from resnet_pipeline.files import atomic_dir
-from resnet_pipeline.data import sources
+import resnet_pipeline.data.sources as sources
 from resnet_pipeline.data.config import CIFAR10_CLASSES, CIFAR10_SIZE, CIFAR10_URL, DataConfig, DataError
 from resnet_pipeline.data.demo import generate_demo
 from resnet_pipeline.data.validate import KEPT_FORMATS, Inspection, inspect_image, pixel_sum, write_rgb_png

@@ -34,7 +34,7 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
               aug: dict[str, Any] | None = None, tracking_uri: str | None = None,
               snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
     from resnet_pipeline import tracking
-    from resnet_pipeline.sweep import runs
+    import resnet_pipeline.sweep.runs as runs
     from resnet_pipeline.sweep.tune import run_tune, trial_base
     from resnet_pipeline.training.driver import resolve_storage
 
