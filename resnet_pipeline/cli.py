@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
+from pathlib import Path
 
 import click
 
 from resnet_pipeline.bench.cli import bench
-from resnet_pipeline.config import ConfigError
-from resnet_pipeline.console import int_list, str_list, json_only_on_stdout, print_rows, console, duration
+from resnet_pipeline.config import ConfigError, apply_sets, load_params, load_section
+from resnet_pipeline.console import (console, duration, int_list, json_only_on_stdout, params_option, print_rows,
+                                     str_list)
 
 
 class _Group(click.Group):
@@ -36,8 +39,6 @@ def set_option(f):
 
 def _params(params_file: str | None, sets: tuple[str, ...]) -> dict:
     """The params file with the -S overrides applied."""
-    from resnet_pipeline.config import apply_sets, load_params
-
     return apply_sets(load_params(params_file), sets)
 
 
@@ -83,8 +84,7 @@ def models(family: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-              help="Params file (default: params.yaml); its `data` section gives the defaults.")
+@params_option("Params file (default: params.yaml); its `data` section gives the defaults.")
 @click.option("--dataset", type=click.Choice(["cifar10", "imagefolder", "demo"]), default=None,
               help="Override data.dataset.")
 @click.option("--source", default=None, help="Override data.source: a URL, an archive or a folder.")
@@ -101,8 +101,7 @@ def prepare(params_file: str | None, dataset: str | None, source: str | None, ou
 
 
 @main.command()
-@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-              help="Params file (default: params.yaml): its `train`, `model` and `data` sections.")
+@params_option("Params file (default: params.yaml): its `train`, `model` and `data` sections.")
 @click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
 @click.option("--depth", type=int, default=None, help="Override model.depth (CIFAR 6n+2, or 18/34/50/101/152).")
 @click.option("--shortcut", type=click.Choice(["plain", "A", "B", "C"]), default=None, help="Override model.shortcut.")
@@ -113,15 +112,13 @@ def prepare(params_file: str | None, dataset: str | None, source: str | None, ou
 @click.option("--seed", type=int, default=None, help="Override train.seed.")
 @click.option("--run-name", default=None, help="Run name; the same name again resumes an unfinished run.")
 @click.option("--experiment", default=None, help="Override train.experiment (the MLflow experiment).")
-@click.option("--storage-path", default=None,
-              help="Override train.storage_path (checkpoints, Ray results): a folder or s3://bucket/prefix; on "
-                   "several nodes, one all see.")
+@click.option("--storage-path", default=None, help="Override train.storage_path (checkpoints, Ray results): a folder "
+                                                   "or s3://bucket/prefix; on several nodes, one all see.")
 @set_option
 def train(params_file: str | None, data_dir: str | None, depth: int | None, shortcut: str | None,
           iterations: int | None, batch_size: int | None, workers: int | None, lr: float | None, seed: int | None,
           run_name: str | None, experiment: str | None, storage_path: str | None, sets: tuple[str, ...]) -> None:
     """Train one ResNet with Ray Train (the paper's recipe from params.yaml), tracked in MLflow."""
-    from resnet_pipeline.config import load_section
     from resnet_pipeline.data import load_data_config
     from resnet_pipeline.models import ModelConfig
     from resnet_pipeline.training.config import TrainConfig
@@ -142,8 +139,7 @@ def train(params_file: str | None, data_dir: str | None, depth: int | None, shor
 
 
 @main.command()
-@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-              help="Params file (default: params.yaml): its `sweep`, `train`, `model` and `data` sections.")
+@params_option("Params file (default: params.yaml): its `sweep`, `train`, `model` and `data` sections.")
 @click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
 @click.option("--depths", default=None, help="Comma-separated depths, e.g. 20,32,44,56,110 or 18,34,50,101,152.")
 @click.option("--shortcuts", default=None, help="Comma-separated shortcuts from plain,A,B,C.")
@@ -155,11 +151,10 @@ def train(params_file: str | None, data_dir: str | None, depth: int | None, shor
               help="Trials at once (default: sweep.max_concurrent; 0: as many as the cluster allows).")
 @click.option("--asha/--no-asha", default=None, help="ASHA early stopping on validation error.")
 @click.option("--trial-launcher", type=click.Choice(["auto", "in-trial", "ray-train"]), default=None,
-              help="Train in the Tune trial's process (one worker) or on a Ray Train worker group; "
-                   "auto: in-trial for one worker.")
-@click.option("--storage-path", default=None,
-              help="Override train.storage_path (checkpoints, Ray results): a folder or s3://bucket/prefix; on "
-                   "several nodes, one all see.")
+              help="Train in the Tune trial's process (one worker) or on a Ray Train worker group; auto: in-trial for "
+                   "one worker.")
+@click.option("--storage-path", default=None, help="Override train.storage_path (checkpoints, Ray results): a folder "
+                                                   "or s3://bucket/prefix; on several nodes, one all see.")
 @click.option("--dry-run", is_flag=True, help="List the trials and estimate their compute; train nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (or dry run) as JSON.")
 @set_option
@@ -168,7 +163,6 @@ def sweep(params_file: str | None, data_dir: str | None, depths: str | None, sho
           max_concurrent: int | None, asha: bool | None, trial_launcher: str | None, storage_path: str | None,
           dry_run: bool, as_json: bool, sets: tuple[str, ...]) -> None:
     """Ray Tune over depth x shortcut x seed, one MLflow child run per trial under a parent run."""
-    from resnet_pipeline.config import load_section
     from resnet_pipeline.data import load_data_config
     from resnet_pipeline.models import ModelConfig
     from resnet_pipeline.sweep import SweepConfig, dry_run as run_dry, run_sweep
@@ -190,10 +184,9 @@ def sweep(params_file: str | None, data_dir: str | None, depths: str | None, sho
             return
         print_rows(f"Sweep '{sweep_cfg.name}': {len(report['trials'])} trials of {train_cfg.iterations:,} iterations "
                    f"(dry run; {report['num_classes']} classes, {report['input_size']} px inputs, from "
-                   f"{report['shape_from']}; training measured at "
-                   f"{report['calibration_mult_adds_per_s'] / 1e9:.1f} G mult-adds/s on this machine)",
-                   report["trials"], ("depth", "shortcut", "seed", "params", "mult_adds", "train_mult_adds",
-                                       "estimated_s"))
+                   f"{report['shape_from']}; training measured at {report['calibration_mult_adds_per_s'] / 1e9:.1f} "
+                   f"G mult-adds/s on this machine)", report["trials"],
+                   ("depth", "shortcut", "seed", "params", "mult_adds", "train_mult_adds", "estimated_s"))
         click.echo(f"estimated total: {duration(report['estimated_total_s_one_process'])} in one process on this "
                    f"machine (mult-adds per image x 3 for the backward pass x images, at the measured rate)")
         return
@@ -214,30 +207,27 @@ def sweep(params_file: str | None, data_dir: str | None, depths: str | None, sho
 def _print_sweep(summary: dict) -> None:
     print_rows(f"Sweep '{summary['sweep']}' (MLflow parent run {summary['parent_run_id']})", summary["trials"],
                ("depth", "shortcut", "seed", "status", "train_error", "val_error", "test_error", "params",
-                 "wall_time_s", "images_per_s"))
+                "wall_time_s", "images_per_s"))
     print_rows("Mean +- std over seeds", summary["aggregate"],
                ("depth", "shortcut", "seeds", "train_error_mean", "train_error_std", "val_error_mean",
-                 "val_error_std", "test_error_mean", "test_error_std"))
+                "val_error_std", "test_error_mean", "test_error_std"))
     click.echo(f"summary: {summary['out']}/summary.json, summary.csv")
 
 
 @main.command()
-@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-              help="Params file (default: params.yaml): its `evaluate`, `data`, `train` and `sweep` sections.")
+@params_option("Params file (default: params.yaml): its `evaluate`, `data`, `train` and `sweep` sections.")
 @click.option("--sweep", "sweep_name", default=None,
               help="Sweep whose finished trials to evaluate (default: sweep.name).")
 @click.option("--run", "run_ids", multiple=True,
               help="An MLflow run id to evaluate instead of a sweep; repeat for several.")
 @click.option("--data", "data_dir", default=None,
               help="Prepared dataset folder (default: the one the runs trained on, else data.out).")
-@click.option("--register/--no-register", default=None,
-              help="Override evaluate.register (the MLflow model registry).")
+@click.option("--register/--no-register", default=None, help="Override evaluate.register (the MLflow model registry).")
 @set_option
 def evaluate(params_file: str | None, sweep_name: str | None, run_ids: tuple[str, ...], data_dir: str | None,
              register: bool | None, sets: tuple[str, ...]) -> None:
     """Test error (top-1/top-5, 10-crop on ImageNet-kind data) of each trained model beside the paper's,
     the degradation check, Figures 6 and 7; metrics/ JSON, plots, MLflow runs and model registry."""
-    from resnet_pipeline.config import load_section
     from resnet_pipeline.data import load_data_config
     from resnet_pipeline.evaluation import load_evaluate_config
     from resnet_pipeline.evaluation.evaluate import run_evaluation
@@ -255,15 +245,14 @@ def evaluate(params_file: str | None, sweep_name: str | None, run_ids: tuple[str
     summary = run_evaluation(cfg, data_dir, experiment=experiment, sweep=sweep_name, run_ids=run_ids,
                              backend=data_cfg.backend, normalize=data_cfg.normalize, num_threads=data_cfg.num_threads,
                              aug=data_cfg.aug, default_data=data_cfg.out_dir)
-    print_rows(f"Errors (%) on {summary.compared} beside the paper, mean +- std over seeds", [{
-        "net": net_label(e["depth"], e["shortcut"]), "n": e["runs"],
-        "top-1": _pct_pm(e["top1_error_mean"], e["top1_error_std"]), "paper": _pct_pm(e["paper_top1_error"]),
-        "diff": _pct_pm(e["diff_top1_error"]), "top-5": _pct_pm(e["top5_error_mean"], e["top5_error_std"]),
-        "val": _pct_pm(e["val_error_mean"], e["val_error_std"]),
-        "train": _pct_pm(e["train_error_mean"], e["train_error_std"])} for e in summary.table],
-        ("net", "n", "top-1", *(("paper", "diff") if any(e["paper_top1_error"] is not None for e in summary.table)
-                                else ()),
-         *(("top-5",) if any(e["top5_error_mean"] is not None for e in summary.table) else ()), "val", "train"))
+    mean_std = {"top-1": "top1_error", "top-5": "top5_error", "val": "val_error", "train": "train_error"}
+    rows = [{"net": net_label(e["depth"], e["shortcut"]), "n": e["runs"], "paper": _pct_pm(e["paper_top1_error"]),
+             "diff": _pct_pm(e["diff_top1_error"]),
+             **{col: _pct_pm(e[f"{k}_mean"], e[f"{k}_std"]) for col, k in mean_std.items()}} for e in summary.table]
+    paper = ("paper", "diff") if any(e["paper_top1_error"] is not None for e in summary.table) else ()
+    top5 = ("top-5",) if any(e["top5_error_mean"] is not None for e in summary.table) else ()
+    print_rows(f"Errors (%) on {summary.compared} beside the paper, mean +- std over seeds", rows,
+               ("net", "n", "top-1", *paper, *top5, "val", "train"))
     for check in summary.degradation:
         click.echo(f"degradation check: {check['answer']}")
 
@@ -278,14 +267,11 @@ def _pct_pm(mean: float | None, std: float | None = None) -> str:
 @click.argument("images", nargs=-1, required=True)
 @click.option("--model", "model_uri", default=None,
               help="MLflow model URI, e.g. models:/resnet-cifar10@champion, models:/m-<logged model id> or "
-                   "runs:/<run id>/<net, e.g. resnet20-A> "
-                   "(default: the dataset's champion).")
-@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-              help="Params file (default: params.yaml): evaluate.registry_name and data.dataset name the champion.")
+                   "runs:/<run id>/<net, e.g. resnet20-A> (default: the dataset's champion).")
+@params_option("Params file (default: params.yaml): evaluate.registry_name and data.dataset name the champion.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def predict(images: tuple[str, ...], model_uri: str | None, params_file: str | None, as_json: bool) -> None:
     """Top-5 classes, with probabilities, of each image file, preprocessed exactly as in evaluation."""
-    from resnet_pipeline.config import load_params
     from resnet_pipeline.data import load_data_config
     from resnet_pipeline.evaluation import load_evaluate_config
     from resnet_pipeline.evaluation.predict import champion_uri, predict as run_predict
@@ -304,8 +290,7 @@ def predict(images: tuple[str, ...], model_uri: str | None, params_file: str | N
 
 
 @main.command()
-@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-              help="Params file (default: params.yaml): its `evaluate` section.")
+@params_option("Params file (default: params.yaml): its `evaluate` section.")
 @click.option("--sweep", "sweep_name", default=None,
               help="Sweep to report; must be the one last evaluated (default: that one).")
 def report(params_file: str | None, sweep_name: str | None) -> None:
@@ -314,10 +299,9 @@ def report(params_file: str | None, sweep_name: str | None) -> None:
     from resnet_pipeline.evaluation.summary import EvaluationSummary
     from resnet_pipeline.models import net_label
     from resnet_pipeline.report.build import build_report
-
-    dest = build_report(load_evaluate_config(params_file), sweep=sweep_name, params_file=params_file)
     from resnet_pipeline.tracking import resolve_tracking_uri
 
+    dest = build_report(load_evaluate_config(params_file), sweep=sweep_name, params_file=params_file)
     summary = EvaluationSummary.from_json(json.loads((dest / "evaluation.json").read_text()))
     click.echo(f"\nreport: {dest / 'report.html'} (and report.md)")
     measured = {"test": "test error", "val": "val error", "val_10crop": "val error (10-crop)",
@@ -328,7 +312,8 @@ def report(params_file: str | None, sweep_name: str | None) -> None:
                    f"training error {_pct_pm(e['train_error_mean'], e['train_error_std'])}%")
     for check in summary.degradation:
         click.echo(f"  degradation check: {check['answer']}")
-    click.echo(f"MLflow UI: mlflow ui --backend-store-uri {resolve_tracking_uri()}  (then http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)")
+    click.echo(f"MLflow UI: mlflow ui --backend-store-uri {resolve_tracking_uri()}  "
+               "(then http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)")
 
 
 main.add_command(bench)
@@ -340,8 +325,6 @@ main.add_command(bench)
 @click.pass_context
 def cluster(ctx: click.Context, state_dir: str) -> None:
     """A one-machine Ray cluster (head + MLflow tracking server): up, status, env, logs, down."""
-    from pathlib import Path
-
     ctx.obj = Path(state_dir).resolve()
 
 
@@ -399,8 +382,6 @@ def cluster_status(state_dir) -> None:
 @click.pass_obj
 def cluster_env(state_dir, address: str | None) -> None:
     """Shell exports for plain `ray job submit` and MLflow clients: eval "$(python cli.py cluster env)"."""
-    import shlex
-
     from resnet_pipeline import cluster as cl
 
     for k, v in cl.client_env(state_dir, address).items():
@@ -435,8 +416,6 @@ def submit(command: tuple[str, ...], address: str | None, tracking_uri: str | No
            wait: bool, state_dir: str) -> None:
     """Run COMMAND on the Ray cluster with `ray job submit`: this checkout as the working dir (less
     .rayignore), the tracking URI and project folder as env_vars. E.g. submit -- python cli.py sweep"""
-    from pathlib import Path
-
     from resnet_pipeline import cluster as cl
 
     job_id, rc = cl.submit(list(command), state_dir=Path(state_dir), address=address, tracking_uri=tracking_uri,

@@ -1,15 +1,16 @@
 """Cluster mode: a Ray head and an MLflow tracking server on this machine, and jobs submitted to a cluster.
 
-`up` runs `ray start --head --block` and `mlflow server` in the background and records their PIDs (with
-start times) in a state folder, `.cluster/` by default; `down` stops exactly those processes and their
-children. Jobs go through `ray job submit`, so these helpers do what the README shows by hand.
-Ray's token authentication stays on: the head starts with RAY_AUTH_MODE=token, and every client
-command gets the token file through RAY_AUTH_TOKEN_PATH.
+`up` runs `ray start --head --block` and `mlflow server` in the background and records their PIDs (with start times)
+in a state folder, `.cluster/` by default; `down` stops exactly those processes and their children. Jobs go through
+`ray job submit`, so these helpers do what the README shows by hand. Ray's token authentication stays on: the head
+starts with RAY_AUTH_MODE=token, and every client command gets the token file through RAY_AUTH_TOKEN_PATH.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import importlib.util
 import json
 import os
 import secrets
@@ -25,6 +26,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from resnet_pipeline.config import PROJECT_ROOT, ConfigError
 from resnet_pipeline.files import write_json_atomic
@@ -61,8 +64,7 @@ def ensure_token(path: Path) -> Path:
     """Create the token file if missing, as `ray get-auth-token --generate` does (256 random bits)."""
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             f.write(secrets.token_hex(32))
     return path
 
@@ -88,15 +90,6 @@ def _primary_ip() -> str:
             return "127.0.0.1"
 
 
-def _check_port_free(host: str, port: int, flag: str) -> None:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            raise ClusterError(f"{flag} {port}: the port is in use on {host}; choose another") from None
-
-
 def _bin(name: str) -> str:
     """A console script of this environment (the venv's `ray`, `mlflow`), else from PATH."""
     here = Path(sys.executable).parent / name
@@ -111,8 +104,6 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str]) -> dict[str, Any]:
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
-    import psutil
-
     return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "cmd": cmd, "log": str(log)}
 
 
@@ -121,14 +112,8 @@ def read_state(state_dir: Path) -> dict[str, Any] | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
-    write_json_atomic(state_dir / STATE_FILE, state)
-
-
 def _process(entry: dict[str, Any]):
     """The recorded process if it still runs (same PID and start time: never a reused PID), else None."""
-    import psutil
-
     try:
         p = psutil.Process(entry["pid"])
         return p if abs(p.create_time() - entry["create_time"]) < 0.01 and p.is_running() else None
@@ -140,20 +125,19 @@ def _wait_http(url: str, entry: dict[str, Any], headers: dict[str, str], timeout
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if _process(entry) is None:
-            raise ClusterError(f"{what} exited while starting; see {entry['log']}:\n{_tail(Path(entry['log']))}")
-        try:
+            raise ClusterError(f"{what} exited while starting; see {_log_tail(entry)}")
+        with contextlib.suppress(urllib.error.URLError, OSError):
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
                 if r.status == 200:
                     return
-        except (urllib.error.URLError, OSError):
-            pass
         time.sleep(1)
-    raise ClusterError(f"{what} did not answer {url} within {timeout_s:.0f} s; see {entry['log']}:\n"
-                       f"{_tail(Path(entry['log']))}")
+    raise ClusterError(f"{what} did not answer {url} within {timeout_s:.0f} s; see {_log_tail(entry)}")
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
+def _log_tail(entry: dict[str, Any], lines: int = 20) -> str:
+    """The process's log file and its last ``lines`` lines."""
+    log = Path(entry["log"])
+    return f"{log}:\n" + ("\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.is_file() else "")
 
 
 def _check_can_start(state_dir: Path, num_cpus: int | None, host: str, mlflow_host: str, port: int,
@@ -175,7 +159,12 @@ def _check_can_start(state_dir: Path, num_cpus: int | None, host: str, mlflow_ho
     if backend_store_uri is not None:
         check_backend_store_uri(backend_store_uri)
     for flag, h, p in ports:
-        _check_port_free(h, p, flag)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((h, p))
+            except OSError:
+                raise ClusterError(f"{flag} {p}: the port is in use on {h}; choose another") from None
 
 
 def up(state_dir: Path | None = None, *, host: str = "127.0.0.1", mlflow_host: str = "127.0.0.1",
@@ -212,20 +201,17 @@ def up(state_dir: Path | None = None, *, host: str = "127.0.0.1", mlflow_host: s
     state: dict[str, Any] = {"started": dt.datetime.now().isoformat(timespec="seconds"), "token_path": str(token),
                              "temp_dir": temp_dir, "processes": {}}
     state["processes"]["ray"] = _spawn(ray_cmd, state_dir / "ray-head.log", env)
-    _write_state(state_dir, state)  # from now on `down` can stop what runs, whatever happens next
+    write_json_atomic(state_dir / STATE_FILE, state)  # from now on `down` can stop what runs, whatever happens next
     try:
         state["processes"]["mlflow"] = _spawn(mlflow_cmd, state_dir / "mlflow-server.log", env)
-        _write_state(state_dir, state)
         # Bound to every interface: record the address other nodes reach (MLflow allows private IPs).
-        reach = _primary_ip() if host in ("0.0.0.0", "::") else host
-        mreach = _primary_ip() if mlflow_host in ("0.0.0.0", "::") else mlflow_host
-        state.update(dashboard=f"http://{reach}:{dashboard_port}", gcs_port=port,
-                     tracking_uri=f"http://{mreach}:{mlflow_port}")
-        _write_state(state_dir, state)
+        reach = {h: _primary_ip() if h in ("0.0.0.0", "::") else h for h in (host, mlflow_host)}
+        state.update(dashboard=f"http://{reach[host]}:{dashboard_port}", gcs_port=port,
+                     tracking_uri=f"http://{reach[mlflow_host]}:{mlflow_port}")
+        write_json_atomic(state_dir / STATE_FILE, state)
         bearer = {"Authorization": f"Bearer {token.read_text().strip()}"}
         _wait_http(f"{state['dashboard']}/api/version", state["processes"]["ray"], bearer, timeout_s, "the Ray head")
-        _wait_http(f"{state['tracking_uri']}/health", state["processes"]["mlflow"], {}, timeout_s,
-                   "the MLflow server")
+        _wait_http(f"{state['tracking_uri']}/health", state["processes"]["mlflow"], {}, timeout_s, "the MLflow server")
     except BaseException as exc:
         down(state_dir)  # a half-started cluster is of no use: stop what this call started
         if isinstance(exc, ClusterError):
@@ -241,8 +227,6 @@ BACKEND_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 def check_backend_store_uri(uri: str) -> None:
     """ClusterError naming --backend-store-uri unless MLflow's server can open it: a database URL of a
     known scheme whose driver is installed here."""
-    import importlib.util
-
     scheme, sep, _ = uri.partition("://")
     if uri.startswith("/") or scheme == "file":
         return  # MLflow's file store (a folder)
@@ -260,8 +244,6 @@ def check_backend_store_uri(uri: str) -> None:
 
 
 def _tree(entry: dict[str, Any]) -> list:
-    import psutil
-
     p = _process(entry)
     if p is None:
         return []
@@ -278,44 +260,31 @@ def processes(state_dir: Path | None = None) -> list:
 
 
 def down(state_dir: Path | None = None, timeout_s: float = 30) -> list[int]:
-    """Stop the recorded processes and their descendants: SIGTERM to each recorded process, after 5 s
-    to every descendant left, after ``timeout_s`` more SIGKILL.
-
-    Only processes this state folder recorded (PID and start time match) are touched. Returns the
-    PIDs stopped.
-    """
-    import psutil
-
+    """Stop the recorded processes and their descendants: SIGTERM to each recorded process, after 5 s to every
+    descendant left, after ``timeout_s`` more SIGKILL. Only processes this state folder recorded (PID and start
+    time match) are touched. Returns the PIDs stopped."""
     state_dir = (state_dir or default_state_dir()).resolve()
     state = read_state(state_dir)
     if state is None:
         return []
     trees = [_tree(e) for e in state["processes"].values()]
     for tree in trees:
-        try:
+        with contextlib.suppress(IndexError, psutil.Error):
             tree[0].send_signal(signal.SIGTERM)  # `ray start --block` stops its own processes on SIGTERM
-        except (IndexError, psutil.Error):
-            pass
     everything = [p for tree in trees for p in tree]
     _, alive = psutil.wait_procs(everything, timeout=5)
     # MLflow's job consumers outlive their server; SIGTERM each process left, then wait.
     for p in alive:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
     _, alive = psutil.wait_procs(alive, timeout=timeout_s)
     # Children started while stopping (e.g. a worker Ray was spawning) belong to the trees too.
     for p in list(alive):
-        try:
+        with contextlib.suppress(psutil.Error):
             alive += [c for c in p.children(recursive=True) if c not in alive]
-        except psutil.Error:
-            pass
     for p in alive:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(alive, timeout=10)
     if state.get("temp_dir"):
         try:
@@ -333,9 +302,7 @@ def save_job_logs(temp_dir: Path, dest: Path) -> list[Path]:
     saved = []
     for log in sorted(temp_dir.glob("session_*/logs/job-driver-*.log")):
         dest.mkdir(parents=True, exist_ok=True)
-        target = dest / f"{log.name.removeprefix('job-driver-')}"
-        shutil.copyfile(log, target)
-        saved.append(target)
+        saved.append(shutil.copyfile(log, dest / log.name.removeprefix("job-driver-")))
     return saved
 
 
@@ -373,12 +340,8 @@ def client_env(state_dir: Path | None = None, address: str | None = None) -> dic
 
 def runtime_env(tracking_uri: str | None, project_dir: str | Path | None) -> dict[str, Any]:
     """The job's runtime_env: the upload excludes, and the tracking URI and project folder as env_vars."""
-    env_vars = {}
-    if tracking_uri:
-        env_vars["MLFLOW_TRACKING_URI"] = tracking_uri
-    if project_dir:
-        env_vars[PROJECT_DIR_ENV] = str(project_dir)
-    return {"excludes": upload_excludes(), "env_vars": env_vars}
+    env_vars = {"MLFLOW_TRACKING_URI": tracking_uri, PROJECT_DIR_ENV: str(project_dir) if project_dir else None}
+    return {"excludes": upload_excludes(), "env_vars": {k: v for k, v in env_vars.items() if v}}
 
 
 def submit_command(command: list[str], *, address: str, runtime: dict[str, Any], working_dir: Path,

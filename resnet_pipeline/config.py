@@ -20,12 +20,13 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def project_relative(path: str | Path) -> str:
-    """``path`` relative to the project when it is inside it (what a reader can use in a clone);
-    elsewhere, as it is."""
+    """``path`` relative to the project when inside it (what a reader can use in a clone); elsewhere, as it is."""
     try:
         return Path(path).resolve().relative_to(PROJECT_ROOT.resolve()).as_posix()
     except ValueError:
         return str(path)
+
+
 # params.yaml in the folder the command runs in (as DVC reads it), else the project's.
 DEFAULT_PARAMS = Path("params.yaml")
 SECTIONS = ("data", "model", "train", "sweep", "evaluate")
@@ -36,13 +37,10 @@ class ConfigError(ValueError):
     """A params file or flag value is invalid. The message names the key and what is valid."""
 
 
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-
-
 def check_name(key: str, value: str, example: str) -> None:
     """A name that becomes part of MLflow filters, run names and file paths: letters, digits, '.', '_'
     and '-' (a quote would break MLflow's filter strings, a '/' a path)."""
-    if not re.fullmatch(NAME_PATTERN, value):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
         raise ConfigError(f"{key}: {value!r} is not valid; use letters, digits, '.', '_' and '-', starting with a "
                           f"letter or digit (e.g. {example})")
 
@@ -50,9 +48,9 @@ def check_name(key: str, value: str, example: str) -> None:
 def load_params(path: str | Path | None = None) -> dict[str, Any]:
     """Read a params.yaml file into a dict of sections.
 
-    A file may hold only what it changes from another: ``extends: <path>`` (relative to the file)
-    gives every key it does not set, section by section (the pipelines' params files extend the root
-    params.yaml, so that what a pipeline changes reads at a glance)."""
+    A file may hold only what it changes from another: ``extends: <path>`` (relative to the file) gives every
+    key it does not set, section by section (the pipelines' params files extend the root params.yaml, so that
+    what a pipeline changes reads at a glance)."""
     if path is None:
         path = DEFAULT_PARAMS if DEFAULT_PARAMS.is_file() else PROJECT_ROOT / DEFAULT_PARAMS
     path = Path(path)
@@ -95,10 +93,10 @@ def _read_params(path: Path, children: tuple[Path, ...]) -> dict[str, Any]:
 
 
 def apply_sets(params: Mapping[str, Any], sets: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """``params`` with ``-S section.key=value`` overrides applied (DVC's ``-S``: the value is read as
-    YAML, so ``train.workers=4``, ``data.resize_range=[128,160]`` and ``train.run_name=null`` mean what
-    they say in params.yaml). The result is checked like the file: an unknown section here, an unknown
-    key or a bad value when its section is read."""
+    """``params`` with ``-S section.key=value`` overrides applied (DVC's ``-S``: the value is read as YAML, so
+    ``train.workers=4``, ``data.resize_range=[128,160]`` and ``train.run_name=null`` mean what they say in
+    params.yaml). The result is checked like the file: an unknown section here, an unknown key or a bad value
+    when its section is read."""
     import yaml
 
     out = {name: dict(section or {}) for name, section in params.items()}
@@ -121,9 +119,9 @@ def apply_sets(params: Mapping[str, Any], sets: tuple[str, ...] | list[str]) -> 
 @dataclasses.dataclass(frozen=True)
 class Bounds:
     """The range of a numeric field (a lower bound, maybe an upper one), declared beside it as
-    ``Annotated[int, Bounds(gt=0)]`` and checked by pydantic, which is imported only when a config is
-    checked (the training loop runs where only torch is installed). ``what`` and ``note`` word the
-    error: "train.x: must be <what> in [0, 1) (<note>), got 2"."""
+    ``Annotated[int, Bounds(gt=0)]`` and checked by pydantic, which is imported only when a config is checked
+    (the training loop runs where only torch is installed). ``what`` and ``note`` word the error:
+    "train.x: must be <what> in [0, 1) (<note>), got 2"."""
 
     gt: float | None = None
     ge: float | None = None
@@ -153,10 +151,9 @@ def _pydantic_type(tp: Any) -> Any:
 
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Annotated:
-        bounds = tp.__metadata__[0]
-        finite = {"allow_inf_nan": False} if bounds.finite else {}
-        return typing.Annotated[_pydantic_type(args[0]), Field(gt=bounds.gt, ge=bounds.ge, lt=bounds.lt, le=bounds.le,
-                                                               **finite)]
+        b = tp.__metadata__[0]
+        finite = {"allow_inf_nan": False} if b.finite else {}
+        return typing.Annotated[_pydantic_type(args[0]), Field(gt=b.gt, ge=b.ge, lt=b.lt, le=b.le, **finite)]
     if origin in (typing.Union, types.UnionType):
         return typing.Union[tuple(map(_pydantic_type, args))]
     if origin in (list, tuple):
@@ -247,9 +244,7 @@ def check_fields(cfg: Any, section: str) -> None:
 
 def from_dict(cls: type[T], values: Mapping[str, Any] | None, section: str, **overrides: Any) -> T:
     """Build dataclass ``cls`` from a params section, then apply non-None ``overrides`` (CLI flags).
-
-    Unknown keys raise ConfigError naming the section, the key and the valid keys.
-    """
+    Unknown keys raise ConfigError naming the section, the key and the valid keys."""
     values = {**(values or {}), **{k: v for k, v in overrides.items() if v is not None}}
     obj = cls(**_validated(cls, values, section))
     validate = getattr(obj, "validate", None)

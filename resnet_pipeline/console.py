@@ -1,11 +1,17 @@
-"""What the CLI prints: rich tables of result rows, cell formats, and the parsing of list options.
-Shared by `resnet_pipeline.cli` and the benchmarks' commands (`resnet_pipeline.bench.cli`)."""
+"""What the CLI prints: rich tables of result rows, cell formats, the parsing of list options, and the
+``--params`` option. Shared by `resnet_pipeline.cli` and the benchmarks' commands (`resnet_pipeline.bench.cli`)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
+
+
+def params_option(help: str):
+    """``--params FILE`` (default: params.yaml), with the help saying which of its keys the command reads."""
+    return click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None, help=help)
 
 
 def int_list(value: str | None, flag: str) -> list[int] | None:
@@ -22,10 +28,8 @@ def str_list(value: str | None) -> list[str] | None:
 
 
 def json_only_on_stdout(as_json: bool):
-    """With --json, stdout carries the JSON only: what the runs print (progress, Ray's worker
-    logs) goes to stderr meanwhile."""
-    import contextlib
-
+    """With --json, stdout carries the JSON only: what the runs print (progress, Ray's worker logs) goes to
+    stderr meanwhile."""
     return contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
 
 
@@ -50,13 +54,6 @@ def console():
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
-def human(value: float, units: tuple[tuple[float, str], ...]) -> str:
-    for scale, unit in units:
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{unit}"
-    return f"{value:.3g}"
-
-
 COUNTS = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 
 
@@ -75,7 +72,9 @@ def fmt_cell(column: str, v) -> str:
     if isinstance(v, float) and column.startswith("vs_"):
         return f"{v:.2f}x"
     if column in ("params", "mult_adds", "train_mult_adds"):
-        return human(float(v), COUNTS)
+        v = float(v)
+        scale, unit = next(((s, u) for s, u in COUNTS if abs(v) >= s), (1, ""))  # 270k, 1.7M, 4.1G
+        return f"{v / scale:.3g}{unit}"
     if column.endswith("_s") and isinstance(v, (int, float)) and column not in ("images_per_s", "images_per_cpu_s"):
         return duration(float(v))
     if isinstance(v, float):

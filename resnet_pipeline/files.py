@@ -1,9 +1,8 @@
 """Outputs that appear complete or not at all: written beside their final name, then renamed.
 
-A rename within one filesystem is atomic, so a reader (DVC, MLflow, a user) sees the old file or
-folder or the new one, never half of one; a crash or a full disk leaves the old one untouched. Files
-and folders get the ordinary permissions of the umask (mkstemp's and mkdtemp's 0600/0700 would hide
-metrics from other users).
+A rename within one filesystem is atomic, so a reader (DVC, MLflow, a user) sees the old file or folder or
+the new one, never half of one; a crash or a full disk leaves the old one untouched. Files and folders get
+the ordinary permissions of the umask (mkstemp's and mkdtemp's 0600/0700 would hide metrics from other users).
 """
 
 from __future__ import annotations
@@ -23,11 +22,10 @@ from typing import Any, Iterator
 def atomic_dir(dest: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``dest``; on success it replaces ``dest``.
 
-    The previous ``dest`` is moved aside first and deleted only after the new one is in place. On an
-    exception the temporary folder is removed, with any parent folder this call created, and
-    ``dest`` is untouched. Temporary folders that a killed earlier run left beside ``dest`` (their
-    names carry its PID) are removed first.
-    """
+    The previous ``dest`` is moved aside first and deleted only after the new one is in place. On an exception
+    the temporary folder is removed, with any parent folder this call created, and ``dest`` is untouched.
+    Temporary folders that a killed earlier run left beside ``dest`` (their names carry its PID) are removed
+    first."""
     dest = Path(dest)
     created = [p for p in dest.parents if not p.exists()]  # innermost first
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -108,8 +106,7 @@ def _json_default(value: Any) -> Any:
 
 def safe_name(name: str) -> str:
     """A file name from a run name: letters, digits, '.', '_' and '-' only."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
-    return cleaned or "run"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
 
 
 def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> Path:

@@ -1,14 +1,12 @@
 """The paper's reference numbers, in one place (He, Zhang, Ren, Sun, arXiv 1512.03385).
 
-Every number carries where it comes from and how it was measured, so that a comparison never
-sets a single-view test error beside a 10-crop validation error without saying so. Errors are
-percentages, as printed in the paper.
+Every number carries where it comes from and how it was measured, so that a comparison never sets a
+single-view test error beside a 10-crop validation error without saying so. Errors are percentages, as
+printed in the paper.
 
-``source="paper"`` numbers were checked against the paper's tables. ``source="secondary"`` marks
-the numbers that the project's notes (PAPER.md, "(~)") could only check against secondary
-sources: show them, label them, never assert on them.
-
-Plain Python only: importable anywhere (no torch, no MLflow).
+``source="paper"`` numbers were checked against the paper's tables. ``source="secondary"`` marks the numbers
+that the project's notes (PAPER.md, "(~)") could only check against secondary sources: show them, label
+them, never assert on them. Plain Python only: importable anywhere (no torch, no MLflow).
 """
 
 from __future__ import annotations
@@ -73,12 +71,8 @@ CIFAR10_RESNET110_MEAN_STD = (Reference(6.61, "Table 6", CIFAR_TEST, "secondary"
 # Parameters of the CIFAR-10 nets (Table 6), in units; plain twins have the same count (option A
 # adds no parameters).
 CIFAR10_PARAMS: dict[int, Reference] = {
-    20: Reference(0.27e6, "Table 6", "parameters"),
-    32: Reference(0.46e6, "Table 6", "parameters"),
-    44: Reference(0.66e6, "Table 6", "parameters"),
-    56: Reference(0.85e6, "Table 6", "parameters"),
-    110: Reference(1.7e6, "Table 6", "parameters"),
-    1202: Reference(19.4e6, "Table 6", "parameters"),
+    d: Reference(v, "Table 6", "parameters")
+    for d, v in {20: 0.27e6, 32: 0.46e6, 44: 0.66e6, 56: 0.85e6, 110: 1.7e6, 1202: 19.4e6}.items()
 }
 
 # Plain nets have no table entry (Figure 6 shows curves only). Plain-110's error is above 60%:
@@ -98,10 +92,8 @@ COMMON_PYTORCH_REPRODUCTION: dict[int, Reference] = {
 
 # Table 2: top-1 error (%), 10-crop, plain vs ResNet (option A) at 18 and 34 layers.
 IMAGENET_TABLE2: dict[tuple[str, int], Reference] = {
-    ("plain", 18): Reference(27.94, "Table 2", IMAGENET_10CROP),
-    ("plain", 34): Reference(28.54, "Table 2", IMAGENET_10CROP),
-    ("A", 18): Reference(27.88, "Table 2", IMAGENET_10CROP),
-    ("A", 34): Reference(25.03, "Table 2", IMAGENET_10CROP),
+    key: Reference(v, "Table 2", IMAGENET_10CROP)
+    for key, v in {("plain", 18): 27.94, ("plain", 34): 28.54, ("A", 18): 27.88, ("A", 34): 25.03}.items()
 }
 
 # Table 3: (top-1, top-5) error (%), 10-crop.
@@ -156,40 +148,35 @@ FIGURE7_FACTS: tuple[Fact, ...] = (
 )
 
 
+_TOPS = ("top1", "top5")
+
+
 def error_reference(family: str, depth: int, shortcut: str) -> dict[str, Reference]:
     """The paper's error(s) for this net, as {"top1": ..., "top5": ...} (either may be absent).
 
-    CIFAR: Table 6 (ResNets with option A only; plain nets have no table entry). ImageNet: Table 3
-    where it lists the net (it has top-5), else Table 2; both are 10-crop. Table 4 (multi-scale) is
-    not a like-for-like comparison and is only returned by `multiscale_reference`.
-    """
+    CIFAR: Table 6 (ResNets with option A only; plain nets have no table entry). ImageNet: Table 3 where it
+    lists the net (it has top-5), else Table 2; both are 10-crop. Table 4 (multi-scale) is not a like-for-like
+    comparison and is only returned by `multiscale_reference`."""
     if family == "cifar":
-        if shortcut == CIFAR_RESIDUAL_SHORTCUT and depth in CIFAR10_TABLE6:
-            return {"top1": CIFAR10_TABLE6[depth]}
-        return {}
+        listed = shortcut == CIFAR_RESIDUAL_SHORTCUT and depth in CIFAR10_TABLE6
+        return {"top1": CIFAR10_TABLE6[depth]} if listed else {}
     if family == "imagenet":
         if (shortcut, depth) in IMAGENET_TABLE3:
-            top1, top5 = IMAGENET_TABLE3[shortcut, depth]
-            return {"top1": top1, "top5": top5}
-        if (shortcut, depth) in IMAGENET_TABLE2:
-            return {"top1": IMAGENET_TABLE2[shortcut, depth]}
-        return {}
+            return dict(zip(_TOPS, IMAGENET_TABLE3[shortcut, depth]))
+        return {"top1": IMAGENET_TABLE2[shortcut, depth]} if (shortcut, depth) in IMAGENET_TABLE2 else {}
     raise ValueError(f"unknown family {family!r}; valid are 'cifar', 'imagenet'")
 
 
 def multiscale_reference(depth: int, shortcut: str) -> dict[str, Reference]:
     """Table 4's single-model multi-scale errors (secondary source), for information only."""
-    if (shortcut, depth) not in IMAGENET_TABLE4:
-        return {}
-    top1, top5 = IMAGENET_TABLE4[shortcut, depth]
-    return {"top1": top1, "top5": top5}
+    return dict(zip(_TOPS, IMAGENET_TABLE4.get((shortcut, depth), ())))
 
 
 def benchmark(manifest: dict) -> str | None:
-    """Which of the paper's benchmarks a prepared dataset (its manifest) is, by the family of nets the
-    paper trained on it: "cifar" for CIFAR-10, "imagenet" for ILSVRC2012 (1,000 classes of images
-    of varying size), else None. The paper's figures compare only with runs on that benchmark: a
-    ResNet-20 on the demo data, or a ResNet-18 on CIFAR-10, has no paper figure."""
+    """Which of the paper's benchmarks a prepared dataset (its manifest) is, by the family of nets the paper
+    trained on it: "cifar" for CIFAR-10, "imagenet" for ILSVRC2012 (1,000 classes of images of varying size),
+    else None. The paper's figures compare only with runs on that benchmark: a ResNet-20 on the demo data, or
+    a ResNet-18 on CIFAR-10, has no paper figure."""
     if manifest.get("dataset") == "cifar10":
         return "cifar"
     if manifest.get("num_classes") == 1000 and not manifest.get("image_size"):

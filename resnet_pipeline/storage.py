@@ -1,16 +1,18 @@
 """Where files live: a local (or shared, e.g. NFS) folder, or an object-store prefix.
 
 A location is a folder (a Path) or a URI (``s3://bucket/prefix``, ``gs://...``; anything
-``pyarrow.fs.FileSystem.from_uri`` opens, with the store's usual credentials, e.g. ``AWS_*``
-variables and ``AWS_ENDPOINT_URL`` for S3-compatible stores). A write appears complete or not at all:
-in a folder through a temporary file and a rename, in an object store as one upload, which the store
-publishes only once complete. pyarrow is imported only for URIs.
+``pyarrow.fs.FileSystem.from_uri`` opens, with the store's usual credentials, e.g. ``AWS_*`` variables and
+``AWS_ENDPOINT_URL`` for S3-compatible stores). A write appears complete or not at all: in a folder through a
+temporary file and a rename, in an object store as one upload, which the store publishes only once complete.
+pyarrow is imported only for URIs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path, PurePosixPath
+from urllib.parse import parse_qs
 
 from resnet_pipeline.files import write_bytes_atomic
 
@@ -27,8 +29,7 @@ def join(base: str | Path, *parts: str) -> str | Path:
     return "/".join([head.rstrip("/"), *parts]) + sep + query
 
 
-# User info at the start of a URI's authority: "key:secret@" (the secret may hold an unescaped "/")
-# or "user@".
+# User info at the start of a URI's authority: "key:secret@" (the secret may hold an unescaped "/") or "user@".
 _USERINFO = re.compile(r"[^/?@]*:[^?@]*@|[^/?@]*@")
 
 
@@ -44,8 +45,6 @@ def display(location: str | Path) -> str:
 
 def credentials_in(uri: str) -> bool:
     """Whether a URI carries secrets (user info, or pyarrow's access_key/secret_key/session_token)."""
-    from urllib.parse import parse_qs
-
     rest = str(uri).partition("://")[2]
     return bool(_USERINFO.match(rest)) or bool(
         {"access_key", "secret_key", "session_token"} & set(parse_qs(rest.partition("?")[2])))
@@ -64,8 +63,7 @@ class Folder:
         return (self.path / name).read_bytes()
 
     def write(self, name: str, data: bytes) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(self.path / name, data)
+        write_bytes_atomic(self.path / name, data)  # creates the folder
 
     def delete(self, name: str) -> None:
         (self.path / name).unlink(missing_ok=True)
@@ -99,10 +97,8 @@ class ObjectPrefix:
             f.write(data)
 
     def delete(self, name: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(f"{self.root}/{name}")
-        except FileNotFoundError:
-            pass
 
 
 def open_store(location: str | Path) -> Folder | ObjectPrefix:

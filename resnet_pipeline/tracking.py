@@ -7,10 +7,14 @@ metrics and the final model to it by run id. Nothing here is imported by the mod
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import importlib.metadata
 import io
+import json
 import os
 import random
 import re
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -25,6 +29,9 @@ FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 OPENED_TAG = "opened_at"
 # What the MLflow UI opens an experiment on: runs and charts, not GenAI traces.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# A sweep's parent run's artifact: the trial run names of its latest grid (an earlier run of the sweep
+# with more depths or seeds left other children under the same parent).
+SWEEP_GRID = "sweep_grid.json"
 
 # The project's metric names (what the loop reports and Tune ranks on: train_error, val_error,
 # best_val_error, test_top5_error, ...) are MLflow keys namespaced by split, so that the UI groups
@@ -57,16 +64,11 @@ def project_name(key: str) -> str:
 def run_metrics(run) -> dict[str, float]:
     """A run's latest metric values under the project's names (system metrics as MLflow names them)."""
     return {project_name(k): v for k, v in run.data.metrics.items()}
-# A sweep's parent run's artifact: the trial run names of its latest grid (an earlier run of the sweep
-# with more depths or seeds left other children under the same parent).
-SWEEP_GRID = "sweep_grid.json"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """``uri``, else $MLFLOW_TRACKING_URI, else an sqlite file in the current directory.
-
-    The path is made absolute here, on the driver: Ray workers change directory.
-    """
+    """``uri``, else $MLFLOW_TRACKING_URI, else an sqlite file in the current directory. The path is made
+    absolute here, on the driver: Ray workers change directory."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
@@ -94,21 +96,19 @@ def artifact_location(uri: str, experiment: str) -> str | None:
 
 def _retry(fn: Callable[[], T], attempts: int = 8) -> T:
     """Retry a store call that failed because another process holds the sqlite lock."""
-    for i in range(attempts):
+    for i in range(attempts - 1):
         try:
             return fn()
         except Exception as exc:  # MlflowException wraps sqlalchemy's OperationalError
-            if "locked" not in str(exc).lower() or i == attempts - 1:
+            if "locked" not in str(exc).lower():
                 raise
             time.sleep(0.05 * 2**i * (1 + random.random()))
-    raise AssertionError("unreachable")
+    return fn()
 
 
 class _Client:
-    """An MlflowClient whose every method call is retried by `_retry`.
-
-    One per call costs nothing: MLflow caches the store (and its sqlalchemy engine) per URI, and the
-    client holds only the URIs (about 0.1 ms to build)."""
+    """An MlflowClient whose every method call is retried by `_retry`. One per call costs nothing: MLflow
+    caches the store (and its sqlalchemy engine) per URI, and the client holds only the URIs (about 0.1 ms)."""
 
     def __init__(self, uri: str) -> None:
         from mlflow.tracking import MlflowClient
@@ -157,12 +157,11 @@ def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any
     found = client.search_runs([exp_id], filter_string=query, max_results=1, order_by=["attributes.start_time DESC"])
     opened = _iso()
     if found:
-        run = found[0]
-        status = run.info.status
-        client.set_tag(run.info.run_id, OPENED_TAG, opened)
-        if status != FINISHED:
-            client.update_run(run.info.run_id, status=RUNNING)
-        return run.info.run_id, status
+        info = found[0].info
+        client.set_tag(info.run_id, OPENED_TAG, opened)
+        if info.status != FINISHED:
+            client.update_run(info.run_id, status=RUNNING)
+        return info.run_id, info.status
     all_tags = {**tags, OPENED_TAG: opened}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
@@ -176,15 +175,8 @@ def start_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any
 
 def _iso(ms: float | None = None) -> str:
     """Now, or ``ms`` after the epoch: UTC, ISO 8601 with milliseconds."""
-    import datetime as dt
-
     at = dt.datetime.now(dt.timezone.utc) if ms is None else dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
     return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _opened(run) -> str:
-    """When the run was last opened (`OPENED_TAG`), else when it started, as sortable text."""
-    return run.data.tags.get(OPENED_TAG) or _iso(run.info.start_time)
 
 
 def log_dataset(uri: str, run_id: str, name: str, digest: str, source: str) -> None:
@@ -226,15 +218,11 @@ def log_dict(uri: str, run_id: str, data: Mapping[str, Any], artifact_file: str)
 
 def load_dict(uri: str, run_id: str, artifact_file: str) -> dict[str, Any] | None:
     """The run's JSON artifact ``artifact_file``, or None when it has none."""
-    import json
-    import tempfile
-
     client = _Client(uri)
     if artifact_file not in {a.path for a in client.list_artifacts(run_id)}:
         return None
     with tempfile.TemporaryDirectory(prefix="mlflow-artifact-") as tmp:
-        path = client.download_artifacts(run_id, artifact_file, tmp)
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(client.download_artifacts(run_id, artifact_file, tmp)).read_text())
 
 
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int, model_id: str | None = None) -> None:
@@ -280,27 +268,18 @@ def system_metrics(uri: str, run_id: str) -> Iterator[None]:
         monitor.finish()
 
 
-def _requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"torch=={version('torch')}", f"torchvision=={version('torchvision')}"]
-
-
 def log_model(uri: str, run_id: str, model: Any, input_example: Any, name: str = "model") -> str:
     """Log the trained model as ``name`` (the net's name: resnet56-A), in torch.export's 'pt2' format
     (loading it runs no pickled code), with its signature inferred from ``input_example`` (batch > 1,
     as torch.export needs). Returns the URI."""
-    import mlflow
     import mlflow.pytorch
+    import torch
     from mlflow.models import infer_signature
 
     mlflow.set_tracking_uri(uri)
     model = model.eval()
-    import torch
-
     with torch.no_grad():
-        output = model(torch.as_tensor(input_example)).numpy()
-    signature = infer_signature(input_example, output)
+        signature = infer_signature(input_example, model(torch.as_tensor(input_example)).numpy())
     active = mlflow.active_run()
     ctx = contextlib.nullcontext() if active and active.info.run_id == run_id else mlflow.start_run(run_id=run_id)
     with ctx, warnings.catch_warnings():
@@ -308,9 +287,10 @@ def log_model(uri: str, run_id: str, model: Any, input_example: Any, name: str =
         # Explicit requirements: MLflow's inference would re-import the model in a subprocess (seconds).
         # No serving-input validation: it reloads the saved program and predicts again, about a third
         # of this call's time (docs/benchmarks.md); the output above already came from this model.
-        info = mlflow.pytorch.log_model(model, name=name, input_example=input_example, signature=signature,
-                                        serialization_format="pt2", pip_requirements=_requirements(),
-                                        validate_serving_input=False)
+        info = mlflow.pytorch.log_model(
+            model, name=name, input_example=input_example, signature=signature, serialization_format="pt2",
+            pip_requirements=[f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "torchvision")],
+            validate_serving_input=False)
     # Closing our own start_run context marks the run FINISHED; the driver owns the status.
     set_running(uri, run_id)
     return info.model_uri
@@ -343,12 +323,9 @@ def _error_code(exc: Exception) -> str:
 
 
 def find_parent_run(uri: str, experiment: str | None, run_name: str):
-    """The top-level run named ``run_name`` in ``experiment`` (a sweep's parent run) opened last: the
-    sweep that ran last under that name, whatever its settings (`start_run`). ``experiment`` None:
-    in any experiment of the store.
-
-    TrackingError lists the sweeps that exist when there is none.
-    """
+    """The top-level run named ``run_name`` in ``experiment`` (a sweep's parent run) opened last: the sweep that
+    ran last under that name, whatever its settings (`start_run`). ``experiment`` None: in any experiment of the
+    store. TrackingError lists the sweeps that exist when there is none."""
     client = _Client(uri)
     if experiment is None:
         ids = [e.experiment_id for e in client.search_experiments(max_results=1000)]
@@ -360,7 +337,9 @@ def find_parent_run(uri: str, experiment: str | None, run_name: str):
         ids = [exp.experiment_id]
     runs = client.search_runs(ids, max_results=10_000, order_by=["attributes.start_time DESC"]) if ids else []
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    found = sorted((r for r in parents if r.info.run_name == run_name), reverse=True, key=_opened)
+    # Last opened (`OPENED_TAG`), else last started; both as sortable text.
+    found = sorted((r for r in parents if r.info.run_name == run_name), reverse=True,
+                   key=lambda r: r.data.tags.get(OPENED_TAG) or _iso(r.info.start_time))
     if not found:
         sweeps = sorted({r.info.run_name for r in parents if "sweep" in r.data.tags})
         where = f"experiment {experiment!r}" if experiment else "any experiment"
@@ -388,9 +367,8 @@ def logged_model_id(uri: str, run_id: str, name: str | None = None) -> str | Non
     """The id of the model that run ``run_id`` logged last (under ``name``, when given; MLflow 3
     LoggedModel), or None. A training run logs one, named after its net."""
     client = _Client(uri)
-    run = client.get_run(run_id)
     query = f"source_run_id = '{run_id}'" + (f" AND name = '{name}'" if name else "")
-    found = client.search_logged_models([run.info.experiment_id], filter_string=query)
+    found = client.search_logged_models([client.get_run(run_id).info.experiment_id], filter_string=query)
     ready = [m for m in found if str(getattr(m.status, "value", m.status)) == "READY"]
     return max(ready, key=lambda m: m.creation_timestamp).model_id if ready else None
 
@@ -399,9 +377,6 @@ def load_pytorch_model(uri: str, model_uri: str):
     """Load a logged PyTorch model (pt2 format: torch.export, no pickled code runs on load). The
     download goes to a folder removed once the model is in memory (MLflow's own default is a temporary
     folder that it never removes: one model's size in /tmp per load)."""
-    import tempfile
-
-    import mlflow
     import mlflow.pytorch
 
     mlflow.set_tracking_uri(uri)
@@ -414,7 +389,6 @@ def load_pytorch_model(uri: str, model_uri: str):
 def download_model(uri: str, model_uri: str, dst: str | Path) -> Path:
     """Copy a model's folder (``runs:/``, ``models:/name@alias``, ``models:/name/1``, ``models:/m-...``)
     into ``dst``; TrackingError names the URI when it does not resolve."""
-    import mlflow
     import mlflow.artifacts
 
     mlflow.set_tracking_uri(uri)

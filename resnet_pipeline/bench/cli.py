@@ -7,7 +7,7 @@ import json
 
 import click
 
-from resnet_pipeline.console import int_list, json_only_on_stdout, print_rows, console
+from resnet_pipeline.console import console, int_list, json_only_on_stdout, params_option, print_rows
 
 
 def loader_bench_options(f):
@@ -15,8 +15,7 @@ def loader_bench_options(f):
     f = click.option("--backend", "backends", multiple=True, type=click.Choice(["dali-gpu", "dali-cpu", "torch"]),
                      help="Backend to time; repeat for several (default: every one this machine has).")(f)
     f = click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")(f)
-    return click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-                        help="Params file (default: params.yaml); data.out, data.normalize, data.num_threads.")(f)
+    return params_option("Params file (default: params.yaml); data.out, data.normalize, data.num_threads.")(f)
 
 
 def _show(report: dict, as_json: bool, table) -> None:
@@ -37,17 +36,16 @@ def bench() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Timed seconds per backend and round.")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Rounds; the median is reported.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Rounds; the median is reported.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench_data(params_file: str | None, data_dir: str | None, backends: tuple[str, ...], batch_size: int,
                seconds: float, rounds: int, as_json: bool) -> None:
     """Images/s of each data loader backend with the training augmentation, side by side."""
+    from resnet_pipeline.bench.data import bench_data as run_bench, bench_decoders
     from resnet_pipeline.data import load_data_config
-    from resnet_pipeline.bench.data import bench_data as run_bench
 
     cfg = load_data_config(params_file)
-    from resnet_pipeline.bench.data import bench_decoders
-
     report = run_bench(data_dir or cfg.out_dir, backends=list(backends) or None, batch_size=batch_size,
                        num_threads=cfg.num_threads, normalize=cfg.normalize, seconds=seconds, rounds=rounds)
     report["decoders"] = bench_decoders(data_dir or cfg.out_dir, rounds=rounds)
@@ -81,8 +79,8 @@ def bench_resume(params_file: str | None, data_dir: str | None, backends: tuple[
                  position: float, as_json: bool) -> None:
     """A restart's cost to the training loader: building it, and reaching a checkpointed batch from its
     saved state against decoding every batch before it."""
-    from resnet_pipeline.data import load_data_config
     from resnet_pipeline.bench.data import bench_resume as run_bench
+    from resnet_pipeline.data import load_data_config
 
     cfg = load_data_config(params_file)
     report = run_bench(data_dir or cfg.out_dir, backends=list(backends) or None, batch_size=batch_size,
@@ -96,8 +94,7 @@ def bench_resume(params_file: str | None, data_dir: str | None, backends: tuple[
 
 
 @bench.command("train")
-@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-              help="Params file (default: params.yaml): data.out is the default dataset.")
+@params_option("Params file (default: params.yaml): data.out is the default dataset.")
 @click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
 @click.option("--depth", type=int, default=20, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
@@ -116,8 +113,8 @@ def bench_train(params_file: str | None, data_dir: str | None, depth: int, batch
                 as_json: bool) -> None:
     """Images/s of the Ray Train path (1 and 2 workers) vs the bare single-process loop, and of the bare
     loop in fp32/bf16 and channels_last/NCHW, side by side."""
-    from resnet_pipeline.data import load_data_config
     from resnet_pipeline.bench.train import bench_train as run_bench
+    from resnet_pipeline.data import load_data_config
 
     cfg = load_data_config(params_file)
     with json_only_on_stdout(as_json):
@@ -131,24 +128,26 @@ def _print_bench_train(report: dict) -> None:
     print_rows(f"Training throughput, ResNet-{report['depth']}, batch {report['batch_size']}, "
                f"{report['iterations']} iterations ({report['machine']['cpu']}, {report['machine']['cores']} cores)",
                report["results"], ("round", "mode", "precision", "memory_format", "images_per_s", "vs_bare",
-                                    "data_wait_fraction", "wall_s", "overhead_s"))
+                                   "data_wait_fraction", "wall_s", "overhead_s"))
     if report["rounds"] > 1:
         print_rows(f"Median of {report['rounds']} rounds (vs_bare: the median ratio to the same round's bare loop)",
                    report["summary"], ("mode", "rounds", "images_per_s", "vs_bare", "vs_bare_min", "vs_bare_max",
-                                        "data_wait_fraction"))
+                                       "data_wait_fraction"))
 
 
 @bench.command("depths")
 @click.option("--cifar-depths", default="20,32,44,56,110", show_default=True)
 @click.option("--imagenet-depths", default="18,34,50", show_default=True)
-@click.option("--imagenet-input", type=click.IntRange(min=1), default=64, show_default=True, help="Side of the ImageNet nets' input.")
+@click.option("--imagenet-input", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Side of the ImageNet nets' input.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="Timed seconds per net and round.")
-@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True, help="Rounds; the median is reported.")
+@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Rounds; the median is reported.")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "bf16"]),
-              help="Repeat for several (default: fp32): every net at each, taking turns; vs_first compares "
-                   "each with the first precision and graph.")
+              help="Repeat for several (default: fp32): every net at each, taking turns; vs_first compares each with "
+                   "the first precision and graph.")
 @click.option("--graph", "graphs", multiple=True, type=click.Choice(["eager", "compiled"]),
               help="Repeat for several (default: eager). compiled: the net in torch.compile, as train.compile "
                    "runs it (first_step_s includes the compilation).")
@@ -158,12 +157,11 @@ def bench_depths(cifar_depths: str, imagenet_depths: str, imagenet_input: int, b
     """Images/s and effective GFLOP/s of bare training steps for each depth, precision and graph mode
     (synthetic data)."""
     from resnet_pipeline.bench.train import bench_depths as run_bench
-
     from resnet_pipeline.models import ModelConfig
 
     depths = {}
-    for flag, family, value in (("--cifar-depths", "cifar", cifar_depths), ("--imagenet-depths", "imagenet",
-                                                                             imagenet_depths)):
+    for family, value in (("cifar", cifar_depths), ("imagenet", imagenet_depths)):
+        flag = f"--{family}-depths"
         depths[family] = tuple(int_list(value, flag))
         for depth in depths[family]:
             try:
@@ -189,22 +187,21 @@ def _print_bench_depths(report: dict) -> None:
 
 
 @bench.command("overhead")
-@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-              help="Params file (default: params.yaml): data.out is the default dataset.")
+@params_option("Params file (default: params.yaml): data.out is the default dataset.")
 @click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
 @click.option("--trials", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--iterations", type=click.IntRange(min=1), default=1, show_default=True, help="Per trial.")
 @click.option("--launcher", "launchers", multiple=True, type=click.Choice(["in-trial", "ray-train"]),
-              help="Trial launcher(s) to time, one sweep each, in one Ray instance (default: both; "
-                   "ray-train alone with --workers above 1).")
+              help="Trial launcher(s) to time, one sweep each, in one Ray instance (default: both; ray-train alone "
+                   "with --workers above 1).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Training workers per trial (the in-trial launcher takes 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench_overhead(params_file: str | None, data_dir: str | None, trials: int, iterations: int,
                    launchers: tuple[str, ...], workers: int, as_json: bool) -> None:
     """Per-trial overhead of a sweep: real sweeps of tiny trials, each trial's time split up."""
-    from resnet_pipeline.data import load_data_config
     from resnet_pipeline.bench.train import bench_overhead as run_bench
+    from resnet_pipeline.data import load_data_config
 
     with json_only_on_stdout(as_json):
         report = run_bench(data_dir or load_data_config(params_file).out_dir, trials=trials, iterations=iterations,
@@ -224,16 +221,14 @@ def _print_bench_overhead(report: dict) -> None:
 
 
 @bench.command("all")
-@click.option("--params", "params_file", type=click.Path(dir_okay=False), default=None,
-              help="Params file (default: params.yaml); data.out, data.normalize, data.num_threads.")
+@params_option("Params file (default: params.yaml); data.out, data.normalize, data.num_threads.")
 @click.option("--data", "data_dir", default=None, help="Prepared dataset folder (default: data.out).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def bench_all(params_file: str | None, data_dir: str | None, as_json: bool) -> None:
     """`bench data`, `bench train` (fp32/bf16 x channels_last/NCHW) and `bench depths` with their defaults."""
-    from resnet_pipeline.data import load_data_config
     from resnet_pipeline.bench.data import bench_data as run_data
-    from resnet_pipeline.bench.train import bench_depths as run_depths
-    from resnet_pipeline.bench.train import bench_train as run_train
+    from resnet_pipeline.bench.train import bench_depths as run_depths, bench_train as run_train
+    from resnet_pipeline.data import load_data_config
 
     cfg = load_data_config(params_file)
     data = data_dir or cfg.out_dir

@@ -3,6 +3,7 @@ training augmentation, decoders alone, and the cost of resuming a loader mid-epo
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import time
@@ -25,17 +26,15 @@ def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split
                warmup_batches: int = 10, seconds: float = 5.0, rounds: int = 3) -> dict:
     """Time each backend on ``split`` with the training augmentation; report the median of rounds.
 
-    Every backend gets the same ``num_threads``, used as each runs best on the same cores: torch
-    runs that many worker processes (more were slower here), a DALI CPU training loader two
-    pipelines of that many threads each (`dali.pipeline_parts`; each row's ``layout`` says which).
-    The backends take turns, ``rounds`` times, every other round in reverse order, so a change in
-    the machine's load hits all of them alike and none always runs right after another's shutdown.
-    Each turn builds a fresh loader, lets ``warmup_batches`` pass untimed (worker start-up, first
-    allocations), then counts images for at least ``seconds``, across epochs if need be; GPU work
-    is synchronised before the clock stops.
-    Also reports images per CPU-second (this process and its worker processes).
-    Returns {"results": [{backend, images_per_s (median), rounds_images_per_s, images_per_cpu_s,
-    ...}], "machine": {...}}.
+    Every backend gets the same ``num_threads``, used as each runs best on the same cores: torch runs that many worker
+    processes (more were slower here), a DALI CPU training loader two pipelines of that many threads each
+    (`dali.pipeline_parts`; each row's ``layout`` says which). The backends take turns, ``rounds`` times, every other
+    round in reverse order, so a change in the machine's load hits all of them alike and none always runs right after
+    another's shutdown. Each turn builds a fresh loader, lets ``warmup_batches`` pass untimed (worker start-up, first
+    allocations), then counts images for at least ``seconds``, across epochs if need be; GPU work is synchronised
+    before the clock stops. Also reports images per CPU-second (this process and its worker processes).
+    Returns {"results": [{backend, images_per_s (median), rounds_images_per_s, images_per_cpu_s, ...}],
+    "machine": {...}}.
     """
     import torch
 
@@ -45,8 +44,8 @@ def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split
     per_cpu: dict[str, list[float]] = {}
     for round_ in range(rounds):
         for backend in (names if round_ % 2 == 0 else names[::-1]):
-            # A fresh loader per turn: an idle loader left alive would refill its prefetch queue
-            # (torch workers, DALI threads) while the next backend is being timed.
+            # A fresh loader per turn: an idle loader left alive would refill its prefetch queue (torch workers, DALI
+            # threads) while the next backend is being timed.
             loader = make_loader(data_dir, split, train=True, batch_size=batch_size, backend=backend,
                                  num_threads=num_threads, normalize=normalize)
             batches = _batches(loader)
@@ -75,9 +74,9 @@ def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split
 
 
 def bench_decoders(data_dir: str | Path, *, split: str = "train", count: int = 2000, rounds: int = 3) -> list[dict]:
-    """Decoding alone, one thread, on the first ``count`` files of ``split``: TorchCodec (the torch
-    backend's), torchvision.io (deprecated as of torchvision 0.29) and Pillow, taking turns; the
-    median images/s, and whether each decodes every file to TorchCodec's exact pixels."""
+    """Decoding alone, one thread, on the first ``count`` files of ``split``: TorchCodec (the torch backend's),
+    torchvision.io (deprecated as of torchvision 0.29) and Pillow, taking turns; the median images/s, and whether each
+    decodes every file to TorchCodec's exact pixels."""
     import io
     import warnings
 
@@ -119,18 +118,17 @@ def bench_decoders(data_dir: str | Path, *, split: str = "train", count: int = 2
     finally:
         torch.set_num_threads(threads)
     return [{"decoder": name, "images_per_s": statistics.median(r), "files": len(blobs),
-             "same_pixels": all(torch.equal(fn(b), ref) for b, ref in zip(blobs, reference))}
-            for name, r in rates.items() for fn in [decoders[name]]]
+             "same_pixels": all(torch.equal(decoders[name](b), ref) for b, ref in zip(blobs, reference))}
+            for name, r in rates.items()]
 
 
 def bench_resume(data_dir: str | Path, *, backends: list[str] | None = None, batch_size: int = 128,
                  num_threads: int = 2, normalize: str = "auto", position: float = 0.75) -> dict:
-    """What a restart costs the training loader, per backend: building it (to its first batch), and
-    reaching batch ``position`` (a fraction of an epoch) of a checkpointed epoch, either from the
-    loader's saved state (`load_state_dict`: the torch sampler starts there, DALI restores its
-    checkpoint and skips without decoding) or by reading and decoding every batch before it, as the
-    loop did before (it skipped them with ``continue``). Also the build cost that a loader built once
-    per run saves each epoch."""
+    """What a restart costs the training loader, per backend: building it (to its first batch), and reaching batch
+    ``position`` (a fraction of an epoch) of a checkpointed epoch, either from the loader's saved state
+    (`load_state_dict`: the torch sampler starts there, DALI restores its checkpoint and skips without decoding) or by
+    reading and decoding every batch before it, as the loop did before (it skipped them with ``continue``). Also the
+    build cost that a loader built once per run saves each epoch."""
     out = []
     for backend in backends or available_backends():
         def build():
@@ -149,24 +147,21 @@ def bench_resume(data_dir: str | Path, *, backends: list[str] | None = None, bat
         batches.close()
         del loader, batches
         gc.collect()
-
-        start = time.perf_counter()
-        restored = build()
-        restored.load_state_dict(state)
-        next(iter(restored))
-        restore_s = time.perf_counter() - start
-        del restored
-        gc.collect()
-
-        start = time.perf_counter()
-        replay = build()
-        batches = iter(replay)
-        for _ in range(target + 1):
-            next(batches)
-        replay_s = time.perf_counter() - start
-        batches.close()
-        del replay, batches
-        gc.collect()
+        # Then to that batch from the saved state, and by reading every batch before it.
+        seconds = []
+        for restore, count in ((state, 1), (None, target + 1)):
+            start = time.perf_counter()
+            loader = build()
+            if restore is not None:
+                loader.load_state_dict(restore)
+            batches = iter(loader)
+            for _ in range(count):
+                next(batches)
+            seconds.append(time.perf_counter() - start)
+            batches.close()
+            del loader, batches
+            gc.collect()
+        restore_s, replay_s = seconds
         out.append({"backend": backend, "batches_per_epoch": epoch, "position": target, "build_s": build_s,
                     "restore_s": restore_s, "replay_s": replay_s, "replay_vs_restore": replay_s / restore_s})
     return {"results": out, "data_dir": str(data_dir), "batch_size": batch_size, "num_threads": num_threads,
@@ -176,18 +171,15 @@ def bench_resume(data_dir: str | Path, *, backends: list[str] | None = None, bat
 def _cpu_seconds() -> float:
     """CPU time (user + system) of this process and its children (torch's workers) so far.
 
-    Images per CPU-second is a second view of speed, steadier than images/s when other jobs share
-    the machine."""
+    Images per CPU-second is a second view of speed, steadier than images/s when other jobs share the machine."""
     import psutil  # a dependency of dvc
 
     me = psutil.Process()
     total = 0.0
     for proc in [me, *me.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a worker that exited meanwhile
             times = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
+            total += times.user + times.system
     return total
 
 

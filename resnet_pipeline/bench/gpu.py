@@ -1,26 +1,25 @@
-"""GPU benchmark: throughput and model FLOP utilisation of the project's ResNets, and the paper's
-CIFAR-10 schedule (Sec. 4.2, 64k iterations) as the pipeline trains it.
+"""GPU benchmark: throughput and model FLOP utilisation of the project's ResNets, and the paper's CIFAR-10 schedule
+(Sec. 4.2, 64k iterations) as the pipeline trains it.
 
-Needs only torch, numpy and Pillow (no Ray, DALI, MLflow, YAML or click), so it runs on a machine that
-has PyTorch and nothing else: the nets are `resnet_pipeline.models`, the step is the training loop's
-`train_step`, and the CIFAR run is `prepare` + the torch loader + `Trainer`. Every part has a time
-budget and the JSON summary is rewritten after every measurement, so a run cut short still leaves
-its results. From the project folder:
+Needs only torch, numpy and Pillow (no Ray, DALI, MLflow, YAML or click), so it runs on a machine that has PyTorch and
+nothing else: the nets are `resnet_pipeline.models`, the step is the training loop's `train_step`, and the CIFAR run is
+`prepare` + the torch loader + `Trainer`. Every part has a time budget and the JSON summary is rewritten after every
+measurement, so a run cut short still leaves its results. From the project folder:
 
     python -m resnet_pipeline.bench.gpu --cifar ../shared/datasets/cifar10-jpeg.tar.gz --out gpu_bench.json
     python -m resnet_pipeline.bench.gpu --device cpu --smoke --cifar tiny.tar.gz --out smoke.json   # seconds
 
 Parts (in this order, so that the figures that matter most come first):
 1. ``eager``: images/s and MFU of each net, bf16 autocast + channels_last, no compilation.
-2. ``cifar``: ResNet-20 for the paper's 64k iterations (batch 128, lr 0.1, /10 at 32k and 48k,
-   momentum 0.9, weight decay 1e-4, 45k/5k train/validation) through the library: the archive
-   prepared once, the torch loader with the paper's augmentation, `Trainer` with torch.compile on a
-   GPU. Reports the wall time, the loader's share of it, and the test error (paper, Table 6: 8.75%).
+2. ``cifar``: ResNet-20 for the paper's 64k iterations (batch 128, lr 0.1, /10 at 32k and 48k, momentum 0.9, weight
+   decay 1e-4, 45k/5k train/validation) through the library: the archive prepared once, the torch loader with the
+   paper's augmentation, `Trainer` with torch.compile on a GPU. Reports the wall time, the loader's share of it, and
+   the test error (paper, Table 6: 8.75%).
 3. ``compiled``: the throughput of part 1 with torch.compile, and with torch.compile + CUDA graphs
    (mode="reduce-overhead").
 
-MFU = images/s x 3 x 2 x multiply-adds per image / peak (forward + backward ~ 3 forwards, 2 FLOPs
-per multiply-add); peak 989 TFLOP/s, the H100/H200 SXM dense bf16 figure.
+MFU = images/s x 3 x 2 x multiply-adds per image / peak (forward + backward ~ 3 forwards, 2 FLOPs per multiply-add);
+peak 989 TFLOP/s, the H100/H200 SXM dense bf16 figure.
 """
 
 from __future__ import annotations
@@ -47,21 +46,10 @@ from resnet_pipeline.training.loop import DataSource, Trainer, configure_torch, 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H100/H200 SXM spec sheet, dense (no sparsity)
 
 # name: (family, depth, input side, batch)
-NETS: dict[str, tuple[str, int, int, int]] = {
-    "resnet20": ("cifar", 20, 32, 128), "resnet56": ("cifar", 56, 32, 128), "resnet110": ("cifar", 110, 32, 128),
-    "resnet50": ("imagenet", 50, 224, 256),
-}
-SMOKE_NETS: dict[str, tuple[str, int, int, int]] = {"resnet20": ("cifar", 20, 32, 8),
-                                                    "resnet50": ("imagenet", 50, 32, 2)}
+NETS = {"resnet20": ("cifar", 20, 32, 128), "resnet56": ("cifar", 56, 32, 128), "resnet110": ("cifar", 110, 32, 128),
+        "resnet50": ("imagenet", 50, 224, 256)}
+SMOKE_NETS = {"resnet20": ("cifar", 20, 32, 8), "resnet50": ("imagenet", 50, 32, 2)}
 MODES = ("eager", "compile", "cudagraphs")
-
-
-class Deadline:
-    def __init__(self, seconds: float) -> None:
-        self.end = time.perf_counter() + seconds
-
-    def left(self) -> float:
-        return self.end - time.perf_counter()
 
 
 class Summary:
@@ -82,43 +70,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_net(name: str, nets: dict, device: torch.device):
+def throughput(name: str, mode: str, nets: dict, device: torch.device, amp_dtype, peak: float | None,
+               seconds: float, warmup: int, min_steps: int = 3) -> dict[str, Any]:
+    """Images/s and MFU of training steps (the project's `train_step`) of net ``name`` in ``mode``."""
     family, depth, size, batch = nets[name]
-    model = resnet_cifar(depth, 10) if family == "cifar" else resnet_imagenet(depth, 1000)
+    classes = 10 if family == "cifar" else 1000
+    model = resnet_cifar(depth, classes) if family == "cifar" else resnet_imagenet(depth, classes)
     macs = resnet_mult_adds(model, size)
-    return model.to(device, memory_format=torch.channels_last), macs, size, batch, 10 if family == "cifar" else 1000
-
-
-def make_optimizer(model: torch.nn.Module, device: torch.device, lr: float = 0.1) -> torch.optim.Optimizer:
+    model.to(device, memory_format=torch.channels_last)
     # The paper's SGD (Sec. 4.2); fused on a GPU: one kernel for the whole update.
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4,
-                           **({"fused": True} if device.type == "cuda" else {"foreach": True}))
-
-
-def compiled(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    if mode == "eager":
-        return model
-    return torch.compile(model, mode="reduce-overhead" if mode == "cudagraphs" else None)
-
-
-def step_fn(model, opt, device: torch.device, mode: str, amp_dtype) -> Callable:
-    """One training step (the project's `train_step`), marking CUDA-graph step boundaries."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4,
+                          **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+    compile_mode = "reduce-overhead" if mode == "cudagraphs" else None
+    net = model if mode == "eager" else torch.compile(model, mode=compile_mode)
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling
     mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None) if mode == "cudagraphs" else None
 
     def step(x, y):
-        if mark is not None:
+        if mark is not None:  # CUDA graphs: each training step's start is marked
             mark()
-        return train_step(model, x, y, opt, scaler, amp_dtype)
+        return train_step(net, x, y, opt, scaler, amp_dtype)
 
-    return step
-
-
-def throughput(name: str, mode: str, nets: dict, device: torch.device, amp_dtype, peak: float | None,
-               seconds: float, warmup: int, min_steps: int = 3) -> dict[str, Any]:
-    model, macs, size, batch, classes = build_net(name, nets, device)
-    opt = make_optimizer(model, device, lr=0.01)
-    step = step_fn(compiled(model, mode), opt, device, mode, amp_dtype)
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(batch, 3, size, size, device=device, generator=gen).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch,), device=device, generator=gen)
@@ -149,28 +121,25 @@ class OutOfTime(Exception):
 
 def cifar_run(path: Path, work: Path, device: torch.device, precision: str, mode: str, iterations: int,
               batch: int, budget: float, summary: Summary, threads: int) -> dict[str, Any]:
-    """ResNet-20 on CIFAR-10 as the pipeline trains it: `prepare` (the archive to ``work/prepared``, once,
-    45k/5k train/validation), the torch loader with the paper's augmentation, and the library's
-    `Trainer` with the paper's schedule (lr 0.1, /10 at 1/2 and 3/4 of ``iterations``). Stops early
-    (and says so) once ``budget`` seconds are spent, and then still scores the test split."""
+    """ResNet-20 on CIFAR-10 as the pipeline trains it: `prepare` (the archive to ``work/prepared``, once, 45k/5k
+    train/validation), the torch loader with the paper's augmentation, and the library's `Trainer` with the paper's
+    schedule (lr 0.1, /10 at 1/2 and 3/4 of ``iterations``). Stops early (and says so) once ``budget`` seconds are
+    spent, and then still scores the test split."""
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     data = work / "prepared"
     if not (data / "manifest.json").exists():
-        prepare(DataConfig(dataset="cifar10", source=str(path), out=str(data), val_fraction=0.1,
-                           num_threads=threads))
+        prepare(DataConfig(dataset="cifar10", source=str(path), out=str(data), val_fraction=0.1, num_threads=threads))
     manifest = load_manifest(data)
     res: dict[str, Any] = {"mode": mode, "precision": precision, "iterations_planned": iterations, "batch": batch,
-                           "train_images": manifest["splits"]["train"]["count"],
-                           "val_images": manifest["splits"]["val"]["count"],
-                           "test_images": manifest["splits"]["test"]["count"],
+                           **{f"{s}_images": manifest["splits"][s]["count"] for s in ("train", "val", "test")},
                            "loader_threads": threads, "prepare_s": time.perf_counter() - start}
     summary.data["cifar"] = res
-    gpu = device.type == "cuda"
     cfg = TrainConfig(iterations=iterations, batch_size=batch, milestones=[iterations // 2, iterations * 3 // 4],
-                      workers=1, use_gpu="on" if gpu else "off", precision=precision, compile=mode == "compile",
-                      log_every=max(1, min(100, iterations // 4)), eval_every=max(1, iterations // 4),
-                      checkpoint_every=iterations, keep_checkpoints=1, threads_per_worker=0, seed=0)
+                      workers=1, use_gpu="on" if device.type == "cuda" else "off", precision=precision,
+                      compile=mode == "compile", log_every=max(1, min(100, iterations // 4)),
+                      eval_every=max(1, iterations // 4), checkpoint_every=iterations, keep_checkpoints=1,
+                      threads_per_worker=0, seed=0)
     windows: list[tuple[float, int, dict[str, float]]] = []
 
     def report(metrics: dict[str, float], iteration: int) -> None:
@@ -180,9 +149,9 @@ def cifar_run(path: Path, work: Path, device: torch.device, precision: str, mode
                 raise OutOfTime(iteration)
 
     configure_torch(cfg, device, 1)
-    trainer = Trainer(cfg, ModelConfig(depth=20), DataSource(str(data), backend="torch", normalize="per_pixel",
-                                                             num_threads=threads),
-                      tempfile.mkdtemp(prefix=f"run-{mode}-", dir=work), device=device, report=report)
+    source = DataSource(str(data), backend="torch", normalize="per_pixel", num_threads=threads)
+    trainer = Trainer(cfg, ModelConfig(depth=20), source, tempfile.mkdtemp(prefix=f"run-{mode}-", dir=work),
+                      device=device, report=report)
     train_start = time.perf_counter()
     try:
         final = trainer.run()  # trains, then scores the test split
@@ -195,8 +164,7 @@ def cifar_run(path: Path, work: Path, device: torch.device, precision: str, mode
     (t0, i0, _), (t1, i1, last) = windows[0], windows[-1]
     steady = (t1 - t0) / (i1 - i0) if i1 > i0 else train_s / max(it, 1)
     res.update(iterations=it, completed=completed, train_s=train_s, first_window_s=t0 - train_start,
-               step_ms=1000 * steady, images_per_s=batch / steady,
-               data_wait_fraction=last.get("data_wait_fraction"),
+               step_ms=1000 * steady, images_per_s=batch / steady, data_wait_fraction=last.get("data_wait_fraction"),
                projected_full_s=(t0 - train_start) + steady * (iterations - i0),
                test_error=test.get("test_error"), test_top5_error=test.get("test_top5_error"),
                train_error_last_window=last.get("train_error"), total_s=time.perf_counter() - start)
@@ -247,13 +215,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = _parser()
     args = p.parse_args(argv)
+    end = time.perf_counter() + args.budget_s
 
-    deadline = Deadline(args.budget_s)
+    def left() -> float:  # of the wall-clock budget
+        return end - time.perf_counter()
+
     device = torch.device(args.device)
-    if device.type == "cuda":
+    gpu = device.type == "cuda"
+    if gpu:
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    gpu = device.type == "cuda"
     modes = args.modes.split(",") if args.modes else (list(MODES) if gpu else ["eager"])
     for m in modes:
         if m not in MODES:
@@ -264,49 +235,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peak = args.peak_tflops or (H200_BF16_DENSE_TFLOPS if gpu else None)
     seconds = args.seconds or (0.2 if args.smoke else 3.0)
     warmup, min_steps = (1, 1) if args.smoke else (5, 3)
+    shared = (nets, device, amp_dtype, peak, seconds, warmup, min_steps)  # throughput's arguments after the mode
     summary = Summary(args.out, {
         "command": " ".join([sys.executable, *sys.argv]), "environment": {**machine_info(), "device": str(device)},
-        "smoke": args.smoke,
-        "precision": args.precision, "memory_format": "channels_last", "peak_tflops": peak,
+        "smoke": args.smoke, "precision": args.precision, "memory_format": "channels_last", "peak_tflops": peak,
         "flops_per_image": "3 x 2 x mult-adds (forward + backward)", "throughput": [], "cifar": None})
     summary.save()
 
     if "eager" in modes:
         for name in nets:
-            run_part(summary, "throughput", lambda: throughput(name, "eager", nets, device, amp_dtype, peak, seconds,
-                                                               warmup, min_steps))
+            run_part(summary, "throughput", lambda: throughput(name, "eager", *shared))
     if args.cifar is not None:
         mode = args.cifar_mode or ("compile" if gpu else "eager")
         iterations = args.iterations or (4 if args.smoke else 64_000)
         batch = 8 if args.smoke else 128
-        budget = min(args.cifar_budget_s, deadline.left() - 30)
+        budget = min(args.cifar_budget_s, left() - 30)
         threads = args.loader_threads or max(1, min(8, (os.cpu_count() or 2) - 1))
         work = Path(args.work or tempfile.mkdtemp(prefix="gpu-bench-"))
 
         def cifar() -> dict[str, Any]:
             try:
-                return cifar_run(args.cifar, work, device, args.precision, mode, iterations, batch, budget,
-                                 summary, threads)
+                return cifar_run(args.cifar, work, device, args.precision, mode, iterations, batch, budget, summary,
+                                 threads)
             except Exception as exc:  # noqa: BLE001 - e.g. a compile failure: retry eager, keep the error
                 if mode == "eager":
                     raise
                 first_error = f"{type(exc).__name__}: {exc}"
                 res = cifar_run(args.cifar, work, device, args.precision, "eager", iterations, batch,
-                                min(budget, deadline.left() - 30), summary, threads)
+                                min(budget, left() - 30), summary, threads)
                 return {**res, "error_in_" + mode: first_error}
 
         run_part(summary, "cifar", cifar)
-    order = ["resnet50", "resnet20", "resnet56", "resnet110"]
-    for name in [n for n in order if n in nets]:
+    for name in [n for n in ("resnet50", "resnet20", "resnet56", "resnet110") if n in nets]:
         for mode in [m for m in modes if m != "eager"]:
-            if deadline.left() < 75:  # a compilation can take a minute; never start one without the time
+            if left() < 75:  # a compilation can take a minute; never start one without the time
                 summary.data["throughput"].append({"net": name, "mode": mode, "skipped": "time budget"})
                 summary.save()
                 continue
             torch._dynamo.reset()
-            run_part(summary, "throughput", lambda: throughput(name, mode, nets, device, amp_dtype, peak, seconds,
-                                                               warmup, min_steps))
-    summary.data["elapsed_s"] = args.budget_s - deadline.left()
+            run_part(summary, "throughput", lambda: throughput(name, mode, *shared))
+    summary.data["elapsed_s"] = args.budget_s - left()
     summary.save()
     print(json.dumps(summary.data, indent=2))
     return summary.data

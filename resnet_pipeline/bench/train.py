@@ -1,13 +1,12 @@
 """Training benchmarks: `python cli.py bench train | depths | overhead`.
 
-- `bench_train`: the Ray Train path against the bare single-process loop, and the bare loop across
-  precisions (fp32/bf16) and memory formats (channels_last/NCHW). Same model, batch, data loader
-  and cores, side by side in one run (these machines are shared and noisy, so only ratios measured
-  together mean much). Throughput is the median of the per-window images/s after the first window
-  (which includes warm-up); start-up is reported apart.
-- `bench_depths`: bare training steps on synthetic tensors (no loader) for each depth, precision and
-  graph mode (eager or torch.compile), with the effective GFLOP/s (images/s x 3 x 2 x multiply-adds;
-  backward ~ 2x forward) against the CPU's fp32 peak.
+- `bench_train`: the Ray Train path against the bare single-process loop, and the bare loop across precisions
+  (fp32/bf16) and memory formats (channels_last/NCHW). Same model, batch, data loader and cores, side by side in one
+  run (these machines are shared and noisy, so only ratios measured together mean much). Throughput is the median of
+  the per-window images/s after the first window (which includes warm-up); start-up is reported apart.
+- `bench_depths`: bare training steps on synthetic tensors (no loader) for each depth, precision and graph mode (eager
+  or torch.compile), with the effective GFLOP/s (images/s x 3 x 2 x multiply-adds; backward ~ 2x forward) against the
+  CPU's fp32 peak.
 - `bench_overhead`: what a sweep costs per trial beyond its training steps and evaluation.
 """
 
@@ -19,7 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,22 +32,18 @@ MEMORY_FORMATS = ("channels_last", "nchw")
 
 
 def _choices(values: tuple[str, ...], valid: tuple[str, ...], name: str) -> tuple[str, ...]:
-    """``values`` once each, in order (one named twice would run twice and overwrite its reference),
-    each checked against ``valid``."""
+    """``values`` once each, in order (one named twice would run twice and overwrite its reference), each checked
+    against ``valid``."""
     for v in values:
         if v not in valid:
             raise ValueError(f"unknown {name} {v!r}; valid are {', '.join(valid)}")
     return tuple(dict.fromkeys(values))
 
 
-def _steady(speeds: list[float]) -> float:
-    return statistics.median(speeds[1:] if len(speeds) > 2 else speeds)
-
-
 @contextmanager
 def _stopping_ray_it_starts() -> Iterator[None]:
-    """On the way out, shut down a Ray instance started inside (one running before is left alone):
-    its workers' last log lines then reach stderr while `--json` keeps stdout to the JSON."""
+    """On the way out, shut down a Ray instance started inside (one running before is left alone): its workers' last
+    log lines then reach stderr while `--json` keeps stdout to the JSON."""
     was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     try:
         yield
@@ -66,15 +61,14 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
                 memory_formats: tuple[str, ...] = ("channels_last",),
                 modes: tuple[str, ...] = ("bare", "ray-1", "ray-2"), backend: str = "dali-cpu",
                 variant_seconds: float = 45.0, rounds: int = 1) -> dict[str, Any]:
-    """Images/s of each mode at the first precision and memory format, then of the bare loop at
-    every other combination.
+    """Images/s of each mode at the first precision and memory format, then of the bare loop at every other
+    combination.
 
-    The modes run ``rounds`` times, in reverse order every other round (so a drift in the
-    machine's load hits them alike); ``summary`` has each mode's median images/s and its median
-    ratio to the bare loop of the same round. The other combinations run once, after, log every
-    iteration and stop after ``variant_seconds`` once they have 3 windows: bf16 is emulated on CPUs
-    without AVX512-BF16/AMX and runs 20-100x slower than fp32 there. ``vs_bare`` is each row
-    against the bare loop at the first combination in the same round.
+    The modes run ``rounds`` times, in reverse order every other round (so a drift in the machine's load hits them
+    alike); ``summary`` has each mode's median images/s and its median ratio to the bare loop of the same round. The
+    other combinations run once, after, log every iteration and stop after ``variant_seconds`` once they have 3
+    windows: bf16 is emulated on CPUs without AVX512-BF16/AMX and runs 20-100x slower than fp32 there. ``vs_bare`` is
+    each row against the bare loop at the first combination in the same round.
     """
     if rounds < 1:
         raise ValueError(f"rounds: {rounds} is not valid; use an integer >= 1")
@@ -89,29 +83,29 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
                        checkpoint_every=iterations, milestones=[iterations * 10], precision=precisions[0],
                        channels_last=memory_formats[0] == "channels_last", experiment="bench-train")
     model_cfg = ModelConfig(depth=depth)
-    main = [(m, precisions[0], memory_formats[0]) for m in modes]
+    first = (precisions[0], memory_formats[0])
+    main = [(m, *first) for m in modes]
     runs = [(r, *run) for r in range(rounds) for run in (main if r % 2 == 0 else main[::-1])]
     if "bare" in modes:
-        runs += [(0, "bare", p, f) for p in precisions for f in memory_formats
-                 if (p, f) != (precisions[0], memory_formats[0])]
+        runs += [(0, "bare", p, f) for p in precisions for f in memory_formats if (p, f) != first]
     results = []
     with _stopping_ray_it_starts(), tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for i, (round_, mode, precision, fmt) in enumerate(runs):
             start = time.perf_counter()
-            variant = (precision, fmt) != (precisions[0], memory_formats[0])
+            variant = (precision, fmt) != first
             if mode == "bare":
                 cfg = dataclasses.replace(base, workers=1, threads_per_worker=cores, precision=precision,
                                           channels_last=fmt == "channels_last", log_every=1 if variant else log_every)
                 speeds, waits = _bare_run(cfg, model_cfg, data, backend, Path(tmp) / f"bare{i}",
                                           variant_seconds if variant else None)
             else:
-                # A run name and results folder of its own: a finished run of the same name would
-                # be taken as done ("nothing to do") instead of trained again.
+                # A run name and results folder of its own: a finished run of the same name would be taken as done
+                # ("nothing to do") instead of trained again.
                 cfg = dataclasses.replace(base, workers=int(mode.split("-")[1]), run_name=f"{mode}-{round_}",
                                           storage_path=str(Path(tmp) / f"results{i}"))
                 speeds, waits = _ray_run(cfg, model_cfg, data, backend, Path(tmp) / "mlflow.db")
             wall = time.perf_counter() - start
-            ips = _steady(speeds)
+            ips = statistics.median(speeds[1:] if len(speeds) > 2 else speeds)  # after the first window (warm-up)
             row = {"round": round_, "mode": mode, "precision": precision, "memory_format": fmt, "images_per_s": ips,
                    # the part of the training time spent waiting for the loader (rank 0's, median window)
                    "data_wait_fraction": statistics.median(waits) if waits else None,
@@ -119,8 +113,7 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
             if not variant:  # a full run: start-up and evaluation are what the wall time adds
                 row.update(train_s=iterations * batch_size / ips, overhead_s=wall - iterations * batch_size / ips)
             results.append(row)
-    summary = _against_bare(results, modes, precisions[0], memory_formats[0])
-
+    summary = _against_bare(results, modes, *first)
     return {"depth": depth, "batch_size": batch_size, "iterations": iterations, "precisions": list(precisions),
             "memory_formats": list(memory_formats), "backend": backend, "data_dir": str(data),
             "variant_seconds": variant_seconds, "rounds": rounds,
@@ -129,8 +122,8 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
 
 def _bare_run(cfg: TrainConfig, model_cfg: ModelConfig, data: Path, backend: str, run_dir: Path,
               stop_after_s: float | None) -> tuple[list[float], list[float]]:
-    """The single-process loop (`fit`): each window's images/s and data-wait fraction. With
-    ``stop_after_s``, it stops once it has 3 windows and has run that long."""
+    """The single-process loop (`fit`): each window's images/s and data-wait fraction. With ``stop_after_s``, it
+    stops once it has 3 windows and has run that long."""
     from resnet_pipeline.training.loop import DataSource, fit
 
     speeds: list[float] = []
@@ -144,29 +137,26 @@ def _bare_run(cfg: TrainConfig, model_cfg: ModelConfig, data: Path, backend: str
             if stop_after_s is not None and len(speeds) >= 3 and time.perf_counter() - start > stop_after_s:
                 raise _Enough
 
-    try:
+    with suppress(_Enough):
         fit(cfg, model_cfg, DataSource(str(data), backend, num_threads=1), run_dir, report=report)
-    except _Enough:
-        pass
     return speeds, waits
 
 
 def _ray_run(cfg: TrainConfig, model_cfg: ModelConfig, data: Path, backend: str,
              store: Path) -> tuple[list[float], list[float]]:
-    """The Ray Train path (`training.driver.train`, MLflow in ``store``): each window's images/s and
-    data-wait fraction, as rank 0 logged them."""
+    """The Ray Train path (`training.driver.train`, MLflow in ``store``): each window's images/s and data-wait
+    fraction, as rank 0 logged them."""
     from resnet_pipeline import tracking
     from resnet_pipeline.training.driver import train
 
     summary = train(cfg, model_cfg, data, backend=backend, num_threads=cfg.workers, tracking_uri=f"sqlite:///{store}")
-    speeds, waits = ([v for _, v in tracking.metric_history(summary["tracking_uri"], summary["run_id"], key)]
-                     for key in ("images_per_s", "data_wait_fraction"))
-    return speeds, waits
+    return tuple([v for _, v in tracking.metric_history(summary["tracking_uri"], summary["run_id"], key)]
+                 for key in ("images_per_s", "data_wait_fraction"))
 
 
 def _against_bare(results: list[dict], modes: tuple[str, ...], precision: str, fmt: str) -> list[dict]:
-    """Sets each row's ``vs_bare`` (against the same round's bare loop at the first precision and
-    memory format); returns each mode's medians over the rounds at that combination."""
+    """Sets each row's ``vs_bare`` (against the same round's bare loop at the first precision and memory format);
+    returns each mode's medians over the rounds at that combination."""
     bare = {r["round"]: r["images_per_s"] for r in results
             if (r["mode"], r["precision"], r["memory_format"]) == ("bare", precision, fmt)}
     for r in results:
@@ -197,21 +187,19 @@ def load_average() -> tuple[float, float, float] | None:
 def cpu_peak() -> dict[str, Any]:
     """Estimated fp32 peak of this CPU: cores x clock x FLOPs per cycle per core.
 
-    FLOPs per cycle assume two FMA pipes per core (Zen 2+, Intel since Haswell): 2 x 8 lanes x 2
-    with AVX2+FMA = 32, 64 with AVX-512, 16 with AVX alone, 8 with SSE. The clock is the "cpu MHz"
-    that /proc/cpuinfo reports (the nominal clock in a VM; boost clocks would raise the peak).
+    FLOPs per cycle assume two FMA pipes per core (Zen 2+, Intel since Haswell): 2 x 8 lanes x 2 with AVX2+FMA = 32,
+    64 with AVX-512, 16 with AVX alone, 8 with SSE. The clock is the "cpu MHz" that /proc/cpuinfo reports (the nominal
+    clock in a VM; boost clocks would raise the peak).
     """
     flags: set[str] = set()
     mhz = None
-    try:
+    with suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "flags" and not flags:
                 flags = set(value.split())
             elif key.strip() == "cpu MHz" and mhz is None:
                 mhz = float(value)
-    except OSError:
-        pass
     per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 16 if "avx" in flags else 8
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     ghz = (mhz or 0) / 1000
@@ -221,8 +209,8 @@ def cpu_peak() -> dict[str, Any]:
 
 
 def _timed_steps(step, batch: int, seconds: float, min_steps: int) -> tuple[float, float]:
-    """(images/s, images per CPU-second of this process) of ``step()`` (which must finish its work
-    before returning) over at least ``seconds`` and ``min_steps`` steps."""
+    """(images/s, images per CPU-second of this process) of ``step()`` (which must finish its work before returning)
+    over at least ``seconds`` and ``min_steps`` steps."""
     steps, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while steps < min_steps or time.perf_counter() - start < seconds:
         step()
@@ -235,16 +223,15 @@ def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
                  batch_size: int = 128, precisions: tuple[str, ...] = ("fp32",), channels_last: bool = True,
                  graphs: tuple[str, ...] = ("eager",), seconds: float = 5.0, min_steps: int = 2,
                  rounds: int = 2) -> dict[str, Any]:
-    """Images/s of bare training steps (`loop.train_step`, SGD) on synthetic tensors per depth,
-    precision and graph mode.
+    """Images/s of bare training steps (`loop.train_step`, SGD) on synthetic tensors per depth, precision and graph
+    mode.
 
-    CIFAR nets at 32x32 with 10 classes; ImageNet nets (Table 1 stem and stages) at
-    ``imagenet_input`` with 1000 classes. Every (net, precision, graph) gets its own model and one
-    untimed warm-up step (``first_step_s``: oneDNN primitive creation, and for graph "compiled" the
-    compilation: the model is wrapped in ``torch.compile``, as ``train.compile`` does); then they
-    take turns for ``rounds`` rounds of at least ``seconds`` each, and the median round is
-    reported. ``vs_first``: images/s against the same net at the first precision and graph. The
-    peak is fp32's, so GFLOP/s fractions of it are given for fp32 rows only.
+    CIFAR nets at 32x32 with 10 classes; ImageNet nets (Table 1 stem and stages) at ``imagenet_input`` with 1000
+    classes. Every (net, precision, graph) gets its own model and one untimed warm-up step (``first_step_s``: oneDNN
+    primitive creation, and for graph "compiled" the compilation: the model is wrapped in ``torch.compile``, as
+    ``train.compile`` does); then they take turns for ``rounds`` rounds of at least ``seconds`` each, and the median
+    round is reported. ``vs_first``: images/s against the same net at the first precision and graph. The peak is
+    fp32's, so GFLOP/s fractions of it are given for fp32 rows only.
     """
     import torch
 
@@ -275,8 +262,8 @@ def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
                             "graph": graph, "params": counts[0], "mult_adds": counts[1], "rates": [],
                             "step": lambda m=net, x=x, y=y, o=opt, s=scaler, a=amp_dtype:
                                 train_step(m, x, y, o, s, a)[0].item()})
-    # Every net is a `ResNet`, so every compiled one is a recompilation of the same forward: past
-    # dynamo's limit (8) the rest would quietly run eager.
+    # Every net is a `ResNet`, so every compiled one is a recompilation of the same forward: past dynamo's limit (8)
+    # the rest would quietly run eager.
     compiled = sum(e["graph"] == "compiled" for e in entries)
     limits = dict(recompile_limit=max(8, compiled), accumulated_recompile_limit=max(256, 2 * compiled))
     with torch._dynamo.config.patch(**limits):
@@ -293,7 +280,6 @@ def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
              if (r["precision"], r["graph"]) == (precisions[0], graphs[0])}
     for r in results:
         r["vs_first"] = r["images_per_s"] / first[r["family"], r["depth"]]
-
     return {"batch_size": batch_size, "precisions": list(precisions),
             "memory_format": "channels_last" if channels_last else "nchw", "graphs": list(graphs),
             "seconds_per_round": seconds, "rounds": rounds, "threads": torch.get_num_threads(), "peak": peak,
@@ -301,8 +287,8 @@ def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
 
 
 def _depth_row(e: dict[str, Any], peak: dict[str, Any]) -> dict[str, Any]:
-    """One net's `bench_depths` row: the median round's images/s and its effective GFLOP/s (for fp32,
-    against the CPU's peak)."""
+    """One net's `bench_depths` row: the median round's images/s and its effective GFLOP/s (for fp32, against the
+    CPU's peak)."""
     ips = statistics.median(r[0] for r in e["rates"])
     per_cpu_s = statistics.median(r[1] for r in e["rates"])
     flop = 3 * 2 * e["mult_adds"] / 1e9  # GFLOP per image: forward + backward ~ 3 forwards, 2 per mult-add
@@ -322,22 +308,21 @@ def _depth_row(e: dict[str, Any], peak: dict[str, Any]) -> dict[str, Any]:
 def bench_overhead(data_dir: str | Path, *, trials: int = 3, iterations: int = 1, batch_size: int = 128,
                    depth: int = 20, backend: str = "dali-cpu", workers: int = 1,
                    launchers: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """For each trial launcher (`sweep.trial_launcher`; default both with one worker, ray-train alone
-    with more), one after the other in one Ray instance, run a real sweep (`sweep.run_sweep`,
-    ``workers`` workers per trial; in-trial takes one) of ``trials`` tiny trials and split each
-    trial's wall time, from MLflow's timestamps, into:
+    """For each trial launcher (`sweep.trial_launcher`; default both with one worker, ray-train alone with more), one
+    after the other in one Ray instance, run a real sweep (`sweep.run_sweep`, ``workers`` workers per trial; in-trial
+    takes one) of ``trials`` tiny trials and split each trial's wall time, from MLflow's timestamps, into:
 
-    - ``gap_s``: previous trial's end (or the sweep's start) to this trial's MLflow run start: Tune
-      starting (or reusing) the trial's process, imports, validation, creating the MLflow run;
-    - ``to_first_step_s``: run start to the first logged training window, less the steps in it: Ray
-      Train's controller and worker group (ray-train only), loaders (DALI pipeline builds), the model;
+    - ``gap_s``: previous trial's end (or the sweep's start) to this trial's MLflow run start: Tune starting (or
+      reusing) the trial's process, imports, validation, creating the MLflow run;
+    - ``to_first_step_s``: run start to the first logged training window, less the steps in it: Ray Train's
+      controller and worker group (ray-train only), loaders (DALI pipeline builds), the model;
     - ``steps_s``: the training steps (``iterations`` x batch / images/s);
     - ``evaluation_s``: validation, checkpoint and the test pass;
     - ``model_logging_s``: logging the model to MLflow (torch.export);
     - ``end_s``: the last metric to the run's end (worker group shutdown, run status).
 
-    ``overhead_s`` is everything but steps and evaluation. Ray's own start (``ray.init``) is timed
-    once, apart; each sweep's set-up (parent run, summary) is reported as ``sweep_fixed_s``.
+    ``overhead_s`` is everything but steps and evaluation. Ray's own start (``ray.init``) is timed once, apart; each
+    sweep's set-up (parent run, summary) is reported as ``sweep_fixed_s``.
     """
     import ray
 
@@ -391,7 +376,8 @@ def _overhead_sweep(data: Path, launcher: str, trials: int, train: TrainConfig, 
             run_start, run_end = run.info.start_time / 1000, run.info.end_time / 1000
             first = min(tracking.metric_timestamps(uri, rid, "train_loss"))[1]
             test = max(tracking.metric_timestamps(uri, rid, "test_error"))[1]
-            final = max(tracking.metric_timestamps(uri, rid, "test_error"))[1]
+            # The worker logs best_val_error once more after the model (`worker.run_worker`).
+            final = max(t for _, t in tracking.metric_timestamps(uri, rid, "best_val_error") + [(0, test)])
             ips = tracking.metric_history(uri, rid, "images_per_s")[0][1]
             steps = train.iterations * train.batch_size / ips
             row = {"launcher": launcher, "run_name": run.info.run_name, "status": run.info.status,

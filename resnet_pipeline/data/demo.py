@@ -1,10 +1,9 @@
 """A small procedurally drawn dataset for the demo pipeline: no download, same bytes every time.
 
-Each class is one kind of shape or texture, drawn with random colours, position, scale, rotation
-and noise, so the task is learnable (a CIFAR ResNet-20 leaves chance within a minute of CPU
-training) but not trivial (low-contrast, small or noisy samples stay hard). The files are written
-as JPEGs in the image-folder layout, so `prepare` validates and copies them like any real source
-and the loaders run the real decode path.
+Each class is one kind of shape or texture, drawn with random colours, position, scale, rotation and noise, so the task
+is learnable (a CIFAR ResNet-20 leaves chance within a minute of CPU training) but not trivial (low-contrast, small or
+noisy samples stay hard). The files are written as JPEGs in the image-folder layout, so `prepare` validates and copies
+them like any real source and the loaders run the real decode path.
 """
 
 from __future__ import annotations
@@ -102,8 +101,7 @@ def draw(class_index: int, size: int, rng: np.random.Generator) -> np.ndarray:
         # Textures fill a random rectangle, not the whole image.
         x0, y0 = rng.integers(0, size // 3, size=2)
         x1, y1 = rng.integers(2 * size // 3, size + 1, size=2)
-        box = (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)
-        mask &= box
+        mask &= (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)
     background = rng.uniform(0, 255, size=3)
     foreground = rng.uniform(0, 255, size=3)
     if rng.random() < HARD_FRACTION:

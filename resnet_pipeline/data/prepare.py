@@ -16,6 +16,7 @@ renamed into place; an existing ``out`` is replaced only once the new one is com
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -62,23 +63,16 @@ class _Candidate:
     split: str = ""  # where it goes: source_split, or val when held out from train
     dest: str | None = None  # "<split>/<class>/<name>" once accepted
 
-    def __post_init__(self) -> None:
-        self.split = self.split or self.source_split
 
-
-@dataclass
-class _Rejection:
-    rel: str
-    kind: str
-    reason: str
+_Rejection = collections.namedtuple("_Rejection", "rel kind reason")
 
 
 def prepare(cfg: DataConfig, *, timeout_s: float = DOWNLOAD_TIMEOUT_S, workers: int | None = None) -> dict:
     """Prepare ``cfg.dataset`` from ``cfg.source`` into ``cfg.out_dir``; return the manifest.
 
-    Raises DataError (a ConfigError) naming the path and what is expected when the source is
-    missing, unreadable, truncated, fails its checksum, has the wrong layout, or leaves a class
-    or split without images. Then nothing is left behind in ``out``.
+    Raises DataError (a ConfigError) naming the path and what is expected when the source is missing, unreadable,
+    truncated, fails its checksum, has the wrong layout, or leaves a class or split without images. Then nothing
+    is left behind in ``out``.
     """
     # Resolved (symlinks too), so that an output inside the source is seen whatever path leads there.
     out = Path(cfg.out_dir).expanduser().resolve()
@@ -93,10 +87,11 @@ def prepare(cfg: DataConfig, *, timeout_s: float = DOWNLOAD_TIMEOUT_S, workers: 
         rejected = [_Rejection(c.rel, c.inspection.kind, c.inspection.reason)
                     for c in candidates if c.inspection.reason]
         rejected += [_Rejection(rel, "layout", reason) for _, rel, reason in extras]
-        accepted = [c for c in candidates if not c.inspection.reason]
-        accepted, duplicates = _drop_duplicates(accepted)
+        accepted, duplicates = _drop_duplicates([c for c in candidates if not c.inspection.reason])
         rejected += duplicates
-        classes = _classes(candidates)
+        # Label order: sorted folder names, as torchvision's ImageFolder and DALI's file reader number them
+        # (CIFAR-10's official order is already alphabetical).
+        classes = sorted({c.cls for c in candidates})
         _require_images(accepted, candidates, classes, source.image_root)
         val_from = _split_val(accepted, classes, cfg)
         if source.info.get("sha256") is None:
@@ -168,9 +163,8 @@ def _acquire(cfg: DataConfig, out: Path, scratch: Path, timeout_s: float) -> _So
         if out == path or out.is_relative_to(path) or path.is_relative_to(out):
             raise DataError(f"data.out: {out} overlaps the source {path}; the output must lie outside it")
         info = {"kind": "folder" if path.is_dir() else "archive", "location": str(path)}
-    skipped: list[str] = []
     if path.is_dir():
-        root, owned = path, False
+        root, owned, skipped = path, False, []
         info["sha256"] = None  # a digest of the files, filled in once they are hashed
     else:
         if not sources.is_archive(path):
@@ -195,8 +189,8 @@ def _acquire(cfg: DataConfig, out: Path, scratch: Path, timeout_s: float) -> _So
 # -- collecting and validating ------------------------------------------------------------------
 
 def _collect(source: _Source, cfg: DataConfig) -> tuple[list[_Candidate], list[tuple[Path | None, str, str]]]:
-    """Every file of the source: candidates to inspect, and (path, rel, reason) extras that are
-    not in the layout. Raises DataError on a wrong layout or an empty class folder."""
+    """Every file of the source: candidates to inspect, and (path, rel, reason) extras that are not in the
+    layout. Raises DataError on a wrong layout or an empty class folder."""
     image_root = source.image_root
 
     def rel(p: Path) -> str:
@@ -225,28 +219,27 @@ def _collect(source: _Source, cfg: DataConfig) -> tuple[list[_Candidate], list[t
             continue
         class_dirs = []
         for entry in sorted(split_dir.iterdir()):
-            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in sources.IGNORED_NAMES:
-                class_dirs.append(entry)
-            else:
+            if not entry.is_dir() or entry.name.startswith(".") or entry.name in sources.IGNORED_NAMES:
                 add_extras(entry, f"not inside a class folder of {split}/")
+                continue
+            name = entry.name
+            if name != name.strip() or not _encodable(name) or any(ch in name for ch in "\n\t\r"):
+                raise DataError(f"class folder name {name!r} in {split_dir} is not usable: no leading or "
+                                "trailing spaces, tabs, line breaks or invalid UTF-8")
+            class_dirs.append(entry)
         if not class_dirs:
             raise DataError(f"{split_dir} has no class folders: expected {split}/<class>/<images>")
-        for d in class_dirs:
-            if d.name != d.name.strip() or not _encodable(d.name) or any(ch in d.name for ch in "\n\t\r"):
-                raise DataError(f"class folder name {d.name!r} in {split_dir} is not usable: no leading or "
-                                "trailing spaces, tabs, line breaks or invalid UTF-8")
         class_sets[split] = [d.name for d in class_dirs]
         for class_dir in class_dirs:
-            found = 0
+            found = len(candidates)
             for f in sorted(p for p in class_dir.rglob("*") if not p.is_dir()):
                 if not f.is_file():  # a link to nothing, a socket, a FIFO: nothing to read or hash
                     extras.append((None, rel(f), "not a regular file (a broken link or a special file)"))
                 elif any(part.startswith(".") for part in f.relative_to(class_dir).parts):
                     extras.append((f, rel(f), "hidden file"))
                 else:
-                    candidates.append(_Candidate(split, class_dir.name, f, rel(f)))
-                    found += 1
-            if not found:
+                    candidates.append(_Candidate(split, class_dir.name, f, rel(f), split=split))
+            if len(candidates) == found:
                 raise DataError(f"class folder {class_dir} is empty: every class needs at least one image "
                                 "(hidden files and broken links do not count)")
     train_classes = class_sets["train"]
@@ -267,31 +260,29 @@ def _inspect(candidates: list[_Candidate], workers: int, expected_size: tuple[in
              ) -> dict[tuple[int, int], np.ndarray]:
     """Run ``inspect_image`` on every candidate, in worker processes when there are many.
 
-    Returns the pixel sums (float64 HxWx3, by (H, W)) of the small accepted train candidates,
-    summed as the results stream in, so no image is held in memory: the mean image's numerator
-    before the val split and the duplicates are taken out.
+    Returns the pixel sums (float64 HxWx3, by (H, W)) of the small accepted train candidates, summed as the
+    results stream in, so no image is held in memory: the mean image's numerator before the val split and the
+    duplicates are taken out.
     """
     paths = [str(c.path) for c in candidates]
-    args = (paths, [expected_size] * len(paths), [MEAN_IMAGE_MAX_SIDE] * len(paths))
+    inspect = functools.partial(inspect_image, expected_size=expected_size, keep_pixels_max_side=MEAN_IMAGE_MAX_SIDE)
     sums: dict[tuple[int, int], np.ndarray] = {}
 
     def consume(results) -> None:
         for c, r in zip(candidates, results):
-            if r.rgb is not None:
-                if c.source_split == "train":
-                    size = (r.size[1], r.size[0])
-                    pixels = np.frombuffer(r.rgb, np.uint8).reshape(*size, 3)
-                    sums[size] = sums[size] + pixels if size in sums else pixels.astype(np.float64)
-                r.rgb = None
-            c.inspection = r
+            if r.rgb is not None and c.source_split == "train":
+                size = (r.size[1], r.size[0])
+                pixels = np.frombuffer(r.rgb, np.uint8).reshape(*size, 3)
+                sums[size] = sums[size] + pixels if size in sums else pixels.astype(np.float64)
+            r.rgb, c.inspection = None, r
 
     if workers > 1 and len(paths) >= _MIN_FILES_FOR_POOL:
         chunk = max(1, min(256, len(paths) // (workers * 8)))
         # spawn, not fork: the caller may hold DALI or torch threads, which fork does not copy.
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            consume(pool.map(inspect_image, *args, chunksize=chunk))
+            consume(pool.map(inspect, paths, chunksize=chunk))
     else:
-        consume(map(inspect_image, *args))
+        consume(map(inspect, paths))
     return sums
 
 
@@ -313,12 +304,6 @@ def _drop_duplicates(accepted: list[_Candidate]) -> tuple[list[_Candidate], list
     return [c for c in accepted if id(c) in keep], rejected
 
 
-def _classes(candidates: list[_Candidate]) -> list[str]:
-    """Class names in label order: sorted folder names, as torchvision's ImageFolder and DALI's
-    file reader number them (CIFAR-10's official order is already alphabetical)."""
-    return sorted({c.cls for c in candidates})
-
-
 def _require_images(accepted: list[_Candidate], candidates: list[_Candidate], classes: list[str],
                     image_root: Path) -> None:
     """Every class of every split must keep at least one image after validation."""
@@ -333,10 +318,9 @@ def _require_images(accepted: list[_Candidate], candidates: list[_Candidate], cl
 
 
 def _split_val(accepted: list[_Candidate], classes: list[str], cfg: DataConfig) -> str | None:
-    """Move a fixed-seed, stratified ``val_fraction`` of each train class to `val` (when the source
-    has no val split). CIFAR-10: 0.1 of 5,000 per class gives the paper's 45k/5k split (Sec. 4.2).
-    Each class draws from its own RNG seeded by (split_seed, label), so one class's files do not
-    shift another's split."""
+    """Move a fixed-seed, stratified ``val_fraction`` of each train class to `val` (when the source has no val
+    split). CIFAR-10: 0.1 of 5,000 per class gives the paper's 45k/5k split (Sec. 4.2). Each class draws from its
+    own RNG seeded by (split_seed, label), so one class's files do not shift another's split."""
     if any(c.split == "val" for c in accepted):
         return "source"
     if cfg.val_fraction == 0:
@@ -348,10 +332,7 @@ def _split_val(accepted: list[_Candidate], classes: list[str], cfg: DataConfig) 
     for label, cls in enumerate(classes):
         members = sorted(by_class[cls], key=lambda c: c.rel)
         n_val = int(round(len(members) * cfg.val_fraction))
-        if len(members) >= 2:
-            n_val = min(max(n_val, 1), len(members) - 1)  # keep both sides non-empty
-        else:
-            n_val = 0
+        n_val = min(max(n_val, 1), len(members) - 1) if len(members) >= 2 else 0  # keep both sides non-empty
         order = np.random.default_rng([cfg.split_seed, label]).permutation(len(members))
         for i in order[:n_val]:
             members[i].split = "val"
@@ -359,8 +340,7 @@ def _split_val(accepted: list[_Candidate], classes: list[str], cfg: DataConfig) 
 
 
 def _tree_digest(candidates: list[_Candidate], extras: list[tuple[Path | None, str, str]]) -> str:
-    """sha256 of a folder source: over the sorted "<relative path> <sha256 of bytes>" lines of
-    every file in it."""
+    """sha256 of a folder source: over the sorted "<relative path> <sha256 of bytes>" lines of every file in it."""
     lines = [(c.rel, c.inspection.sha256) for c in candidates]
     lines += [(rel, sources.sha256_file(path)) for path, rel, _ in extras if path is not None]
     digest = hashlib.sha256()
@@ -429,9 +409,6 @@ def _manifest(cfg: DataConfig, source_info: dict, classes: list[str], accepted: 
         per_class = collections.Counter(c.cls for c in members)
         splits[split] = {"count": len(members), "per_class": {c: per_class.get(c, 0) for c in classes},
                          "list": f"{split}.txt"}
-    train = [c for c in accepted if c.split == "train"]
-    image_size = _fixed_size(accepted)
-    stats = _channel_stats(train)
     if mean_image is not None:
         np.save(tmp / MEAN_IMAGE, mean_image)
     rejected = sorted(rejected, key=lambda r: r.rel)
@@ -448,12 +425,8 @@ def _manifest(cfg: DataConfig, source_info: dict, classes: list[str], accepted: 
         "splits": splits,
         "val_from": val_from,
         "split": {"val_fraction": cfg.val_fraction, "seed": cfg.split_seed, "stratified": True},
-        "image_size": image_size,
-        # Statistics of the train split, 0-255 scale.
-        "mean": stats["mean"],
-        "std": stats["std"],
-        "rgb_eigval": stats["eigval"],
-        "rgb_eigvec": stats["eigvec"],
+        "image_size": _fixed_size(accepted),
+        **_channel_stats([c for c in accepted if c.split == "train"]),
         "mean_image": MEAN_IMAGE if mean_image is not None else None,
         "converted": [{"path": c.rel, "to": c.dest, "reason": c.inspection.convert}
                       for c in sorted(accepted, key=lambda c: c.rel) if c.inspection.convert],
@@ -471,20 +444,15 @@ def _manifest(cfg: DataConfig, source_info: dict, classes: list[str], accepted: 
 
 
 def _channel_stats(train: list[_Candidate]) -> dict:
-    """Per-channel mean and std over all train pixels, and the eigen-decomposition of the RGB
-    covariance (the colour augmentation of AlexNet, which the paper's Sec. 3.4 uses)."""
+    """The manifest's statistics of the train split, 0-255 scale: per-channel mean and std over all its pixels,
+    and the eigen-decomposition of the RGB covariance (AlexNet's colour augmentation, which Sec. 3.4 uses)."""
     n = sum(c.inspection.pixels for c in train)
-    s = np.sum([c.inspection.sums for c in train], axis=0)
-    sq = np.sum([c.inspection.squares for c in train], axis=0)
-    pr = np.sum([c.inspection.products for c in train], axis=0)
-    mean = s / n
-    cov = np.diag(sq / n - mean ** 2)
-    for (i, j), p in zip(((0, 1), (0, 2), (1, 2)), pr):
-        cov[i, j] = cov[j, i] = p / n - mean[i] * mean[j]
+    mean = np.sum([c.inspection.sums for c in train], axis=0) / n
+    cov = np.sum([c.inspection.products for c in train], axis=0) / n - np.outer(mean, mean)
     eigval, eigvec = np.linalg.eigh(cov)
     order = np.argsort(eigval)[::-1]
     return {"mean": mean.tolist(), "std": np.sqrt(np.diag(cov)).tolist(),
-            "eigval": np.clip(eigval[order], 0, None).tolist(), "eigvec": eigvec[:, order].tolist()}
+            "rgb_eigval": np.clip(eigval[order], 0, None).tolist(), "rgb_eigvec": eigvec[:, order].tolist()}
 
 
 def _fixed_size(accepted: list[_Candidate]) -> list[int] | None:
@@ -495,9 +463,9 @@ def _fixed_size(accepted: list[_Candidate]) -> list[int] | None:
 
 def _mean_image(candidates: list[_Candidate], accepted: list[_Candidate],
                 pixel_sums: dict[tuple[int, int], np.ndarray]) -> np.ndarray | None:
-    """The per-pixel mean of the final train split (Sec. 4.2 subtracts it), HxWx3 float32, 0-255,
-    for small fixed-size data. ``pixel_sums`` covers every accepted train candidate; the few that
-    moved to val or were dropped as duplicates are decoded again and taken out."""
+    """The per-pixel mean of the final train split (Sec. 4.2 subtracts it), HxWx3 float32, 0-255, for small
+    fixed-size data. ``pixel_sums`` covers every accepted train candidate; the few that moved to val or were
+    dropped as duplicates are decoded again and taken out."""
     size = _fixed_size(accepted)
     if size is None or max(size) > MEAN_IMAGE_MAX_SIDE:
         return None

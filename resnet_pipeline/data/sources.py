@@ -1,7 +1,7 @@
 """Acquire a data source: download a URL, unpack an archive, find the image-folder layout.
 
-Nothing here modifies the source: archives are unpacked into a scratch folder that the caller
-owns (inside the temporary output folder), folders are only read.
+Nothing here modifies the source: archives are unpacked into a scratch folder that the caller owns (inside the
+temporary output folder), folders are only read.
 """
 
 from __future__ import annotations
@@ -41,20 +41,17 @@ def is_url(source: str) -> bool:
     return urllib.parse.urlparse(source).scheme in ("http", "https", "ftp")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
+        while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
 
 
 def _check_reachable(url: str, timeout_s: float) -> None:
-    """Open ``url`` with a short timeout, in a thread with a hard deadline.
-
-    The thread guards against what a socket timeout does not cover: a DNS lookup that hangs
-    while the machine is offline.
-    """
+    """Open ``url`` with a short timeout, in a thread with a hard deadline: the thread guards against what a socket
+    timeout does not cover, a DNS lookup that hangs while the machine is offline."""
     error: list[BaseException] = []
 
     def probe() -> None:
@@ -80,8 +77,8 @@ def _check_reachable(url: str, timeout_s: float) -> None:
 def download(url: str, download_dir: Path, *, md5: str | None, timeout_s: float) -> Path:
     """Download ``url`` into ``download_dir`` (kept as a cache) and verify its md5 when known.
 
-    Fails within about ``timeout_s`` seconds when the machine is offline, with a hint on how to
-    use a local copy instead. A partial or corrupt download is deleted.
+    Fails within about ``timeout_s`` seconds when the machine is offline, with a hint on how to use a local copy
+    instead. A partial or corrupt download is deleted.
     """
     from torchvision.datasets.utils import check_integrity, download_url
 
@@ -102,8 +99,6 @@ def download(url: str, download_dir: Path, *, md5: str | None, timeout_s: float)
                 f"data.source: checksum mismatch for {url}: md5 of the download is not {md5} "
                 "(a corrupt or different file). Delete it and retry, or use a verified local copy.")
         os.replace(partial, target)
-    except DataError:
-        raise
     except (OSError, RuntimeError) as exc:
         raise DataError(f"data.source: download of {url} failed: {exc}. {OFFLINE_HINT}") from exc
     finally:
@@ -117,10 +112,10 @@ def is_archive(path: Path) -> bool:
 
 
 def extract(archive: Path, dest: Path) -> list[str]:
-    """Unpack a .tar(.gz/.bz2/.xz) or .zip into ``dest``; raise DataError if it is unreadable or
-    truncated. Only regular files and folders are unpacked, and only inside ``dest``: members
-    with absolute paths or ``..``, links and special files are skipped; their names are returned.
-    """
+    """Unpack a .tar(.gz/.bz2/.xz) or .zip into ``dest``; raise DataError if it is unreadable or truncated.
+
+    Only regular files and folders are unpacked, and only inside ``dest``: members with absolute paths or ``..``,
+    links and special files are skipped; their names are returned."""
     dest.mkdir(parents=True, exist_ok=True)
     skipped: list[str] = []
 
@@ -133,8 +128,8 @@ def extract(archive: Path, dest: Path) -> list[str]:
         if not (member.isfile() or member.isdir()) or unsafe(member.name):
             skipped.append(member.name)
             return None
-        return member.replace(mode=0o755 if member.isdir() else 0o644, uid=None, gid=None, uname=None,
-                              gname=None, deep=False)
+        return member.replace(mode=0o755 if member.isdir() else 0o644, uid=None, gid=None, uname=None, gname=None,
+                              deep=False)
 
     try:
         if archive.name.lower().endswith(".zip"):
@@ -149,8 +144,8 @@ def extract(archive: Path, dest: Path) -> list[str]:
         else:
             with tarfile.open(archive, "r:*") as tf:
                 tf.extractall(dest, filter=keep)
-                # A tar ends with zero blocks. One cut between two members reads as complete (tarfile
-                # stops at the end of the data without a word): whole classes or splits would vanish.
+                # A tar ends with zero blocks. One cut between two members reads as complete (tarfile stops at
+                # the end of the data without a word): whole classes or splits would vanish.
                 tf.fileobj.seek(tf.offset)
                 end = tf.fileobj.read(tarfile.BLOCKSIZE)
                 if len(end) < tarfile.BLOCKSIZE or any(end):
@@ -170,13 +165,13 @@ def visible_children(folder: Path) -> list[Path]:
 
 
 def find_cifar_batches(root: Path) -> Path | None:
-    """The folder holding CIFAR-10's python batches (``data_batch_1`` ...), if ``root`` is one."""
-    for candidate in (root, root / "cifar-10-batches-py"):
+    """The folder holding CIFAR-10's python batches (``data_batch_1`` ...): ``root``, its cifar-10-batches-py/, or
+    that of its one top folder."""
+    children = [c for c in visible_children(root) if c.is_dir()] if root.is_dir() else []
+    tops = children if len(children) == 1 else []
+    for candidate in (root, root / "cifar-10-batches-py", *(c / "cifar-10-batches-py" for c in tops)):
         if (candidate / "data_batch_1").is_file():
             return candidate
-    children = [c for c in visible_children(root) if c.is_dir()] if root.is_dir() else []
-    if len(children) == 1 and (children[0] / "cifar-10-batches-py" / "data_batch_1").is_file():
-        return children[0] / "cifar-10-batches-py"
     return None
 
 
@@ -194,13 +189,12 @@ def find_image_root(root: Path, source: str) -> Path:
         f"or test/ the same way), optionally inside one top folder; found: {found}")
 
 
-def cifar_batches_to_folders(batches: Path, dest: Path, source: str | None = None) -> list[str]:
+def cifar_batches_to_folders(batches: Path, dest: Path, source: str | None = None) -> None:
     """Write CIFAR-10's python batches as lossless PNGs ``dest/{train,test}/<class>/NNNNN.png``.
 
-    The md5 of every batch file is checked first (torchvision's list of official checksums), so a
-    corrupt or different file fails here instead of training on it; the error names ``source``
-    (what the user gave: the archive, say, not the folder it was unpacked into). Returns the class
-    names.
+    The md5 of every batch file is checked first (torchvision's list of official checksums), so a corrupt or
+    different file fails here instead of training on it; the error names ``source`` (what the user gave: the
+    archive, say, not the folder it was unpacked into).
     """
     from torchvision.datasets import CIFAR10
 
@@ -210,21 +204,17 @@ def cifar_batches_to_folders(batches: Path, dest: Path, source: str | None = Non
         root = dest / "_cifar_root"
         root.mkdir(parents=True)
         (root / CIFAR10.base_folder).symlink_to(batches.resolve(), target_is_directory=True)
-    classes: list[str] = []
     for split, train in (("train", True), ("test", False)):
         try:
             ds = CIFAR10(str(root), train=train, download=False)
         except RuntimeError as exc:
             # torchvision's own message suggests download=True, which is not ours to offer.
-            raise DataError(
-                f"data.source: checksum mismatch in {source or batches}: a CIFAR-10 batch file is missing "
-                "or differs from the official release (md5 checked). Re-download it or use a verified "
-                "copy.") from exc
-        classes = list(ds.classes)
-        for c in classes:
+            raise DataError(f"data.source: checksum mismatch in {source or batches}: a CIFAR-10 batch file is missing "
+                            "or differs from the official release (md5 checked). Re-download it or use a verified "
+                            "copy.") from exc
+        for c in ds.classes:
             (dest / split / c).mkdir(parents=True, exist_ok=True)
         for index, (pixels, target) in enumerate(zip(ds.data, ds.targets)):
-            Image.fromarray(np.ascontiguousarray(pixels)).save(dest / split / classes[target] / f"{index:05d}.png")
+            Image.fromarray(np.ascontiguousarray(pixels)).save(dest / split / ds.classes[target] / f"{index:05d}.png")
     if root != batches.parent:
         shutil.rmtree(root)
-    return classes

@@ -3,29 +3,27 @@
 Every backend applies the same transforms, described once here and built from one `LoaderSpec`:
 
 CIFAR kind (small fixed-size images, Sec. 4.2 of the paper)
-    normalise at the stored resolution: (x - mean) / std, where mean is the train split's
-    per-pixel mean image (``normalize="per_pixel"``, the paper's "subtract the per-pixel mean";
-    dividing by the per-channel std is a constant rescale that the BN after conv1 absorbs) or the
-    per-channel mean (``"per_channel"``); train: pad ``pad`` (4) pixels with zeros (the mean
-    colour, after normalising), take a random crop of the original size, flip horizontally with
-    p=0.5; eval: the image as is.
+    normalise at the stored resolution: (x - mean) / std, where mean is the train split's per-pixel mean image
+    (``normalize="per_pixel"``, the paper's "subtract the per-pixel mean"; dividing by the per-channel std is a
+    constant rescale that the BN after conv1 absorbs) or the per-channel mean (``"per_channel"``); train: pad
+    ``pad`` (4) pixels with zeros (the mean colour, after normalising), take a random crop of the original size,
+    flip horizontally with p=0.5; eval: the image as is.
 ImageNet kind (large images, Sec. 3.4)
-    train: resize the shorter side to a random integer in ``resize_range`` ([256, 480]), random
-    ``crop_size`` (224) crop, flip with p=0.5, per-channel normalisation; eval: shorter side to
-    ``eval_resize`` (256), centre crop; ``ten_crop``: the four corner crops and the centre crop,
-    then the horizontal flip of each, as [N, 10, 3, crop, crop].
+    train: resize the shorter side to a random integer in ``resize_range`` ([256, 480]), random ``crop_size``
+    (224) crop, flip with p=0.5, per-channel normalisation; eval: shorter side to ``eval_resize`` (256), centre
+    crop; ``ten_crop``: the four corner crops and the centre crop, then the horizontal flip of each, as
+    [N, 10, 3, crop, crop].
 Colour augmentation (``color_aug``, train only)
-    AlexNet's PCA lighting, which the paper's Sec. 3.4 uses as "standard colour augmentation":
-    add sum_i alpha_i sqrt(lambda_i) p_i to every pixel, alpha_i ~ N(0, 0.1), with (lambda_i, p_i)
-    the eigen-pairs of the train split's RGB covariance (from the manifest). AlexNet scales by
-    lambda_i; on 0-255 data that would shift pixels by hundreds, so like common implementations we
-    scale by the standard deviation along each component.
+    AlexNet's PCA lighting, which the paper's Sec. 3.4 uses as "standard colour augmentation": add
+    sum_i alpha_i sqrt(lambda_i) p_i to every pixel, alpha_i ~ N(0, 0.1), with (lambda_i, p_i) the eigen-pairs of
+    the train split's RGB covariance (from the manifest). AlexNet scales by lambda_i; on 0-255 data that would
+    shift pixels by hundreds, so like common implementations we scale by the standard deviation along each
+    component.
 
-Sharding: the split is cut into ``num_shards`` contiguous shards (DALI's rule: shard i holds
-samples floor(N*i/S) .. floor(N*(i+1)/S)-1). Evaluation: each rank reads its own shard once, so
-every sample is seen exactly once across ranks; the last batch may be partial. Training: the whole
-split is reshuffled every epoch before it is cut, and every rank steps (N // S) // batch_size
-batches, dropping the remainder, so ranks stay in lockstep.
+Sharding: the split is cut into ``num_shards`` contiguous shards (DALI's rule: shard i holds samples floor(N*i/S) ..
+floor(N*(i+1)/S)-1). Evaluation: each rank reads its own shard once, so every sample is seen exactly once across ranks;
+the last batch may be partial. Training: the whole split is reshuffled every epoch before it is cut, and every rank
+steps (N // S) // batch_size batches, dropping the remainder, so ranks stay in lockstep.
 """
 
 from __future__ import annotations
@@ -81,10 +79,9 @@ class LoaderSpec:
         """The side of the images the model sees: the stored size (CIFAR kind) or the crop."""
         return self.image_size[0] if self.kind == "cifar" and self.image_size else self.crop_size
 
-    def shard_bounds(self, shard_id: int | None = None) -> tuple[int, int]:
-        """[begin, end) of a shard, DALI's rule."""
-        i = self.shard_id if shard_id is None else shard_id
-        n, s = self.num_samples, self.num_shards
+    def shard_bounds(self) -> tuple[int, int]:
+        """[begin, end) of this shard, DALI's rule."""
+        n, s, i = self.num_samples, self.num_shards, self.shard_id
         return (n * i) // s, (n * (i + 1)) // s
 
     def __len__(self) -> int:
@@ -113,9 +110,8 @@ class SpecLoader:
 
 
 class Loader(Protocol):
-    """What `make_loader` returns. ``iter()`` runs one epoch, yielding (images, labels): images
-    float32 [N, 3, H, W] ([N, 10, 3, H, W] for ten-crop), labels int64 [N]. DALI GPU loaders
-    yield CUDA tensors, the others CPU tensors."""
+    """What `make_loader` returns. ``iter()`` runs one epoch, yielding (images, labels): images float32 [N, 3, H, W]
+    ([N, 10, 3, H, W] for ten-crop), labels int64 [N]. DALI GPU loaders yield CUDA tensors, the others CPU tensors."""
 
     backend: str
     spec: LoaderSpec

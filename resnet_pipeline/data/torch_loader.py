@@ -1,16 +1,14 @@
-"""The torch loader: torchvision decoding + a DataLoader, with the transforms described in
-`spec.py` (for comparison with DALI, and for machines without DALI).
+"""The torch loader: torchvision decoding + a DataLoader, with the transforms described in `spec.py` (for
+comparison with DALI, and for machines without DALI).
 
-Configured to be a fair baseline: ``num_threads`` worker processes (one per core by default),
-persistent workers, libjpeg-turbo decoding on uint8 tensors (TorchCodec's image decoders, which
-supersede torchvision.io's, deprecated in torchvision 0.29; no PIL round trip),
-and pinned memory when a GPU is present.
+Configured to be a fair baseline: ``num_threads`` worker processes (one per core by default), persistent workers,
+libjpeg-turbo decoding on uint8 tensors (TorchCodec's image decoders, which supersede torchvision.io's, deprecated
+in torchvision 0.29; no PIL round trip), and pinned memory when a GPU is present.
 """
 
 from __future__ import annotations
 
 import gc
-
 import math
 from typing import Any, Iterator
 
@@ -24,8 +22,8 @@ from resnet_pipeline.data.spec import FIVE_CROPS, LIGHTING_STD, LoaderSpec, Spec
 
 
 def _anchor(free: int, fraction: float) -> int:
-    """Crop offset ``fraction * free`` rounded half away from zero, as DALI's crop does
-    (torchvision's centre crop rounds half to even, a pixel off for odd margins)."""
+    """Crop offset ``fraction * free`` rounded half away from zero, as DALI's crop does (torchvision's centre crop
+    rounds half to even, a pixel off for odd margins)."""
     return int(math.floor(fraction * free + 0.5))
 
 
@@ -34,12 +32,9 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __init__(self, spec: LoaderSpec):
         self.spec = spec
-        if spec.mean_image is not None:
-            mean = torch.from_numpy(spec.mean_image).permute(2, 0, 1).contiguous()  # HWC -> CHW
-        else:
-            mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
-        self.mean = mean.float()
         self.channel_mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
+        self.mean = self.channel_mean if spec.mean_image is None else (
+            torch.from_numpy(spec.mean_image).permute(2, 0, 1).contiguous().float())  # HWC -> CHW
         self.inv_std = (1.0 / torch.tensor(spec.std, dtype=torch.float32)).view(3, 1, 1)
         self.lighting = torch.from_numpy(spec.lighting / np.asarray(spec.std)[:, None]).float()
 
@@ -47,9 +42,9 @@ class ShardDataset(torch.utils.data.Dataset):
         return self.spec.num_samples
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        """``key``: a sample index, or (index, epoch) in training, whose augmentation is then drawn
-        from a generator seeded by (seed, shard, epoch, index): the same sample of the same epoch gets
-        the same crop and flip whichever worker decodes it and wherever the epoch was started."""
+        """``key``: a sample index, or (index, epoch) in training, whose augmentation is then drawn from a generator
+        seeded by (seed, shard, epoch, index): the same sample of the same epoch gets the same crop and flip
+        whichever worker decodes it and wherever the epoch was started."""
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         spec = self.spec
         rng = torch.Generator().manual_seed(sample_seed(shard_seed(spec.seed, spec.shard_id), epoch, index))
@@ -88,8 +83,8 @@ class ShardDataset(torch.utils.data.Dataset):
         image = _resize_shorter(image, spec.eval_resize)
         _, height, width = image.shape
         positions = FIVE_CROPS if spec.ten_crop else ((0.5, 0.5),)
-        crops = [image[:, _anchor(height - c, y):_anchor(height - c, y) + c,
-                       _anchor(width - c, x):_anchor(width - c, x) + c] for x, y in positions]
+        anchors = [(_anchor(height - c, y), _anchor(width - c, x)) for x, y in positions]
+        crops = [image[:, top:top + c, left:left + c] for top, left in anchors]
         if not spec.ten_crop:
             return self._normalize(crops[0])
         crops += [crop.flip(-1) for crop in crops]
@@ -100,9 +95,9 @@ class ShardDataset(torch.utils.data.Dataset):
 
 
 def _resize_shorter(image: torch.Tensor, shorter: int) -> torch.Tensor:
-    """Resize so that the shorter side is ``shorter``, the longer one rounded to the nearest pixel as
-    DALI's ``resize_shorter`` does (torchvision's ``resize(image, [n])`` truncates it: 42 pixels where
-    DALI makes 43 of 42.67, and the crops then differ)."""
+    """Resize so that the shorter side is ``shorter``, the longer one rounded to the nearest pixel as DALI's
+    ``resize_shorter`` does (torchvision's ``resize(image, [n])`` truncates it: 42 pixels where DALI makes 43 of
+    42.67, and the crops then differ)."""
     _, height, width = image.shape
     scale = shorter / min(height, width)
     size = [shorter, int(width * scale + 0.5)] if height <= width else [int(height * scale + 0.5), shorter]
@@ -110,15 +105,15 @@ def _resize_shorter(image: torch.Tensor, shorter: int) -> torch.Tensor:
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed per (seed, epoch, sample): a cheap integer mix (a generator per sample costs
-    microseconds; numpy's SeedSequence costs tens)."""
+    """A 63-bit seed per (seed, epoch, sample): a cheap integer mix (a generator per sample costs microseconds;
+    numpy's SeedSequence costs tens)."""
     return ((seed * 1_000_003 + epoch) * 1_000_003 + index) % 2**63
 
 
 class ShardSampler(torch.utils.data.Sampler):
-    """This rank's sample keys from batch ``start`` of epoch ``epoch``: its contiguous shard in file
-    order (eval), or (index, epoch) pairs of its contiguous N // S slice of a permutation of the whole
-    split drawn for the epoch (train). Skipped batches are never read."""
+    """This rank's sample keys from batch ``start`` of epoch ``epoch``: its contiguous shard in file order (eval),
+    or (index, epoch) pairs of its contiguous N // S slice of a permutation of the whole split drawn for the epoch
+    (train). Skipped batches are never read."""
 
     def __init__(self, spec: LoaderSpec):
         self.spec = spec
@@ -145,9 +140,9 @@ class ShardSampler(torch.utils.data.Sampler):
 class TorchLoader(SpecLoader):
     """Iterable over epochs of (images float32 [N,3,H,W], labels int64 [N]); see `make_loader`.
 
-    Each ``iter()`` runs the rest of the current epoch, then moves to the next; `state_dict` and
-    `load_state_dict` say and set where (epoch, batch): every epoch's stream is a function of the
-    seed and the epoch, so a loader restored mid-epoch continues it exactly, reading nothing before."""
+    Each ``iter()`` runs the rest of the current epoch, then moves to the next; `state_dict` and `load_state_dict`
+    say and set where (epoch, batch): every epoch's stream is a function of the seed and the epoch, so a loader
+    restored mid-epoch continues it exactly, reading nothing before."""
 
     def __init__(self, spec: LoaderSpec):
         self.spec = spec
@@ -164,11 +159,10 @@ class TorchLoader(SpecLoader):
         if self.spec.train and self.position >= len(self):
             self.epoch, self.position = self.epoch + 1, 0
         self._sampler.epoch, self._sampler.start = self.epoch, self.position
-        # iter() forks the workers (once: they persist). Frozen, the objects this process holds then
-        # are never collected in a worker: a worker that collected this process's garbage would run
-        # its finalizers there, and a DALI pipeline's (left by an earlier run in this process) waits
-        # for threads that a fork does not copy: the worker hung, and the training with it. The
-        # gc.freeze recipe of CPython's docs, for fork without exec.
+        # iter() forks the workers (once: they persist). Frozen, the objects this process holds then are never collected
+        # in a worker: a worker that collected this process's garbage would run its finalizers there, and a DALI
+        # pipeline's (left by an earlier run in this process) waits for threads that a fork does not copy: the worker
+        # hung, and the training with it. The gc.freeze recipe of CPython's docs, for fork without exec.
         gc.freeze()
         try:
             batches = iter(self._loader)
@@ -177,10 +171,7 @@ class TorchLoader(SpecLoader):
         for batch in batches:
             self.position += 1
             yield batch
-        if not self.spec.train:
-            self.position = 0
-        else:
-            self.position = len(self)  # the next iter() starts the next epoch
+        self.position = len(self) if self.spec.train else 0  # in training, the next iter() starts the next epoch
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}

@@ -7,39 +7,34 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-# Formats kept byte for byte. Every other image format PIL reads is re-encoded as PNG, so the
-# loaders only ever decode these two (DALI's and torchvision's decoders both handle them).
+# Formats kept byte for byte. Every other image format PIL reads is re-encoded as PNG, so the loaders only ever
+# decode these two (DALI's and torchvision's decoders both handle them).
 KEPT_FORMATS = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",)}
-# EXIF tag 0x0112: orientation. 1 means "stored upright".
-_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
 class Inspection:
     """What ``inspect_image`` found about one file."""
 
-    path: str
     sha256: str
     reason: str | None = None  # why it is rejected; None when accepted
     kind: str | None = None  # short rejection category (empty, not-image, corrupt, size, mode)
     format: str | None = None
-    mode: str | None = None
     size: tuple[int, int] | None = None  # (width, height), PIL's order
     convert: str | None = None  # why it must be re-encoded as an RGB PNG; None when kept as is
-    # Sums over the image's pixels, 0-255 scale, float64: per channel, of squares, and of the
-    # channel products (R*G, R*B, G*B); with `pixels`, enough for mean, std and the RGB covariance.
-    sums: list[float] = field(default_factory=list)
-    squares: list[float] = field(default_factory=list)
-    products: list[float] = field(default_factory=list)
+    # Sums over the image's pixels, 0-255 scale, float64: per channel (3), and of the channel products (3x3, the
+    # squares on the diagonal); with `pixels`, enough for mean, std and the RGB covariance.
+    sums: np.ndarray | None = None
+    products: np.ndarray | None = None
     pixels: int = 0
-    # The decoded RGB pixels (HxWx3 uint8 bytes) of small images, for the per-pixel mean image;
-    # the caller drops them once summed.
+    # The decoded RGB pixels (HxWx3 uint8 bytes) of small images, for the per-pixel mean image; the caller drops
+    # them once summed.
     rgb: bytes | None = None
 
 
@@ -47,19 +42,17 @@ def inspect_image(path: str | Path, expected_size: tuple[int, int] | None = None
                   keep_pixels_max_side: int = 0) -> Inspection:
     """Accept or reject one file by its content (its extension is ignored).
 
-    Rejected: empty files, files that are not images, corrupt or truncated images (PIL ``verify``
-    and then a full decode), images of another size than ``expected_size`` (width, height).
-    Accepted as is: RGB JPEG and PNG. Accepted after conversion to RGB and lossless re-encoding
-    as PNG: greyscale, CMYK, palette and alpha modes (alpha is dropped, the colour channels are
-    kept as stored), 16-bit colour PNGs (their high bytes kept), JPEGs with an EXIF rotation (applied, since the loaders' decoders disagree
-    on honouring it), and other formats PIL reads (BMP, GIF, TIFF, WebP...). High-bit-depth
-    modes (I, I;16, F: greyscale of more than 8 bits) are rejected: converting them would need a
-    range we do not know.
-    Accepted images no larger than ``keep_pixels_max_side`` a side keep their RGB pixels.
+    Rejected: empty files, files that are not images, corrupt or truncated images (PIL ``verify`` and then a full
+    decode), images of another size than ``expected_size`` (width, height). Accepted as is: RGB JPEG and PNG.
+    Accepted after conversion to RGB and lossless re-encoding as PNG: greyscale, CMYK, palette and alpha modes
+    (alpha is dropped, the colour channels are kept as stored), 16-bit colour PNGs (their high bytes kept), JPEGs
+    with an EXIF rotation (applied, since the loaders' decoders disagree on honouring it), and other formats PIL
+    reads (BMP, GIF, TIFF, WebP...). High-bit-depth modes (I, I;16, F: greyscale of more than 8 bits) are
+    rejected: converting them would need a range we do not know. Accepted images no larger than
+    ``keep_pixels_max_side`` a side keep their RGB pixels.
     """
-    path = str(path)
     data = Path(path).read_bytes()
-    result = Inspection(path=path, sha256=hashlib.sha256(data).hexdigest())
+    result = Inspection(sha256=hashlib.sha256(data).hexdigest())
     if not data:
         return _reject(result, "empty", "empty file (0 bytes)")
     try:
@@ -73,18 +66,19 @@ def inspect_image(path: str | Path, expected_size: tuple[int, int] | None = None
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()  # a full decode: catches truncation, which verify() does not for JPEG
-            result.mode, result.size = im.mode, im.size
+            result.size = im.size
             if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
                 return _reject(result, "mode", f"unsupported mode {im.mode} (high bit depth)")
             if expected_size is not None and im.size != expected_size:
                 return _reject(result, "size", f"size {im.size[0]}x{im.size[1]}, expected "
                                                f"{expected_size[0]}x{expected_size[1]}")
-            orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if im.format == "JPEG" else 1
+            # EXIF orientation 1 means "stored upright".
+            orientation = im.getexif().get(ExifTags.Base.Orientation, 1) if im.format == "JPEG" else 1
             if im.format not in KEPT_FORMATS:
                 result.convert = f"{im.format} re-encoded as PNG"
             elif im.format == "PNG" and data[24] == 16:
-                # PIL reads a 16-bit RGB(A) PNG as 8-bit RGB (the high bytes); torchvision's decoder
-                # would give uint16, 257 times larger. Stored again as PIL reads it.
+                # PIL reads a 16-bit RGB(A) PNG as 8-bit RGB (the high bytes); torchvision's decoder would give
+                # uint16, 257 times larger. Stored again as PIL reads it.
                 result.convert = "16-bit PNG reduced to 8 bits per channel"
             elif im.mode != "RGB":
                 result.convert = f"mode {im.mode} converted to RGB"
@@ -92,7 +86,8 @@ def inspect_image(path: str | Path, expected_size: tuple[int, int] | None = None
                 result.convert = f"EXIF orientation {orientation} applied"
             rgb = np.asarray(to_rgb(im) if result.convert else im)
             result.size = (rgb.shape[1], rgb.shape[0])  # after any EXIF rotation
-            _measure(result, rgb)
+            flat = rgb.reshape(-1, 3).astype(np.float64)
+            result.sums, result.products, result.pixels = flat.sum(0), flat.T @ flat, len(flat)
             if max(im.size) <= keep_pixels_max_side:
                 result.rgb = rgb.tobytes()
     except Exception as exc:
@@ -116,21 +111,10 @@ def write_rgb_png(src: str | Path, dest: str | Path) -> None:
         to_rgb(im).save(dest, format="PNG")
 
 
-def _measure(result: Inspection, rgb: np.ndarray) -> None:
-    """Fill the pixel sums of an HxWx3 uint8 array."""
-    flat = rgb.reshape(-1, 3).astype(np.float64)
-    result.sums = flat.sum(0).tolist()
-    result.squares = (flat * flat).sum(0).tolist()
-    result.products = [float(flat[:, 0] @ flat[:, 1]), float(flat[:, 0] @ flat[:, 2]),
-                       float(flat[:, 1] @ flat[:, 2])]
-    result.pixels = flat.shape[0]
-
-
 def pixel_sum(items: list[tuple[str, bool]]) -> np.ndarray:
     """Sum (float64, HxWx3) of equally sized images; ``items`` are (path, needs RGB conversion)."""
-    total = None
+    total = 0.0
     for path, convert in items:
         with Image.open(path) as im:
-            pixels = np.asarray(to_rgb(im) if convert else im.convert("RGB"), dtype=np.float64)
-        total = pixels if total is None else total + pixels
+            total = total + np.asarray(to_rgb(im) if convert else im.convert("RGB"), dtype=np.float64)
     return total

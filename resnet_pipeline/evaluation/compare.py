@@ -1,8 +1,6 @@
-"""Our errors beside the paper's: mean +- std over seeds per (family, depth, shortcut), the paper's
-figure for the same net, and the difference. Pure Python on plain dicts.
-
-Errors are fractions here (as in MLflow); `paper.py` holds percentages and is converted once.
-"""
+"""Our errors beside the paper's: mean +- std over seeds per (family, depth, shortcut), the paper's figure for the
+same net, and the difference. Pure Python on plain dicts. Errors are fractions here (as in MLflow); `paper.py` holds
+percentages and is converted once."""
 
 from __future__ import annotations
 
@@ -25,18 +23,15 @@ def _sort_key(key: tuple[str, int, str]) -> tuple:
 def comparison_table(rows: Iterable[Mapping[str, Any]], benchmark: str | None) -> list[dict[str, Any]]:
     """One entry per (family, depth, shortcut) of ``rows``.
 
-    Each row needs family, depth, shortcut, seed, top1_error and top5_error (fractions, measured
-    the way the paper measured that family: see `paper.protocol`), and may carry EXTRA_KEYS.
-    ``benchmark`` is the data's paper benchmark (`paper.benchmark`): only nets of that family get
-    the paper's figures; on any other data there is nothing like-for-like to compare with.
-    """
+    Each row needs family, depth, shortcut, seed, top1_error and top5_error (fractions, measured the way the paper
+    measured that family: see `paper.protocol`), and may carry EXTRA_KEYS. ``benchmark`` is the data's paper
+    benchmark (`paper.benchmark`): only nets of that family get the paper's figures; on any other data there is
+    nothing like-for-like to compare with."""
     groups: dict[tuple[str, int, str], list[Mapping[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["family"], int(r["depth"]), r["shortcut"]), []).append(r)
     table = []
-    for key in sorted(groups, key=_sort_key):
-        family, depth, shortcut = key
-        group = groups[key]
+    for (family, depth, shortcut), group in sorted(groups.items(), key=lambda item: _sort_key(item[0])):
         entry: dict[str, Any] = {"family": family, "depth": depth, "shortcut": shortcut,
                                  "seeds": sorted(int(r["seed"]) for r in group), "runs": len(group),
                                  "protocol": paper.protocol(family)}
@@ -63,8 +58,7 @@ def comparison_table(rows: Iterable[Mapping[str, Any]], benchmark: str | None) -
 _BENCHMARK_DATA = {"cifar": "CIFAR-10", "imagenet": "ImageNet (ILSVRC2012, 1,000 classes)"}
 
 
-def _note(family: str, depth: int, shortcut: str, refs: Mapping[str, paper.Reference],
-          variants: Sequence[str] = ("v1",)) -> str:
+def _note(family: str, depth: int, shortcut: str, refs: Mapping[str, paper.Reference], variants: Sequence[str]) -> str:
     notes = [refs["top1"].note] if "top1" in refs and refs["top1"].note else []
     if refs and "v1.5" in variants and depth >= 50:
         notes.append("ours: v1.5 blocks (stride on the 3x3), the paper's are v1 (stride on the first 1x1)")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from resnet_pipeline.config import Bounds, ConfigError, check_fields, check_name
+from resnet_pipeline.config import Bounds, ConfigError, check_fields, check_name, load_section
 
 # The alias that marks the registered version with the lowest validation error.
 CHAMPION = "champion"
@@ -54,7 +54,8 @@ class EvaluateConfig:
         if not self.out.endswith(".json"):
             raise ConfigError(f"evaluate.out: {self.out!r} must be a .json file (a DVC metrics file)")
         if self.registry_name is not None:
-            check_name("evaluate.registry_name", self.registry_name, "resnet-cifar10, or null for resnet-<data folder name>")
+            check_name("evaluate.registry_name", self.registry_name,
+                       "resnet-cifar10, or null for resnet-<data folder name>")
 
     def resolved_registry_name(self, data_dir: str | Path) -> str:
         """``registry_name``, else ``resnet-<the prepared data folder's name>`` (resnet-cifar10 for
@@ -64,6 +65,4 @@ class EvaluateConfig:
 
 def load_evaluate_config(params=None, **overrides) -> EvaluateConfig:
     """Read params' `evaluate` section (unknown keys are errors) and apply non-None overrides."""
-    from resnet_pipeline.config import load_section
-
     return load_section(EvaluateConfig, "evaluate", params, **overrides)

@@ -1,33 +1,30 @@
 """The degradation check: the paper's central finding, computed from the training curves.
 
-Sec. 4.1/4.2 and Figure 6: with BN and He initialisation, a deeper *plain* net reaches a *higher
-training error* than a shallower one (so it is an optimisation difficulty, not overfitting),
-while residual nets of the same depths do not. The check asks exactly that of a set of runs:
+Sec. 4.1/4.2 and Figure 6: with BN and He initialisation, a deeper *plain* net reaches a *higher training error*
+than a shallower one (so it is an optimisation difficulty, not overfitting), while residual nets of the same depths
+do not. The check, pure Python on plain data structures, asks exactly that of a set of runs:
 
-1. Each run's training error is measured one of two ways (``basis``), then averaged (mean and std)
-   over seeds per (shortcut, depth):
+1. Each run's training error is measured one of two ways (``basis``), then averaged (mean and std) over seeds per
+   (shortcut, depth):
    - ``final``: the mean of its last ``last_windows`` logging windows (one window's error is noisy);
-   - ``second_half``: the mean over the logging windows of the second half of the run, which
-     compares the nets at equal iterations along the curve, as Figure 1 reads. On a short schedule
-     the last windows alone can cross (a deeper net catching up just after an lr step), while the
-     second half shows which curve lies above.
-2. It compares plain nets with the residual nets of each residual shortcut at the depths where
-   both exist. At least 2 such depths are needed, else the answer is "not enough runs".
-3. Plain nets "rise with depth" when the deepest one's error exceeds the shallowest one's by more
-   than ``margin`` (a fraction: 0.01 = 1 percentage point). Residual nets "rise" when any of them
-   exceeds a shallower one by more than the margin: a ResNet-44 worse than a ResNet-20 is no
-   residual success because the ResNet-56 happens to be as good as the ResNet-20.
+   - ``second_half``: the mean over the logging windows of the second half of the run, which compares the nets at
+     equal iterations along the curve, as Figure 1 reads. On a short schedule the last windows alone can cross (a
+     deeper net catching up just after an lr step), while the second half shows which curve lies above.
+2. It compares plain nets with the residual nets of each residual shortcut at the depths where both exist. At
+   least 2 such depths are needed, else the answer is "not enough runs".
+3. Plain nets "rise with depth" when the deepest one's error exceeds the shallowest one's by more than ``margin``
+   (a fraction: 0.01 = 1 percentage point). Residual nets "rise" when any of them exceeds a shallower one by more
+   than the margin: a ResNet-44 worse than a ResNet-20 is no residual success because the ResNet-56 happens to be
+   as good as the ResNet-20.
 4. Degradation is reproduced when plain nets rise and residual nets do not.
-
-Pure Python on plain data structures.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Literal, Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Literal, Sequence
 
 from resnet_pipeline.stats import mean_std
 
@@ -75,38 +72,24 @@ class DegradationCheck:
     margin: float = 0.01
     basis: Basis = "final"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+def _finite(curve: Sequence[tuple[int, float]]) -> dict[int, float]:
+    """{step: value} of the finite points: a step logged twice (a resumed run logs the windows between
+    its checkpoint and the crash again) counts once, with its last value."""
+    return {step: v for step, v in curve if v is not None and math.isfinite(v)}
 
 
 def final_error(curve: Sequence[tuple[int, float]], last_windows: int) -> float | None:
-    """Mean of the last ``last_windows`` finite points (by iteration), or None for an empty curve. A
-    step logged twice (a resumed run logs the windows between its checkpoint and the crash again)
-    counts once."""
-    points = sorted({step: v for step, v in curve if v is not None and math.isfinite(v)}.items())
-    tail = [v for _, v in points[-last_windows:]]
+    """Mean of the last ``last_windows`` finite points (by iteration), or None for an empty curve."""
+    tail = [v for _, v in sorted(_finite(curve).items())[-last_windows:]]
     return statistics.fmean(tail) if tail else None
 
 
 def second_half_error(curve: Sequence[tuple[int, float]]) -> float | None:
     """Mean of the finite points logged after the middle of the run (the last iteration / 2), or None."""
-    points = {step: v for step, v in curve if v is not None and math.isfinite(v)}
-    if not points:
-        return None
-    middle = max(points) / 2
-    return statistics.fmean(v for step, v in points.items() if step > middle)
-
-
-def final_errors(runs: Iterable[RunCurve], last_windows: int,
-                 basis: Basis = "final") -> dict[tuple[str, int], list[float]]:
-    """{(shortcut, depth): [training error of each seed, measured by ``basis``]} (runs without a curve
-    left out)."""
-    out: dict[tuple[str, int], list[float]] = {}
-    for r in runs:
-        e = final_error(r.train_error, last_windows) if basis == "final" else second_half_error(r.train_error)
-        if e is not None:
-            out.setdefault((r.shortcut, r.depth), []).append(e)
-    return out
+    points = _finite(curve)
+    middle = max(points, default=0) / 2
+    return statistics.fmean(v for step, v in points.items() if step > middle) if points else None
 
 
 def _pct(x: float) -> str:
@@ -117,20 +100,23 @@ def degradation_check(runs: Iterable[RunCurve], *, residual_shortcut: str | None
                       margin: float = 0.01, basis: Basis = "final") -> DegradationCheck:
     """Does training error rise with depth among plain nets but not among residual nets?
 
-    ``residual_shortcut``: which residual nets to compare with (A, B or C); None picks the one
-    with the most depths in common with the plain nets (A first on a tie, the paper's choice).
-    """
+    ``residual_shortcut``: which residual nets to compare with (A, B or C); None picks the one with the most depths
+    in common with the plain nets (A first on a tie, the paper's choice)."""
     if last_windows < 1:
         raise ValueError(f"last_windows must be >= 1, got {last_windows}")
     if not 0 <= margin < 1:
         raise ValueError(f"margin must be a fraction in [0, 1), got {margin}")
     if basis not in BASES:
         raise ValueError(f"basis must be one of {', '.join(BASES)}, got {basis!r}")
-    finals = final_errors(runs, last_windows, basis)
+    # {(shortcut, depth): [training error of each seed, measured by ``basis``]}, runs without a curve left out
+    finals: dict[tuple[str, int], list[float]] = {}
+    for r in runs:
+        e = final_error(r.train_error, last_windows) if basis == "final" else second_half_error(r.train_error)
+        if e is not None:
+            finals.setdefault((r.shortcut, r.depth), []).append(e)
     plain_depths = {d for s, d in finals if s == "plain"}
-    residual_shortcuts = sorted({s for s, _ in finals if s != "plain"})
-    if residual_shortcut is None and residual_shortcuts:
-        residual_shortcut = max(residual_shortcuts,
+    if residual_shortcut is None:
+        residual_shortcut = max(sorted({s for s, _ in finals if s != "plain"}), default=None,
                                 key=lambda s: (len(plain_depths & {d for t, d in finals if t == s}), s == "A"))
     common = sorted(plain_depths & {d for s, d in finals if s == residual_shortcut}) if residual_shortcut else []
     base = dict(residual_shortcut=residual_shortcut, last_windows=last_windows, margin=margin, basis=basis)
@@ -160,20 +146,15 @@ def degradation_check(runs: Iterable[RunCurve], *, residual_shortcut: str | None
                + (f", but ResNet-{low.depth} {_pct(low.residual)} -> ResNet-{high.depth} {_pct(high.residual)} "
                   f"({100 * worst:+.2f} points)" if residual_up and (low.depth, high.depth) != (shallow, deep) else "")
                + f"; margin {100 * margin:.2f} points.")
-    if plain_up and not residual_up:
-        verdict: Verdict = "degradation"
-        answer = (f"Yes: training error rises with depth among plain nets but not among residual nets, as in "
-                  f"Figure 6. {numbers}")
-    elif plain_up:
-        verdict = "both degrade"
-        answer = (f"No: training error rises with depth among plain nets, but also among residual nets "
-                  f"(unlike Figure 6). {numbers}")
-    else:
-        verdict = "no degradation"
-        answer = (f"No: training error does not rise with depth among plain nets by more than the margin "
-                  f"(the paper's degradation is not reproduced by these runs). {numbers}")
-    return DegradationCheck(verdict=verdict, answer=answer, depths=common, points=points, plain_rise=plain_rise,
-                            residual_rise=residual_rise, residual_worst_rise=worst,
+    verdict: Verdict = ("both degrade" if residual_up else "degradation") if plain_up else "no degradation"
+    answer = {"degradation": "Yes: training error rises with depth among plain nets but not among residual nets, "
+                             "as in Figure 6.",
+              "both degrade": "No: training error rises with depth among plain nets, but also among residual nets "
+                              "(unlike Figure 6).",
+              "no degradation": "No: training error does not rise with depth among plain nets by more than the "
+                                "margin (the paper's degradation is not reproduced by these runs)."}[verdict]
+    return DegradationCheck(verdict=verdict, answer=f"{answer} {numbers}", depths=common, points=points,
+                            plain_rise=plain_rise, residual_rise=residual_rise, residual_worst_rise=worst,
                             residual_worst_depths=[low.depth, high.depth], **base)
 
 
@@ -182,7 +163,5 @@ def degradation_checks(runs: Iterable[RunCurve], *, last_windows: int = 5, margi
     """One check per residual shortcut present (a single "not enough runs" check when none is)."""
     runs = list(runs)
     shortcuts = sorted({r.shortcut for r in runs if r.shortcut != "plain"}, key=lambda s: (s != "A", s))
-    if not shortcuts:
-        return [degradation_check(runs, last_windows=last_windows, margin=margin, basis=basis)]
     return [degradation_check(runs, residual_shortcut=s, last_windows=last_windows, margin=margin, basis=basis)
-            for s in shortcuts]
+            for s in shortcuts or [None]]

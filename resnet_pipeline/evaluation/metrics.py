@@ -1,11 +1,9 @@
 """Classification metrics from predictions: top-k error, per-class accuracy, the confusion matrix.
 
-`collect_predictions` runs a model over a loader once and keeps every sample's class
-probabilities; everything else is a pure function of (probabilities, labels), so it is tested on
-hand-made numbers. Multi-view batches ([N, K, 3, H, W], e.g. 10-crop) are scored by averaging the
-K views' softmax outputs, as the paper's 10-crop testing does (Sec. 3.4) and as the training
-loop's `evaluate` does.
-"""
+`collect_predictions` runs a model over a loader once and keeps every sample's class probabilities; everything else
+is a pure function of (probabilities, labels), so it is tested on hand-made numbers. Multi-view batches ([N, K, 3,
+H, W], e.g. 10-crop) are scored by averaging the K views' softmax outputs, as the paper's 10-crop testing does
+(Sec. 3.4) and as the training loop's `evaluate` does."""
 
 from __future__ import annotations
 
@@ -15,15 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnet_pipeline.training.loop import has_top5, predict_views
+
 
 @torch.no_grad()
 def collect_predictions(model: nn.Module, loader: Iterable, device: torch.device,
                         amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities float64 [N, classes], labels int64 [N]) over ``loader``, on the CPU. Ten-crop
-    batches average their views; the forward passes run under ``amp_dtype``'s autocast, in bounded
-    chunks (`predict_views`)."""
-    from resnet_pipeline.training.loop import predict_views
-
+    """(probabilities float64 [N, classes], labels int64 [N]) over ``loader``, on the CPU. Ten-crop batches average
+    their views; the forward passes run under ``amp_dtype``'s autocast, in bounded chunks (`predict_views`)."""
     was_training = model.training
     model.eval()
     probs, labels = [], []
@@ -41,14 +38,8 @@ def collect_predictions(model: nn.Module, loader: Iterable, device: torch.device
 
 def topk_error(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """Fraction of samples whose label is not among the k most probable classes."""
-    k = min(k, probs.shape[1])
-    top = probs.topk(k, dim=1).indices  # (N, k)
+    top = probs.topk(min(k, probs.shape[1]), dim=1).indices  # (N, k)
     return float((~(top == labels[:, None]).any(1)).double().mean())
-
-
-def nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean negative log-likelihood of the (view-averaged) probabilities."""
-    return float(F.nll_loss(probs.clamp_min(1e-12).log(), labels))
 
 
 def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -57,27 +48,20 @@ def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes:
     return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
-def per_class_accuracy(cm: torch.Tensor) -> list[float | None]:
-    """Top-1 accuracy per true class (None for a class without samples)."""
-    totals = cm.sum(1)
-    return [float(cm[i, i]) / float(t) if t > 0 else None for i, t in enumerate(totals.tolist())]
-
-
 def summarize(probs: torch.Tensor, labels: torch.Tensor, classes: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Top-1/top-5 error, loss, count, per-class accuracy and the confusion matrix of one pass
     (top-5 error None for 5 classes or fewer, where it is always 0: `has_top5`)."""
-    from resnet_pipeline.training.loop import has_top5
-
     if probs.shape[1] != len(classes):
         raise ValueError(f"the model predicts {probs.shape[1]} classes but the dataset has {len(classes)}")
     cm = confusion_matrix(probs.argmax(1), labels, len(classes))
-    accuracy = per_class_accuracy(cm)
     return {
         "top1_error": topk_error(probs, labels, 1),
         "top5_error": topk_error(probs, labels, 5) if has_top5(len(classes)) else None,
-        "loss": nll(probs, labels),
+        "loss": float(F.nll_loss(probs.clamp_min(1e-12).log(), labels)),  # of the view-averaged probabilities
         "count": int(labels.shape[0]),
-        "per_class_accuracy": {c: a for c, a in zip(classes, accuracy)},
+        # Top-1 accuracy per true class (None for a class without samples).
+        "per_class_accuracy": {classes[i]: float(cm[i, i]) / t if t > 0 else None
+                               for i, t in enumerate(cm.sum(1).tolist())},
         "confusion_matrix": cm.tolist(),
     }
 

@@ -1,11 +1,9 @@
 """`python cli.py predict`: the top-5 classes of image files under a logged or registered model.
 
-The model folder (``models:/<name>@champion`` by default) holds the pt2 model and the
-``preprocessing.json`` that `evaluate` stored beside it: class names and the evaluation transform,
-so an image goes through exactly what the evaluation loader applies. The pt2 format is loaded with
-torch.export: no pickled code runs (loading a pickled model from an untrusted source would be
-unsafe).
-"""
+The model folder (``models:/<name>@champion`` by default) holds the pt2 model and the ``preprocessing.json`` that
+`evaluate` stored beside it: class names and the evaluation transform, so an image goes through exactly what the
+evaluation loader applies. The pt2 format is loaded with torch.export: no pickled code runs (loading a pickled
+model from an untrusted source would be unsafe)."""
 
 from __future__ import annotations
 
@@ -13,9 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from resnet_pipeline import tracking
 from resnet_pipeline.config import ConfigError
 from resnet_pipeline.evaluation.config import CHAMPION
-from resnet_pipeline.evaluation.preprocess import PREPROCESSING_FILE, Preprocessing, read_images
+from resnet_pipeline.evaluation.preprocess import PREPROCESSING_FILE, ImageInputError, Preprocessing, read_image
 
 
 def champion_uri(registry_name: str) -> str:
@@ -26,12 +25,9 @@ def predict(paths: Sequence[str | Path], model_uri: str, *, tracking_uri: str | 
             top_k: int = 5) -> list[dict[str, Any]]:
     """[{"image": path, "top": [{"class", "index", "probability"}, ...]}] for each image, best first.
 
-    Every file is read and decoded before the model is fetched: a missing or non-image file raises
-    ImageInputError naming it.
-    """
+    Every file is read and decoded before the model is fetched: a missing or non-image file raises ImageInputError
+    naming it."""
     import torch
-
-    from resnet_pipeline import tracking
 
     if top_k < 1:
         raise ConfigError(f"top_k: must be >= 1, got {top_k}")
@@ -39,7 +35,9 @@ def predict(paths: Sequence[str | Path], model_uri: str, *, tracking_uri: str | 
     if not model_uri.startswith(("models:/", "runs:/")):
         raise ConfigError(f"--model {model_uri!r}: give a models:/ or runs:/ URI of this project's MLflow store "
                           f"({uri}); models from elsewhere are not loaded (a pickled model runs code when loaded)")
-    images = read_images(paths)
+    if not paths:
+        raise ImageInputError("no images given")
+    images = [read_image(p) for p in paths]
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = tracking.download_model(uri, model_uri, tmp)

@@ -1,21 +1,19 @@
 """The MLflow model registry: one registered model per dataset, the `champion` alias.
 
-Every evaluated model with finite metrics becomes a version (with its depth, shortcut, seed,
-errors, run id and git commit as tags). The alias `champion` moves to a new version only when
-its *validation* error is strictly lower than the current champion's: the test error is reported,
-never used to select anything (the paper's CIFAR-10 schedule was chosen on a held-out 45k/5k
-split, Sec. 4.2, so selecting on the test set would not be the paper's protocol). A model with a
-non-finite metric (a diverged run) is never registered.
-"""
+Every evaluated model with finite metrics becomes a version (with its depth, shortcut, seed, errors, run id and git
+commit as tags). The alias `champion` moves to a new version only when its *validation* error is strictly lower
+than the current champion's: the test error is reported, never used to select anything (the paper's CIFAR-10
+schedule was chosen on a held-out 45k/5k split, Sec. 4.2, so selecting on the test set would not be the paper's
+protocol). A model with a non-finite metric (a diverged run) is never registered."""
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Mapping
 
+from resnet_pipeline import tracking
 from resnet_pipeline.evaluation.config import CHAMPION
 from resnet_pipeline.models import net_label
 
@@ -32,26 +30,17 @@ class RegistryOutcome:
     previous_champion: str | None = None  # the version that held it before (None: nobody)
     reason: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def takes_champion(val_error: float, champion_val_error: float | None) -> bool:
     """Whether a model with ``val_error`` replaces a champion with ``champion_val_error``.
 
-    Strictly lower wins (a tie keeps the incumbent); a champion without a usable validation error
-    (None or non-finite) is replaced by any finite one; a non-finite candidate never wins.
-    """
+    Strictly lower wins (a tie keeps the incumbent); a champion without a usable validation error (None or
+    non-finite) is replaced by any finite one; a non-finite candidate never wins."""
     if not math.isfinite(val_error):
         return False
     if champion_val_error is None or not math.isfinite(champion_val_error):
         return True
     return val_error < champion_val_error
-
-
-def nonfinite(metrics: Mapping[str, float | None]) -> list[str]:
-    """Names of the metrics that are missing, NaN or infinite."""
-    return sorted(k for k, v in metrics.items() if v is None or not math.isfinite(float(v)))
 
 
 def _tag_float(tags: Mapping[str, str], key: str) -> float | None:
@@ -69,8 +58,7 @@ def _rounded(value: float) -> float:
 
 # The version tags: what a reader compares versions by, and nothing more (the version page of MLflow
 # 3.17's UI shows five tag rows at a time, the rest out of sight in a scrolled box). The sweep, split
-# and commit are in the description;
-# the run holds every metric, the logged model the evaluation's.
+# and commit are in the description; the run holds every metric, the logged model the evaluation's.
 VERSION_TAGS = ("depth", "shortcut", "seed")
 
 
@@ -78,15 +66,12 @@ def register(uri: str, name: str, run_id: str, metrics: Mapping[str, float | Non
              classes: list[str] | None = None, dataset: str | None = None) -> RegistryOutcome:
     """Register run ``run_id``'s logged model under ``name`` and move `champion` if it earned it.
 
-    ``metrics`` must include ``val_error`` (the selection metric); every value must be finite for
-    the model to be registered. The version's tags: `VERSION_TAGS` of ``tags``, and the errors of
-    ``metrics`` (6 significant digits); its description says why it holds the alias or not.
-    """
-    from resnet_pipeline import tracking
-
+    ``metrics`` must include ``val_error`` (the selection metric); every value must be finite for the model to be
+    registered. The version's tags: `VERSION_TAGS` of ``tags``, and the errors of ``metrics`` (6 significant
+    digits); its description says why it holds the alias or not."""
     if "val_error" not in metrics:
         raise ValueError("metrics must include val_error: the champion is selected on validation error")
-    bad = nonfinite(metrics)
+    bad = sorted(k for k, v in metrics.items() if v is None or not math.isfinite(float(v)))  # missing, NaN or inf
     if bad:
         return RegistryOutcome(False, name, reason=f"not registered: non-finite metric(s) {', '.join(bad)}")
     model_id = tracking.logged_model_id(uri, run_id)
@@ -97,9 +82,9 @@ def register(uri: str, name: str, run_id: str, metrics: Mapping[str, float | Non
         model_tags["dataset"] = dataset
     if classes is not None and len(json.dumps(classes)) <= MAX_TAG_VALUE:
         model_tags["classes"] = json.dumps(classes)
+    errors = {k: float(v) for k, v in metrics.items() if k.endswith("_error") and "top5" not in k}
     version_tags = {**{k: str(tags[k]) for k in VERSION_TAGS if k in tags},
-                    **{k: f"{_rounded(float(v)):g}" for k, v in metrics.items()
-                       if k.endswith("_error") and "top5" not in k}}
+                    **{k: f"{_rounded(v):g}" for k, v in errors.items()}}
     version = tracking.register_model_version(
         uri, name, run_id, model_id, version_tags, model_tags,
         description=f"ResNets (He et al. 2015 reproduction) trained on {dataset or 'one dataset'}; "
@@ -107,41 +92,25 @@ def register(uri: str, name: str, run_id: str, metrics: Mapping[str, float | Non
     val = _rounded(float(metrics["val_error"]))
     current = tracking.alias_version(uri, name, CHAMPION)
     previous = str(current.version) if current is not None else None
-    if current is not None and str(current.version) == str(version.version):
-        outcome = RegistryOutcome(True, name, str(version.version), True, previous, "already the champion")
+    current_val = _tag_float(current.tags, "val_error") if current is not None else None
+    if previous == str(version.version):
+        champion, reason = True, "already the champion"
+    elif takes_champion(val, current_val):
+        tracking.set_alias(uri, name, CHAMPION, version.version)
+        why = ("first version" if current is None else
+               f"validation error {val:.4f} < champion v{previous}'s "
+               f"{current_val if current_val is not None else 'unknown'}")
+        champion, reason = True, f"became champion: {why}"
     else:
-        current_val = _tag_float(current.tags, "val_error") if current is not None else None
-        if takes_champion(val, current_val):
-            tracking.set_alias(uri, name, CHAMPION, version.version)
-            why = ("first version" if current is None else
-                   f"validation error {val:.4f} < champion v{previous}'s "
-                   f"{current_val if current_val is not None else 'unknown'}")
-            outcome = RegistryOutcome(True, name, str(version.version), True, previous, f"became champion: {why}")
-        else:
-            outcome = RegistryOutcome(True, name, str(version.version), False, previous,
-                                      f"registered; champion stays v{previous} (validation error "
-                                      f"{val:.4f} >= {current_val:.4f})")
-    about = [net_label(tags["depth"], tags["shortcut"]) if "depth" in tags else "a ResNet", f"seed {tags.get('seed', '?')}"]
-    if tags.get("sweep"):
-        about.append(f"sweep {tags['sweep']}")
-    if tags.get("git_commit"):
-        about.append(f"git commit {str(tags['git_commit'])[:12]}")
-    errors = [f"{k.removesuffix('_error').replace('_', ' ')} error {float(v):.2%}"
-              for k, v in metrics.items() if k.endswith("_error") and "top5" not in k]
+        champion, reason = False, (f"registered; champion stays v{previous} (validation error {val:.4f} >= "
+                                   f"{current_val:.4f})")
+    outcome = RegistryOutcome(True, name, str(version.version), champion, previous, reason)
+    about = [net_label(tags["depth"], tags["shortcut"]) if "depth" in tags else "a ResNet",
+             f"seed {tags.get('seed', '?')}", *([f"sweep {tags['sweep']}"] if tags.get("sweep") else []),
+             *([f"git commit {str(tags['git_commit'])[:12]}"] if tags.get("git_commit") else [])]
+    described = [f"{k.removesuffix('_error').replace('_', ' ')} error {v:.2%}" for k, v in errors.items()]
     tracking.set_version_description(
         uri, name, version.version,
-        f"{', '.join(about)}: {', '.join(errors)}. At registration: {outcome.reason}. @{CHAMPION} goes to the "
+        f"{', '.join(about)}: {', '.join(described)}. At registration: {outcome.reason}. @{CHAMPION} goes to the "
         "lowest validation error; the test error never selects.")
     return outcome
-
-
-def log_preprocessing(uri: str, run_id: str, folder: str | Path) -> bool:
-    """Store ``folder``'s preprocessing.json inside the run's logged model (what `predict` reads).
-    False when the run logged no model."""
-    from resnet_pipeline import tracking
-
-    model_id = tracking.logged_model_id(uri, run_id)
-    if model_id is None:
-        return False
-    tracking.log_model_files(uri, model_id, folder)
-    return True

@@ -1,15 +1,14 @@
 """Figure 7: the standard deviation of each 3x3 layer's response.
 
-The paper (Sec. 4.2, Figure 7): "The responses are the outputs of each 3x3 layer, after BN and
-before other nonlinearity (ReLU/addition)". So a forward hook sits on the BN that follows each 3x3
-conv (in our modules `convK` feeds `bnK` of the same parent, torchvision's naming), and records
-that BN's output in eval mode, with the trained weights. The std of one layer is taken over every
-element of its response (images x channels x positions), accumulated in float64; hooks run before
-the in-place ReLU that follows, so they see the BN output.
-"""
+The paper (Sec. 4.2, Figure 7): "The responses are the outputs of each 3x3 layer, after BN and before other
+nonlinearity (ReLU/addition)". So a forward hook sits on the BN that follows each 3x3 conv (in our modules `convK`
+feeds `bnK` of the same parent, torchvision's naming), and records that BN's output in eval mode, with the trained
+weights. The std of one layer is taken over every element of its response (images x channels x positions),
+accumulated in float64; hooks run before the in-place ReLU that follows, so they see the BN output."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -19,9 +18,8 @@ from torch import nn
 def three_by_three_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
     """(conv name, the BN after it) for every 3x3 conv, in forward (definition) order.
 
-    The CIFAR stem's conv1 is a 3x3 layer and counts (the paper's 6n+1 3x3 layers); the ImageNet
-    stem's 7x7 conv and the 1x1 convs of bottlenecks and projections do not.
-    """
+    The CIFAR stem's conv1 is a 3x3 layer and counts (the paper's 6n+1 3x3 layers); the ImageNet stem's 7x7 conv and
+    the 1x1 convs of bottlenecks and projections do not."""
     modules = dict(model.named_modules())
     layers = []
     for name, m in modules.items():
@@ -53,18 +51,16 @@ class ResponseRecorder:
         self._count = [0] * n
         self._handles: list[Any] = []
 
-    def _hook(self, index: int):
-        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            x = output.detach()  # (B, C, H, W), before the ReLU/addition that follows
-            # float64 accumulation without a float64 copy of the activation.
-            self._sum[index] = self._sum[index].to(x.device) + x.sum(dtype=torch.float64)
-            self._sumsq[index] = self._sumsq[index].to(x.device) + x.square().sum(dtype=torch.float64)
-            self._count[index] += x.numel()
-
-        return hook
+    def _record(self, index: int, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        x = output.detach()  # (B, C, H, W), before the ReLU/addition that follows
+        # float64 accumulation without a float64 copy of the activation.
+        self._sum[index] = self._sum[index].to(x.device) + x.sum(dtype=torch.float64)
+        self._sumsq[index] = self._sumsq[index].to(x.device) + x.square().sum(dtype=torch.float64)
+        self._count[index] += x.numel()
 
     def __enter__(self) -> "ResponseRecorder":
-        self._handles = [bn.register_forward_hook(self._hook(i)) for i, (_, bn) in enumerate(self.layers)]
+        self._handles = [bn.register_forward_hook(functools.partial(self._record, i))
+                         for i, (_, bn) in enumerate(self.layers)]
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -1,11 +1,9 @@
 """Which MLflow runs to evaluate, and their trained models as our own `nn.Module`s.
 
-A run's model is the one it logged (``models:/<model id>``, named after its net: the final weights,
-pt2 format), i.e. the
-model that gets registered. Its weights are loaded into a `ResNet` rebuilt from the run's logged
-``model.*`` params, so that Figure 7's hooks can reach the BN modules; a forward pass of both on
-the same input checks that they are the same function.
-"""
+A run's model is the one it logged (``models:/<model id>``, named after its net: the final weights, pt2 format),
+i.e. the model that gets registered. Its weights are loaded into a `ResNet` rebuilt from the run's logged
+``model.*`` params, so that Figure 7's hooks can reach the BN modules; a forward pass of both on the same input
+checks that they are the same function."""
 
 from __future__ import annotations
 
@@ -14,8 +12,9 @@ from typing import Any, Sequence
 
 import yaml
 
+from resnet_pipeline import tracking
 from resnet_pipeline.config import ConfigError, from_dict
-from resnet_pipeline.models import ModelConfig
+from resnet_pipeline.models import ModelConfig, build_model
 
 
 class EvaluationError(ConfigError):
@@ -68,10 +67,11 @@ def describe(run) -> RunInfo:
         model = from_dict(ModelConfig, section, "model")
     except ConfigError as exc:
         raise EvaluationError(f"run {label}: its logged model config is invalid: {exc}") from None
-    seed = tags.get("seed", params.get("train.seed", "0"))
     return RunInfo(run_id=run.info.run_id, run_name=run.info.run_name, status=run.info.status, model=model,
-                   family=model.resolved_family(), shortcut=model.resolved_shortcut(), seed=int(seed),
-                   git_commit=tags.get("mlflow.source.git.commit") or tags.get("git_commit"), normalize=params.get("data.normalize"), tags=dict(tags),
+                   family=model.resolved_family(), shortcut=model.resolved_shortcut(),
+                   seed=int(tags.get("seed", params.get("train.seed", "0"))),
+                   git_commit=tags.get("mlflow.source.git.commit") or tags.get("git_commit"),
+                   normalize=params.get("data.normalize"), tags=dict(tags),
                    aug={k: _param_value(params[f"data.{k}"]) for k in ("crop_size", "eval_resize")
                         if f"data.{k}" in params})
 
@@ -79,12 +79,9 @@ def describe(run) -> RunInfo:
 def resolve_runs(uri: str, experiment: str, sweep: str | None, run_ids: Sequence[str]) -> dict[str, Any]:
     """The runs to evaluate: a sweep's children, or the given run ids.
 
-    Returns {"parent": the sweep's parent run or None, "runs": [RunInfo] (FINISHED), "skipped":
-    [{"run_id", "run_name", "reason"}]}. A given run that is not FINISHED is an error; a sweep's
-    unfinished trials are skipped (and listed).
-    """
-    from resnet_pipeline import tracking
-
+    Returns {"parent": the sweep's parent run or None, "runs": [RunInfo] (FINISHED), "skipped": [{"run_id",
+    "run_name", "reason"}]}. A given run that is not FINISHED is an error; a sweep's unfinished trials are skipped
+    (and listed)."""
     if sweep and run_ids:
         raise EvaluationError("give either a sweep name or run ids, not both")
     if not sweep and not run_ids:
@@ -111,6 +108,8 @@ def resolve_runs(uri: str, experiment: str, sweep: str | None, run_ids: Sequence
         if not runs:
             raise EvaluationError(f"sweep {sweep!r} (MLflow run {parent.info.run_id}) has no finished trials "
                                   f"({len(children)} trials); run `python cli.py sweep` to finish them")
+        # The sweep's table order: plain first, then by shortcut, depth and seed.
+        runs.sort(key=lambda r: (r.family, r.shortcut != "plain", r.shortcut, r.depth, r.seed))
     else:
         for run_id in dict.fromkeys(run_ids):  # unique, in order
             r = tracking.get_run_or_error(uri, run_id)
@@ -118,8 +117,6 @@ def resolve_runs(uri: str, experiment: str, sweep: str | None, run_ids: Sequence
                 raise EvaluationError(f"run {r.info.run_name} ({run_id}) is {r.info.status}, not FINISHED: only "
                                       "finished training runs can be evaluated")
             runs.append(describe(r))
-    if sweep:  # the sweep's table order: plain first, then by shortcut, depth and seed
-        runs.sort(key=lambda r: (r.family, r.shortcut != "plain", r.shortcut, r.depth, r.seed))
     return {"parent": parent, "runs": runs, "skipped": skipped}
 
 
@@ -127,9 +124,6 @@ def load_trained_model(uri: str, info: RunInfo, num_classes: int, input_size: in
     """The run's logged model as a `ResNet` (eval mode, CPU), checked against the logged model on
     an ``input_size`` batch."""
     import torch
-
-    from resnet_pipeline import tracking
-    from resnet_pipeline.models import build_model
 
     model_id = tracking.logged_model_id(uri, info.run_id)
     if model_id is None:
@@ -146,8 +140,9 @@ def load_trained_model(uri: str, info: RunInfo, num_classes: int, input_size: in
     x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = model(x)
-        diff = (ours - exported(x)).abs().max().item()
-    if not diff <= 1e-3 * max(1.0, ours.abs().max().item()):  # relative: a young net's logits can be huge
+        diff, scale = (ours - exported(x)).abs().max().item(), ours.abs().max().item()
+    if not diff <= 1e-3 * max(1.0, scale):  # relative: a young net's logits can be huge
         raise EvaluationError(f"run {info.label()}: the rebuilt network differs from the logged model "
-                              f"(max |difference| {diff:.3g} on logits up to {ours.abs().max().item():.3g}); its model.* params do not describe its weights")
+                              f"(max |difference| {diff:.3g} on logits up to {scale:.3g}); its model.* params do "
+                              "not describe its weights")
     return model

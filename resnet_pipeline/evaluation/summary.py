@@ -1,10 +1,8 @@
-"""The evaluation's summary: what `evaluate` writes to <evaluate.details>/summary.json and what the
-CLI's table, the report and the DVC metrics file read. ``to_json`` gives the file's content, key for
-key; ``from_json`` reads it back.
+"""The evaluation's summary: what `evaluate` writes to <evaluate.details>/summary.json and what the CLI's table, the
+report and the DVC metrics file read. ``to_json`` gives the file's content, key for key; ``from_json`` reads it back.
 
-Runs, table entries and skipped runs stay mappings: a run's passes are keyed by split name
-(``val``, ``test``, ``test_10crop``), and the table's paper columns by metric.
-"""
+Runs, table entries and skipped runs stay mappings: a run's passes are keyed by split name (``val``, ``test``,
+``test_10crop``), and the table's paper columns by metric."""
 
 from __future__ import annotations
 
@@ -63,7 +61,7 @@ class EvaluationSummary:
     skipped: list[dict[str, Any]]
     paper_benchmark: str | None
     table: list[dict[str, Any]]  # `compare.comparison_table`
-    degradation: list[dict[str, Any]]  # `DegradationCheck.to_dict`
+    degradation: list[dict[str, Any]]  # `DegradationCheck`s as dicts
     layer_responses: list[LayerResponses]
     registry: RegistryState
     plots_dir: str

@@ -5,51 +5,38 @@ Pure nn.Modules: no I/O, no device moves, no lambdas (Ray pickles models).
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ShortcutKind = Literal["plain", "A", "B", "C"]
-SHORTCUTS: tuple[str, ...] = get_args(ShortcutKind)
+SHORTCUTS: tuple[str, ...] = ("plain", "A", "B", "C")
+VARIANTS: tuple[str, ...] = ("v1", "v1.5")
 
-Variant = Literal["v1", "v1.5"]
-VARIANTS: tuple[str, ...] = get_args(Variant)
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...], meaning: str) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; valid choices are {', '.join(choices)} ({meaning})")
+    return value
 
 
 def check_shortcut(kind: str) -> str:
-    if kind not in SHORTCUTS:
-        raise ValueError(
-            f"unknown shortcut {kind!r}; valid choices are {', '.join(SHORTCUTS)} "
-            "(plain: no shortcut, A: identity + zero-padding, B: projection where dimensions change, "
-            "C: projection everywhere)"
-        )
-    return kind
+    return _check_choice("shortcut", kind, SHORTCUTS, "plain: no shortcut, A: identity + zero-padding, "
+                         "B: projection where dimensions change, C: projection everywhere")
 
 
 def check_variant(variant: str) -> str:
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"unknown variant {variant!r}; valid choices are {', '.join(VARIANTS)} "
-            "(v1: stride on the bottleneck's first 1x1 conv as in the paper, v1.5: stride on the 3x3 as torchvision)"
-        )
-    return variant
+    return _check_choice("variant", variant, VARIANTS, "v1: stride on the bottleneck's first 1x1 conv as in the "
+                         "paper, v1.5: stride on the 3x3 as torchvision")
 
 
-def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
-
-
-def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False)
+def conv(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
+    """A square conv without bias (BN follows), padded to keep the map size at stride 1."""
+    return nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
 
 
 class ZeroPadShortcut(nn.Module):
-    """Option A: identity that subsamples by ``stride`` and zero-pads the extra channels.
-
-    Parameter-free, so a residual net has exactly the parameters of its plain twin (Section 4.2).
-    """
+    """Option A: identity that subsamples by ``stride`` and zero-pads the extra channels. Parameter-free,
+    so a residual net has exactly the parameters of its plain twin (Section 4.2)."""
 
     def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
         super().__init__()
@@ -68,19 +55,15 @@ class ZeroPadShortcut(nn.Module):
 
 
 def make_shortcut(kind: str, in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
-    """The shortcut of one block (Table 3).
-
-    Returns None for ``plain`` (no shortcut at all), ``nn.Identity`` where an identity is used,
-    ``ZeroPadShortcut`` for A where dimensions change, and a 1x1 conv + BN projection
-    (``nn.Sequential`` indexed 0/1, as torchvision's ``downsample``) for B where dimensions change
-    and for C everywhere.
-    """
+    """The shortcut of one block (Table 3): None for ``plain``, ``ZeroPadShortcut`` for A where dimensions
+    change, a 1x1 conv + BN projection (``nn.Sequential`` indexed 0/1, as torchvision's ``downsample``) for B
+    where dimensions change and for C everywhere, else ``nn.Identity``."""
     check_shortcut(kind)
     if kind == "plain":
         return None
     changes = stride != 1 or in_ch != out_ch
     if kind == "C" or (kind == "B" and changes):
-        return nn.Sequential(conv1x1(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
+        return nn.Sequential(conv(in_ch, out_ch, 1, stride), nn.BatchNorm2d(out_ch))
     if kind == "A" and changes:
         return ZeroPadShortcut(in_ch, out_ch, stride)
     return nn.Identity()
@@ -91,13 +74,12 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_ch: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 variant: str = "v1") -> None:
+    def __init__(self, in_ch: int, planes: int, stride: int = 1, shortcut: str = "B", variant: str = "v1") -> None:
         super().__init__()
         out_ch = planes * self.expansion
-        self.conv1 = conv3x3(in_ch, planes, stride)
+        self.conv1 = conv(in_ch, planes, 3, stride)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, out_ch)
+        self.conv2 = conv(planes, out_ch, 3)
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = make_shortcut(shortcut, in_ch, out_ch, stride)
@@ -117,23 +99,21 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     """1x1 reduce, 3x3, 1x1 expand x4 (Figure 5 right). ResNet-50/101/152.
 
-    v1 (the paper) strides the first 1x1 conv; v1.5 (torchvision) strides the 3x3, which costs
-    more multiply-adds (4.1 vs 3.8 GFLOPs for ResNet-50) and is slightly more accurate.
-    """
+    v1 (the paper) strides the first 1x1 conv; v1.5 (torchvision) strides the 3x3, which costs more
+    multiply-adds (4.1 vs 3.8 GFLOPs for ResNet-50) and is slightly more accurate."""
 
     expansion = 4
 
-    def __init__(self, in_ch: int, planes: int, stride: int = 1, shortcut: str = "B",
-                 variant: str = "v1") -> None:
+    def __init__(self, in_ch: int, planes: int, stride: int = 1, shortcut: str = "B", variant: str = "v1") -> None:
         super().__init__()
         check_variant(variant)
         out_ch = planes * self.expansion
         stride_1x1, stride_3x3 = (stride, 1) if variant == "v1" else (1, stride)
-        self.conv1 = conv1x1(in_ch, planes, stride_1x1)
+        self.conv1 = conv(in_ch, planes, 1, stride_1x1)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride_3x3)
+        self.conv2 = conv(planes, planes, 3, stride_3x3)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, out_ch)
+        self.conv3 = conv(planes, out_ch, 1)
         self.bn3 = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = make_shortcut(shortcut, in_ch, out_ch, stride)

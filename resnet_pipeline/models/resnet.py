@@ -1,7 +1,7 @@
 """The paper's two ResNet families, built from depth tables (Section 4.2 and Table 1).
 
-Names follow torchvision (conv1, bn1, layer1..layer4, fc), so an ImageNet option-B v1.5 net loads
-a ``torchvision.models.resnetNN()`` state_dict with strict=True.
+Names follow torchvision (conv1, bn1, layer1..layer4, fc), so an ImageNet option-B v1.5 net loads a
+``torchvision.models.resnetNN()`` state_dict with strict=True.
 """
 
 from __future__ import annotations
@@ -9,13 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence
 
-from torch import nn
 import torch
+from torch import nn
 
 from resnet_pipeline.models.blocks import BasicBlock, Bottleneck, check_shortcut, check_variant
-
-Family = Literal["cifar", "imagenet"]
-Stem = Literal["cifar", "imagenet"]
 
 # ImageNet family, Table 1: block type and blocks per stage conv2_x..conv5_x.
 IMAGENET_DEPTHS: dict[int, tuple[type[nn.Module], tuple[int, ...]]] = {
@@ -39,26 +36,26 @@ DEFAULT_SHORTCUT: dict[str, str] = {"cifar": "A", "imagenet": "B"}
 SMALL_INPUT = 64
 
 
-def cifar_blocks_per_stage(depth: int) -> int:
-    """n for a CIFAR depth 6n+2; raises naming the valid depths."""
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 8 or (depth - 2) % 6:
-        raise ValueError(
-            f"invalid CIFAR depth {depth!r}: must be 6n+2 with n >= 1, e.g. "
-            f"{', '.join(map(str, CIFAR_DEPTHS))}"
-        )
-    return (depth - 2) // 6
+def _listed(values: Iterable[int]) -> str:
+    return ", ".join(map(str, values))
 
 
 def is_cifar_depth(depth: int) -> bool:
     return isinstance(depth, int) and depth >= 8 and (depth - 2) % 6 == 0
 
 
+def cifar_blocks_per_stage(depth: int) -> int:
+    """n for a CIFAR depth 6n+2; raises naming the valid depths."""
+    if not is_cifar_depth(depth):
+        raise ValueError(f"invalid CIFAR depth {depth!r}: must be 6n+2 with n >= 1, e.g. {_listed(CIFAR_DEPTHS)}")
+    return (depth - 2) // 6
+
+
 def infer_family(depths: int | Iterable[int]) -> str:
     """Which family a depth (or a list of depths, as in a sweep) belongs to.
 
-    ImageNet depths win where both fit (50 and 152 are also 6n+2), so `--depths 18,34,50,101,152`
-    means the ImageNet family; a list mixing the families is an error.
-    """
+    ImageNet depths win where both fit (50 and 152 are also 6n+2), so `--depths 18,34,50,101,152` means the
+    ImageNet family; a list mixing the families is an error."""
     ds = [depths] if isinstance(depths, int) else list(depths)
     if not ds:
         raise ValueError("no depths given; give at least one, e.g. 20,32,44,56,110 or 18,34,50,101,152")
@@ -68,26 +65,20 @@ def infer_family(depths: int | Iterable[int]) -> str:
         return "cifar"
     bad = [d for d in ds if d not in IMAGENET_DEPTHS and not is_cifar_depth(d)]
     if bad:
-        raise ValueError(
-            f"invalid depth(s) {', '.join(map(str, bad))}: valid are the ImageNet depths "
-            f"{', '.join(map(str, IMAGENET_DEPTHS))} or CIFAR depths 6n+2 ({', '.join(map(str, CIFAR_DEPTHS))}, ...)"
-        )
-    raise ValueError(
-        f"depths {', '.join(map(str, ds))} mix the ImageNet family ({', '.join(map(str, IMAGENET_DEPTHS))}) "
-        "and the CIFAR family (6n+2); sweep one family at a time"
-    )
+        raise ValueError(f"invalid depth(s) {_listed(bad)}: valid are the ImageNet depths {_listed(IMAGENET_DEPTHS)} "
+                         f"or CIFAR depths 6n+2 ({_listed(CIFAR_DEPTHS)}, ...)")
+    raise ValueError(f"depths {_listed(ds)} mix the ImageNet family ({_listed(IMAGENET_DEPTHS)}) "
+                     "and the CIFAR family (6n+2); sweep one family at a time")
 
 
 class ResNet(nn.Module):
     """A stem, stages of blocks, global average pool and a linear classifier.
 
-    ``stem="imagenet"``: 7x7/2 conv + 3x3/2 max-pool (Table 1). ``stem="cifar"``: one 3x3/1 conv, no
-    pooling (Section 4.2). Stage i > 0 starts with a stride-2 block.
-    """
+    ``stem="imagenet"``: 7x7/2 conv + 3x3/2 max-pool (Table 1). ``stem="cifar"``: one 3x3/1 conv, no pooling
+    (Section 4.2). Stage i > 0 starts with a stride-2 block."""
 
-    def __init__(self, block: type[nn.Module], layers: Sequence[int], widths: Sequence[int],
-                 num_classes: int = 1000, shortcut: str = "B", variant: str = "v1",
-                 stem: str = "imagenet", stem_width: int | None = None,
+    def __init__(self, block: type[nn.Module], layers: Sequence[int], widths: Sequence[int], num_classes: int = 1000,
+                 shortcut: str = "B", variant: str = "v1", stem: str = "imagenet", stem_width: int | None = None,
                  zero_init_residual: bool = False) -> None:
         super().__init__()
         check_shortcut(shortcut)
@@ -101,12 +92,9 @@ class ResNet(nn.Module):
             raise ValueError(f"layers {tuple(layers)} and widths {tuple(widths)} must have the same length")
         self.shortcut, self.variant, self.stem = shortcut, variant, stem
         stem_width = stem_width or widths[0]
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(3, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
-            self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        else:
-            self.conv1 = nn.Conv2d(3, stem_width, kernel_size=3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()
+        kernel, stride = (7, 2) if stem == "imagenet" else (3, 1)
+        self.conv1 = nn.Conv2d(3, stem_width, kernel, stride=stride, padding=kernel // 2, bias=False)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
 
@@ -114,21 +102,18 @@ class ResNet(nn.Module):
         for i, (n, planes) in enumerate(zip(layers, widths)):
             blocks = []
             for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(block(in_ch, planes, stride, shortcut, variant))
+                blocks.append(block(in_ch, planes, 2 if i > 0 and j == 0 else 1, shortcut, variant))
                 in_ch = planes * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         self.num_stages = len(layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
 
-        # He initialisation (He et al. 2015, "Delving deep into rectifiers"), as the paper states.
+        # He initialisation (He et al. 2015, "Delving deep into rectifiers"), as the paper states; BN keeps
+        # PyTorch's initial weight 1 and bias 0.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
         if zero_init_residual:
             # Each residual branch starts as zero, so each block starts as identity (arXiv 1706.02677).
             for m in self.modules():
@@ -148,8 +133,7 @@ class ResNet(nn.Module):
         return self.fc(self.forward_features(x))  # (B, num_classes) logits
 
 
-def resnet_cifar(depth: int, num_classes: int = 10, shortcut: str = "A",
-                 zero_init_residual: bool = False) -> ResNet:
+def resnet_cifar(depth: int, num_classes: int = 10, shortcut: str = "A", zero_init_residual: bool = False) -> ResNet:
     """The CIFAR-10 nets of Section 4.2: depth 6n+2, {16, 32, 64} filters on {32, 16, 8} maps."""
     n = cifar_blocks_per_stage(depth)
     return ResNet(BasicBlock, (n, n, n), CIFAR_WIDTHS, num_classes, shortcut, "v1", stem="cifar",
@@ -160,7 +144,7 @@ def resnet_imagenet(depth: int, num_classes: int = 1000, shortcut: str = "B", va
                     stem: str = "imagenet", zero_init_residual: bool = False) -> ResNet:
     """The ImageNet nets of Table 1 (18/34 basic, 50/101/152 bottleneck)."""
     if depth not in IMAGENET_DEPTHS:
-        raise ValueError(f"invalid ImageNet depth {depth!r}; valid choices are {', '.join(map(str, IMAGENET_DEPTHS))}")
+        raise ValueError(f"invalid ImageNet depth {depth!r}; valid choices are {_listed(IMAGENET_DEPTHS)}")
     block, layers = IMAGENET_DEPTHS[depth]
     return ResNet(block, layers, IMAGENET_WIDTHS, num_classes, shortcut, variant, stem=stem,
                   zero_init_residual=zero_init_residual)
@@ -192,12 +176,10 @@ class ModelConfig:
         return "cifar" if input_size is not None and input_size < SMALL_INPUT else "imagenet"
 
     def validate(self) -> None:
-        family = self.resolved_family()
-        if family == "cifar":
+        if self.resolved_family() == "cifar":
             cifar_blocks_per_stage(self.depth)
         elif self.depth not in IMAGENET_DEPTHS:
-            raise ValueError(f"model.depth: invalid ImageNet depth {self.depth}; valid are "
-                             f"{', '.join(map(str, IMAGENET_DEPTHS))}")
+            raise ValueError(f"model.depth: invalid ImageNet depth {self.depth}; valid are {_listed(IMAGENET_DEPTHS)}")
 
 
 def net_name(depth: int, shortcut: str) -> str:
@@ -206,9 +188,8 @@ def net_name(depth: int, shortcut: str) -> str:
 
 
 def net_label(depth: int, shortcut: str, style: Literal["text", "legend", "key"] = "text") -> str:
-    """A net as the paper writes it: for text ``ResNet-56 A``, for a figure's legend or title
-    ``ResNet-56 (A)``, as a metrics key ``A-56`` (the sweep's and DVC's metrics files); ``plain-20``
-    in all three."""
+    """A net as the paper writes it: for text ``ResNet-56 A``, for a figure's legend or title ``ResNet-56 (A)``,
+    as a metrics key ``A-56`` (the sweep's and DVC's metrics files); ``plain-20`` in all three."""
     if shortcut == "plain":
         return f"plain-{depth}"
     return {"text": f"ResNet-{depth} {shortcut}", "legend": f"ResNet-{depth} ({shortcut})",

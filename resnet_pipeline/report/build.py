@@ -1,10 +1,9 @@
 """`python cli.py report`: reports/<sweep>/report.md and report.html from the evaluation's outputs.
 
-Reads what `evaluate` wrote (the summary JSON and the plots folder), so the report is a pure
-rendering of recorded results: the tables beside the paper, the degradation check, the figures,
-the MLflow run ids, the environment and the commands that reproduce it. The folder is built in a
-temporary sibling and renamed into place, then logged to the sweep's parent run.
-"""
+Reads what `evaluate` wrote (the summary JSON and the plots folder), so the report is a pure rendering of recorded
+results: the tables beside the paper, the degradation check, the figures, the MLflow run ids, the environment and
+the commands that reproduce it. The folder is built in a temporary sibling and renamed into place, then logged to
+the sweep's parent run."""
 
 from __future__ import annotations
 
@@ -13,11 +12,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from resnet_pipeline import paper
+from resnet_pipeline import paper, tracking
 from resnet_pipeline.config import ConfigError, project_relative
-from resnet_pipeline.models import net_label
 from resnet_pipeline.evaluation.config import SUMMARY, EvaluateConfig
 from resnet_pipeline.evaluation.summary import EvaluationSummary
+from resnet_pipeline.files import atomic_dir
+from resnet_pipeline.models import net_label
 from resnet_pipeline.report.document import (Block, Bullets, Code, Heading, Image, Paragraph, Table, to_html,
                                              to_markdown)
 
@@ -29,9 +29,12 @@ def _pct(x: float | None, digits: int = 2) -> str:
 
 
 def _pm(mean: float | None, std: float | None, n: int) -> str:
-    if mean is None:
-        return "-"
-    return f"{_pct(mean)} ± {_pct(std)}" if n > 1 and std is not None else _pct(mean)
+    return f"{_pct(mean)} ± {_pct(std)}" if mean is not None and n > 1 and std is not None else _pct(mean)
+
+
+def _pm_over_seeds(entry: dict[str, Any], key: str) -> str:
+    """A comparison-table entry's ``<key>_mean`` ± ``<key>_std`` over its runs."""
+    return _pm(entry.get(f"{key}_mean"), entry.get(f"{key}_std"), entry["runs"])
 
 
 def _diff(x: float | None) -> str:
@@ -69,18 +72,13 @@ def build_report(cfg: EvaluateConfig, *, sweep: str | None = None, params_file: 
                  log: Log = print) -> Path:
     """Write <reports>/<sweep>/ (report.md, report.html, figures/, evaluation.json: the summary it
     renders); return it."""
-    from resnet_pipeline import tracking
-    from resnet_pipeline.files import atomic_dir
-
     cfg.validate()
     summary = load_summary(cfg, sweep)
     name = summary.sweep or "runs"
     plots_dir = Path(summary.plots_dir)
-    figures = {"figure6.png": plots_dir / summary.plots.figure6,
-               "figure7.png": plots_dir / summary.plots.figure7}
-    for row in summary.runs:
-        for key, rel in row["plots"].items():
-            figures[f"runs/{Path(rel).parent.name}/{Path(rel).name}"] = plots_dir / rel
+    figures = {"figure6.png": plots_dir / summary.plots.figure6, "figure7.png": plots_dir / summary.plots.figure7,
+               **{f"runs/{Path(rel).parent.name}/{Path(rel).name}": plots_dir / rel
+                  for row in summary.runs for rel in row["plots"].values()}}
     missing = [str(p) for p in [*figures.values(), *(Path(r["detail"]) for r in summary.runs)] if not p.is_file()]
     if missing:
         raise ConfigError(f"file(s) written by the evaluation are missing: {', '.join(missing[:3])}"
@@ -93,9 +91,8 @@ def build_report(cfg: EvaluateConfig, *, sweep: str | None = None, params_file: 
             shutil.copyfile(src, tmp / "figures" / rel)
         (tmp / "evaluation.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
         blocks = report_blocks(summary, params_file, details)
-        title = f"ResNet reproduction: {name}"
         (tmp / "report.md").write_text(to_markdown(blocks))
-        (tmp / "report.html").write_text(to_html(blocks, title, images_root=tmp))
+        (tmp / "report.html").write_text(to_html(blocks, f"ResNet reproduction: {name}", images_root=tmp))
     log(f"wrote {dest}/report.md and report.html")
     if summary.parent_run_id:
         tracking.log_artifacts(summary.tracking_uri, summary.parent_run_id, dest, "report")
@@ -106,25 +103,14 @@ def build_report(cfg: EvaluateConfig, *, sweep: str | None = None, params_file: 
 def report_blocks(summary: EvaluationSummary, params_file: str | None = None,
                   details: dict[str, dict[str, Any]] | None = None) -> list[Block]:
     """The report as document blocks (see `document.py`); ``details``: run id -> detail file."""
-    name = summary.sweep or "runs"
-    compared = summary.compared
-    ten_crop = compared.endswith("_10crop")
-    blocks: list[Block] = [
-        Heading(1, f"ResNet reproduction: {name}"),
+    view = " with 10-crop testing" if summary.compared.endswith("_10crop") else ", single view"
+    return [
+        Heading(1, f"ResNet reproduction: {summary.sweep or 'runs'}"),
         Paragraph(f"He, Zhang, Ren, Sun, \"Deep Residual Learning for Image Recognition\" (arXiv 1512.03385). "
-                  f"Dataset `{summary.dataset}` ({project_relative(summary.data_dir)}), {len(summary.runs)} evaluated run(s), "
-                  f"errors on the `{summary.split}` split" + (" with 10-crop testing" if ten_crop else
-                                                                 ", single view") +
-                  f". Evaluated {summary.environment['date']}."),
-    ]
-    blocks += _results(summary)
-    blocks += _degradation(summary)
-    blocks += _figures(summary)
-    blocks += _runs(summary)
-    blocks += _per_class(summary, details or {})
-    blocks += _environment(summary)
-    blocks += _reproduce(summary, params_file)
-    return blocks
+                  f"Dataset `{summary.dataset}` ({project_relative(summary.data_dir)}), {len(summary.runs)} evaluated "
+                  f"run(s), errors on the `{summary.split}` split{view}. Evaluated {summary.environment['date']}."),
+        *_results(summary), *_degradation(summary), *_figures(summary), *_runs(summary),
+        *_per_class(summary, details or {}), *_environment(summary), *_reproduce(summary, params_file)]
 
 
 def _results(summary: EvaluationSummary) -> list[Block]:
@@ -141,21 +127,15 @@ def _results(summary: EvaluationSummary) -> list[Block]:
     table = summary.table
     # Columns empty for the whole table are left out: the paper's on data that is neither CIFAR-10 nor
     # ImageNet, top-5 for 5 classes or fewer.
-    shown = {"paper_top1": any(e["paper_top1_error"] is not None for e in table),
-             "top5": any(e["top5_error_mean"] is not None for e in table),
-             "paper_top5": any(e["paper_top5_error"] is not None for e in table)}
-    header = ["net", "runs", "top-1", *(["paper top-1", "diff"] if shown["paper_top1"] else []),
-              *(["top-5"] if shown["top5"] else []), *(["paper top-5", "diff"] if shown["paper_top5"] else []),
-              "val top-1", "final train", "note"]
-    rows = []
-    for e in table:
-        n = e["runs"]
-        rows.append([net_label(e["depth"], e["shortcut"]), str(n), _pm(e["top1_error_mean"], e["top1_error_std"], n),
-                     *([_paper_cell(e, "top1"), _diff(e["diff_top1_error"])] if shown["paper_top1"] else []),
-                     *([_pm(e["top5_error_mean"], e["top5_error_std"], n)] if shown["top5"] else []),
-                     *([_paper_cell(e, "top5"), _diff(e["diff_top5_error"])] if shown["paper_top5"] else []),
-                     _pm(e.get("val_error_mean"), e.get("val_error_std"), n),
-                     _pm(e.get("train_error_mean"), e.get("train_error_std"), n), e["paper_note"] or ""])
+    paper1, top5, paper5 = (any(e[key] is not None for e in table)
+                            for key in ("paper_top1_error", "top5_error_mean", "paper_top5_error"))
+    header = ["net", "runs", "top-1", *(["paper top-1", "diff"] if paper1 else []), *(["top-5"] if top5 else []),
+              *(["paper top-5", "diff"] if paper5 else []), "val top-1", "final train", "note"]
+    rows = [[net_label(e["depth"], e["shortcut"]), str(e["runs"]), _pm_over_seeds(e, "top1_error"),
+             *([_paper_cell(e, "top1"), _diff(e["diff_top1_error"])] if paper1 else []),
+             *([_pm_over_seeds(e, "top5_error")] if top5 else []),
+             *([_paper_cell(e, "top5"), _diff(e["diff_top5_error"])] if paper5 else []),
+             _pm_over_seeds(e, "val_error"), _pm_over_seeds(e, "train_error"), e["paper_note"] or ""] for e in table]
     notes = {e["paper_note"] or "" for e in table}
     if len(notes) == 1:  # the same note on every row: said once, below the table
         header, rows = header[:-1], [row[:-1] for row in rows]
@@ -236,28 +216,26 @@ def _run_link(summary: EvaluationSummary, run_id: str) -> str:
     exp = summary.experiment_id
     if not exp:
         return f"`{run_id}`"
+    page = f"{ui_base(summary.tracking_uri)}/#/experiments/{exp}/runs/{run_id}"
     # workflowType: MLflow 3's UI opens on its GenAI pages otherwise (a per-browser setting).
-    return f"[{run_id}]({ui_base(summary.tracking_uri)}/#/experiments/{exp}/runs/{run_id}?workflowType=machine_learning)"
+    return f"[{run_id}]({page}?workflowType=machine_learning)"
 
 
 def _runs(summary: EvaluationSummary) -> list[Block]:
     split, compared = summary.split, summary.compared
-    top5 = any(r[split]["top5_error"] is not None for r in summary.runs)  # none for 5 classes or fewer
-    header = ["run", "MLflow run id", "seed", "val top-1", f"{split} top-1", *([f"{split} top-5"] if top5 else [])]
-    if compared != split:
-        header += ["10-crop top-1", *(["10-crop top-5"] if top5 else [])]
-    header += ["registry", "git commit"]
+    tops = (1, 5) if any(r[split]["top5_error"] is not None for r in summary.runs) else (1,)  # none for <= 5 classes
+    views = {split: split, **({compared: "10-crop"} if compared != split else {})}  # pass -> its columns' label
+    header = ["run", "MLflow run id", "seed", "val top-1",
+              *(f"{label} top-{k}" for label in views.values() for k in tops), "registry", "git commit"]
     rows = []
     holder = summary.registry.champion_version  # after the whole evaluation, not at each registration
     for r in summary.runs:
         reg = r["registry"]
-        version = (f"v{reg['version']}" + (" @champion" if str(reg.get("version")) == str(holder) else "")) \
-            if reg.get("registered") else "not registered"
-        row = [r["run_name"], _run_link(summary, r["run_id"]), str(r["seed"]), _pct(r["val"]["top1_error"]),
-               _pct(r[split]["top1_error"]), *([_pct(r[split]["top5_error"])] if top5 else [])]
-        if compared != split:
-            row += [_pct(r[compared]["top1_error"]), *([_pct(r[compared]["top5_error"])] if top5 else [])]
-        rows.append(row + [version, (r.get("git_commit") or "unknown")[:12]])
+        version = (f"v{reg['version']}" + (" @champion" if str(reg.get("version")) == str(holder) else "")
+                   if reg.get("registered") else "not registered")
+        rows.append([r["run_name"], _run_link(summary, r["run_id"]), str(r["seed"]), _pct(r["val"]["top1_error"]),
+                     *(_pct(r[view][f"top{k}_error"]) for view in views for k in tops), version,
+                     (r.get("git_commit") or "unknown")[:12]])
     reg = summary.registry
     blocks: list[Block] = [
         Heading(2, "Runs"),
@@ -294,13 +272,8 @@ def _per_class(summary: EvaluationSummary, details: dict[str, dict[str, Any]]) -
     blocks: list[Block] = [Heading(3, f"Per-class accuracy ({split} split, %)")]
     if len(classes) > MAX_CLASSES_IN_REPORT:
         return blocks + [Paragraph(f"{len(classes)} classes: see each run's detail file (`per_class_accuracy`).")]
-    rows = []
-    for c in classes:
-        cells = []
-        for r in runs:
-            acc = details[r["run_id"]]["passes"][split]["per_class_accuracy"].get(c)
-            cells.append(_pct(acc, 1))
-        rows.append([c, *cells])
+    rows = [[c, *(_pct(details[r["run_id"]]["passes"][split]["per_class_accuracy"].get(c), 1) for r in runs)]
+            for c in classes]
     return blocks + [Table(["class", *(r["run_name"] for r in runs)], rows)]
 
 
@@ -323,13 +296,10 @@ def _reproduce(summary: EvaluationSummary, params_file: str | None) -> list[Bloc
     dvc_file = (Path(params_file).parent / "dvc.yaml").as_posix() if params_file else "dvc.yaml"
     repro = "dvc repro" if dvc_file == "dvc.yaml" else f"dvc repro {dvc_file}"
     sweep = summary.sweep
-    if sweep:
-        commands = [f"python cli.py prepare{p}", f"python cli.py sweep{p} --name {sweep}",
-                    f"python cli.py evaluate{p} --sweep {sweep}", f"python cli.py report{p} --sweep {sweep}"]
-    else:
-        runs = " ".join(f"--run {r['run_id']}" for r in summary.runs)
-        commands = [f"python cli.py prepare{p}", f"python cli.py train{p}  # once per run",
-                    f"python cli.py evaluate{p} {runs}", f"python cli.py report{p}"]
+    which = f"--sweep {sweep}" if sweep else " ".join(f"--run {r['run_id']}" for r in summary.runs)
+    commands = [f"python cli.py prepare{p}",
+                f"python cli.py sweep{p} --name {sweep}" if sweep else f"python cli.py train{p}  # once per run",
+                f"python cli.py evaluate{p} {which}", f"python cli.py report{p}{f' --sweep {sweep}' if sweep else ''}"]
     return [Heading(2, "How to reproduce"),
             Paragraph("From the repository root at the git commit above, with the same MLflow store "
                       f"(MLFLOW_TRACKING_URI); `{repro}` runs the same stages from `{dvc_file}`:"),

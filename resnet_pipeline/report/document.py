@@ -1,10 +1,8 @@
 """A tiny document model rendered to Markdown and to HTML, from the Jinja2 templates in templates/.
 
-The report is built once as blocks (headings, paragraphs, tables, images, code, lists) and
-written in both formats, so no Markdown parser is needed. Inline text supports `code` spans,
-**bold** and [text](http://...) links. The HTML embeds its images, so that it reads alone (in
-MLflow's artifact viewer, where relative files do not load).
-"""
+The report is built once as blocks (headings, paragraphs, tables, images, code, lists) and written in both formats,
+so no Markdown parser is needed. Inline text supports `code` spans, **bold** and [text](http://...) links. The HTML
+embeds its images, so that it reads alone (in MLflow's artifact viewer, where relative files do not load)."""
 
 from __future__ import annotations
 

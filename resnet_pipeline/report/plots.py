@@ -1,8 +1,7 @@
 """PNG figures: Figure 6 and Figure 7 of the paper from our runs, learning curves, confusion matrices.
 
-matplotlib's object-oriented API with the Agg canvas: no pyplot global state, no display needed.
-Inputs are plain lists; errors are fractions and are drawn in percent, as the paper's figures.
-"""
+matplotlib's object-oriented API with the Agg canvas: no pyplot global state, no display needed. Inputs are plain
+lists; errors are fractions and are drawn in percent, as the paper's figures."""
 
 from __future__ import annotations
 
@@ -14,13 +13,14 @@ from resnet_pipeline.models import net_label
 Curve = Sequence[tuple[int, float]]
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, *grid: int, **subplots: Any):
+    """(figure, its axes: `Figure.subplots` of ``grid`` and ``subplots``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=110)
     FigureCanvasAgg(fig)
-    return fig
+    return fig, fig.subplots(*grid, **subplots)
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -35,8 +35,7 @@ def _depth_colours(depths: Sequence[int]) -> dict[int, Any]:
     from matplotlib import colormaps
 
     ordered = sorted(set(depths))
-    cmap = colormaps["viridis"]
-    return {d: cmap(0.85 * i / max(1, len(ordered) - 1)) for i, d in enumerate(ordered)}
+    return {d: colormaps["viridis"](0.85 * i / max(1, len(ordered) - 1)) for i, d in enumerate(ordered)}
 
 
 def _xy(curve: Curve) -> tuple[list[int], list[float]]:
@@ -45,28 +44,24 @@ def _xy(curve: Curve) -> tuple[list[int], list[float]]:
 
 
 def figure6(series: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Training error (dashed) and validation error (bold) vs iterations: plain nets in the left
-    panel, residual nets (one panel per shortcut) on the right, one colour per depth (Figure 6).
+    """Training error (dashed) and validation error (bold) vs iterations: plain nets in the left panel, residual nets
+    (one panel per shortcut) on the right, one colour per depth (Figure 6).
 
-    ``series``: [{"shortcut", "depth", "train": [(iteration, error)], "val": [(iteration, error)]}].
-    """
+    ``series``: [{"shortcut", "depth", "train": [(iteration, error)], "val": [(iteration, error)]}]."""
     shortcuts = ["plain"] + sorted({s["shortcut"] for s in series if s["shortcut"] != "plain"})
     colours = _depth_colours([s["depth"] for s in series])
-    fig = _figure(5.0 * len(shortcuts), 4.0)
-    axes = fig.subplots(1, len(shortcuts), sharey=True, squeeze=False)[0]
+    fig, axes = _figure(5.0 * len(shortcuts), 4.0, 1, len(shortcuts), sharey=True, squeeze=False)
+    axes = axes[0]
     top = 0.0
     for ax, shortcut in zip(axes, shortcuts):
         panel = sorted((s for s in series if s["shortcut"] == shortcut), key=lambda s: s["depth"])
         for s in panel:
-            colour = colours[s["depth"]]
-            if s.get("train"):
-                x, y = _xy(s["train"])
-                ax.plot(x, y, "--", color=colour, linewidth=1.0)
-                top = max(top, max(y))
-            if s.get("val"):
-                x, y = _xy(s["val"])
-                ax.plot(x, y, "-", color=colour, linewidth=2.2, label=net_label(s["depth"], shortcut, "legend"))
-                top = max(top, max(y))
+            for key, style, width, label in (("train", "--", 1.0, None),
+                                             ("val", "-", 2.2, net_label(s["depth"], shortcut, "legend"))):
+                if s.get(key):
+                    x, y = _xy(s[key])
+                    ax.plot(x, y, style, color=colours[s["depth"]], linewidth=width, label=label)
+                    top = max(top, max(y))
         if not panel:
             ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
         ax.set_title("plain networks" if shortcut == "plain" else f"ResNets (option {shortcut})")
@@ -81,24 +76,20 @@ def figure6(series: Sequence[dict[str, Any]], path: str | Path, title: str = "")
 
 
 def figure7(series: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Std of each 3x3 layer's response (after BN, before addition/ReLU): top in the network's
-    order, bottom sorted in descending order (Figure 7). Plain nets dashed, ResNets solid.
+    """Std of each 3x3 layer's response (after BN, before addition/ReLU): top in the network's order, bottom sorted
+    in descending order (Figure 7). Plain nets dashed, ResNets solid.
 
-    ``series``: [{"shortcut", "depth", "stds": [float, ...]}].
-    """
+    ``series``: [{"shortcut", "depth", "stds": [float, ...]}]."""
     colours = _depth_colours([s["depth"] for s in series])
-    fig = _figure(7.0, 6.0)
-    ax_order, ax_sorted = fig.subplots(2, 1)
+    fig, (ax_order, ax_sorted) = _figure(7.0, 6.0, 2, 1)
     for s in sorted(series, key=lambda s: (s["shortcut"] != "plain", s["depth"])):
         style = "--" if s["shortcut"] == "plain" else "-"
         label = net_label(s["depth"], s["shortcut"], "legend")
         x = range(1, len(s["stds"]) + 1)
-        ax_order.plot(x, s["stds"], style, color=colours[s["depth"]], linewidth=1.3, label=label)
-        ax_sorted.plot(x, sorted(s["stds"], reverse=True), style, color=colours[s["depth"]], linewidth=1.3,
-                       label=label)
-    ax_order.set_xlabel("layer index (original order)")
-    ax_sorted.set_xlabel("layer index (sorted by magnitude)")
-    for ax in (ax_order, ax_sorted):
+        for ax, stds in ((ax_order, s["stds"]), (ax_sorted, sorted(s["stds"], reverse=True))):
+            ax.plot(x, stds, style, color=colours[s["depth"]], linewidth=1.3, label=label)
+    for ax, order in ((ax_order, "original order"), (ax_sorted, "sorted by magnitude")):
+        ax.set_xlabel(f"layer index ({order})")
         ax.set_ylabel("std")
         ax.grid(alpha=0.3)
     if series:
@@ -110,8 +101,7 @@ def figure7(series: Sequence[dict[str, Any]], path: str | Path, title: str = "")
 def learning_curves(train: Curve, val: Curve, path: str | Path, title: str,
                     test_error: float | None = None) -> Path:
     """One run: training error (dashed) and validation error (bold); the final test error as a point."""
-    fig = _figure(6.0, 4.0)
-    ax = fig.subplots()
+    fig, ax = _figure(6.0, 4.0)
     if train:
         ax.plot(*_xy(train), "--", color="tab:blue", linewidth=1.0, label="training error")
     if val:
@@ -138,8 +128,7 @@ def confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: str | P
     rates = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=np.float64), where=totals > 0)
     n = len(classes)
     side = min(12.0, max(4.0, 0.45 * n + 2.0))
-    fig = _figure(side + 1.0, side)
-    ax = fig.subplots()
+    fig, ax = _figure(side + 1.0, side)
     image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     if n <= 30:

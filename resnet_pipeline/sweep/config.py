@@ -43,8 +43,7 @@ class SweepConfig:
             raise ConfigError(f"sweep.depths: {exc}") from None
         if not self.shortcuts:
             raise ConfigError(f"sweep.shortcuts: empty; choose from {', '.join(SHORTCUTS)}")
-        bad = [s for s in self.shortcuts if s not in SHORTCUTS]
-        if bad:
+        if bad := [s for s in self.shortcuts if s not in SHORTCUTS]:
             raise ConfigError(f"sweep.shortcuts: unknown {', '.join(map(repr, bad))}; valid are {', '.join(SHORTCUTS)}")
         if self.seeds < 1:
             raise ConfigError(f"sweep.seeds: must be >= 1, got {self.seeds}")
@@ -92,8 +91,8 @@ class SweepConfig:
 
     def nets(self) -> list[tuple[int, str]]:
         """(depth, shortcut) of every net: the grid, then ``include``, without repeats."""
-        grid = [(d, s) for d, s in itertools.product(self.depths, self.shortcuts)]
-        return list(dict.fromkeys([*grid, *((d, s) for s, d in self.included())]))
+        return list(dict.fromkeys([*itertools.product(self.depths, self.shortcuts),
+                                   *((d, s) for s, d in self.included())]))
 
 
 @dataclass(frozen=True)

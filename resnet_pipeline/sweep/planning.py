@@ -10,8 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from resnet_pipeline.data import dataset_fingerprint, load_manifest
 from resnet_pipeline.data.config import DataConfig, DataError
-from resnet_pipeline.models import ModelConfig
+from resnet_pipeline.data.loader import eval_geometry, loader_spec
+from resnet_pipeline.models import ModelConfig, build_model, count_params, resnet_cifar, resnet_mult_adds
 from resnet_pipeline.sweep.config import SweepConfig, Trial, trial_model
 from resnet_pipeline.training.config import TrainConfig
 
@@ -33,8 +37,6 @@ def config_digest(train: TrainConfig, model_cfg: ModelConfig, data: dict[str, An
 def shaping_data(data_path: Path, backend: str, normalize: str, aug: dict[str, Any] | None,
                  kind: str) -> dict[str, Any]:
     """The data settings that `config_digest` counts."""
-    from resnet_pipeline.data import dataset_fingerprint
-
     # The data's content, not its folder: prepared again with another split, the trials train again;
     # moved elsewhere, they do not.
     shaping = {"dataset": dataset_fingerprint(data_path), "backend": backend, "normalize": normalize}
@@ -52,10 +54,6 @@ def plan(sweep: SweepConfig, train: TrainConfig) -> list[Trial]:
 
 def complexity(model_cfg: ModelConfig, num_classes: int, input_size: int) -> tuple[int, int]:
     """(parameters, multiply-adds per image) of a model, built on the meta device."""
-    import torch
-
-    from resnet_pipeline.models import build_model, count_params, resnet_mult_adds
-
     with torch.device("meta"):
         model = build_model(model_cfg, num_classes, input_size)
     return count_params(model), resnet_mult_adds(model, input_size)
@@ -64,10 +62,6 @@ def complexity(model_cfg: ModelConfig, num_classes: int, input_size: int) -> tup
 def calibrate(input_size: int, batch: int, steps: int = 5) -> float:
     """Measured training multiply-adds per second on this machine (forward + backward ~ 3x forward),
     from a few steps of ResNet-20 at the per-worker batch. Used only for --dry-run estimates."""
-    import torch
-
-    from resnet_pipeline.models import resnet_cifar, resnet_mult_adds
-
     model = resnet_cifar(20).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, input_size, input_size).contiguous(memory_format=torch.channels_last)
@@ -95,9 +89,6 @@ def estimate(trials: list[Trial], model_cfg: ModelConfig, train: TrainConfig, nu
 
 def data_shape(data_dir: Path, aug: dict[str, Any] | None = None) -> tuple[int, int, str]:
     """(classes, the side of the model's input, cifar|imagenet kind) of a prepared dataset."""
-    from resnet_pipeline.data import load_manifest
-    from resnet_pipeline.data.loader import eval_geometry, loader_spec
-
     manifest = load_manifest(data_dir)
     spec = loader_spec(data_dir, "val", train=False, batch_size=1, normalize="per_channel",  # shape only
                        **eval_geometry(aug))
@@ -120,14 +111,12 @@ def dry_run(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, data
             data: DataConfig | None = None) -> dict[str, Any]:
     """The trials and their compute, and (``measure``) the time they would take on this machine. The data
     need not be prepared yet: its shape then comes from the ``data`` params (`planned_shape`)."""
-    from resnet_pipeline.data import load_manifest
     from resnet_pipeline.training.driver import resolve_workers
 
     train.validate()
     train = resolve_workers(train)
     trials = plan(sweep, train)
-    try:
-        load_manifest(data_dir)
+    try:  # data_shape raises DataError first thing when the data is not prepared
         num_classes, input_size, _ = data_shape(Path(data_dir), aug)
         shape_from = f"the prepared data in {data_dir}"
     except DataError:

@@ -14,8 +14,7 @@ def trial_threads(cpus: float, node_cpus: float, concurrent: int, trial_cpus: in
     """torch threads per worker when train.threads_per_worker is 0: the ``concurrent`` trials share the
     cluster's cores (less each trial's driver), and no worker takes more than one node's cores. A run
     alone takes cores / workers (`training.loop`); trials at once would each take that many."""
-    share = min(cpus // concurrent - trial_cpus, node_cpus)
-    return max(1, int(share // workers))
+    return max(1, int(min(cpus // concurrent - trial_cpus, node_cpus) // workers))
 
 
 @dataclass(frozen=True)

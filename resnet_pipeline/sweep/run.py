@@ -30,9 +30,8 @@ def _checked(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig,
 
 
 def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, *,
-              backend: str = "auto", normalize: str = "auto", num_threads: int = 2,
-              aug: dict[str, Any] | None = None, tracking_uri: str | None = None,
-              snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
+              backend: str = "auto", normalize: str = "auto", num_threads: int = 2, aug: dict[str, Any] | None = None,
+              tracking_uri: str | None = None, snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
     from resnet_pipeline import tracking
     import resnet_pipeline.sweep.runs as runs
     from resnet_pipeline.sweep.tune import run_tune, trial_base
@@ -50,9 +49,8 @@ def run_sweep(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, da
         todo = runs.pending(uri, parent_id, sweep, trials)
         errors: dict[str, str] = {}
         if todo:
-            base = trial_base(sweep, train, model_cfg, data_path, storage, digest, backend=backend,
-                              normalize=normalize, num_threads=num_threads, aug=aug, uri=uri,
-                              parent_id=parent_id, snapshot=params)
+            base = trial_base(sweep, train, model_cfg, data_path, storage, digest, backend=backend, normalize=normalize,
+                              num_threads=num_threads, aug=aug, uri=uri, parent_id=parent_id, snapshot=params)
             errors = run_tune(todo, base, sweep, train, storage)
             runs.close_trials(uri, parent_id, {t["run_name"] for t in todo}, errors, sweep.asha)
         summary = summarize(uri, parent_id, sweep, digest, trials, model_cfg, num_classes, input_size)

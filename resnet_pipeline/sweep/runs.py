@@ -12,6 +12,7 @@ from typing import Any
 
 from resnet_pipeline import tracking
 from resnet_pipeline.models import ModelConfig
+from resnet_pipeline.storage import display
 from resnet_pipeline.sweep.config import SweepConfig, Trial
 from resnet_pipeline.training.config import TrainConfig
 
@@ -22,8 +23,6 @@ STOPPED_EARLY = "stopped_early"
 def parent_params(snapshot: dict[str, Any] | None, sweep: SweepConfig, model_cfg: ModelConfig,
                   train: TrainConfig) -> dict[str, Any]:
     """The parent's params: what all trials share. Each trial sets its own depth, shortcut and family."""
-    from resnet_pipeline.storage import display
-
     snap = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in (snapshot or {}).items()}
     snap.update(sweep=dataclasses.asdict(sweep),
                 model={k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("depth", "shortcut", "family")},
@@ -36,10 +35,8 @@ def open_parent(uri: str, sweep: SweepConfig, train: TrainConfig, trials: list[T
     """The id of the sweep's parent run: the one of the same name and digest, else a new one."""
     from resnet_pipeline.training.driver import environment_tags
 
-    parent_id, previous = tracking.start_run(uri, train.experiment, sweep.name, params,
-                                             {**environment_tags(train.workers), "sweep": sweep.name,
-                                              "trials": str(len(trials)), "config_digest": digest},
-                                             match_tag="config_digest")
+    tags = {**environment_tags(train.workers), "sweep": sweep.name, "trials": str(len(trials)), "config_digest": digest}
+    parent_id, previous = tracking.start_run(uri, train.experiment, sweep.name, params, tags, match_tag="config_digest")
     if previous == tracking.FINISHED:
         tracking.set_running(uri, parent_id)  # e.g. re-run with more seeds: the sweep is open again
     return parent_id
@@ -47,15 +44,12 @@ def open_parent(uri: str, sweep: SweepConfig, train: TrainConfig, trials: list[T
 
 def pending(uri: str, parent_id: str, sweep: SweepConfig, trials: list[Trial]) -> list[dict[str, Any]]:
     """Record the grid on the parent run; the trials not yet done (as Tune's grid), the others counted."""
-    tracking.log_dict(uri, parent_id, {"trials": [t.run_name() for t in trials]},
-                      tracking.SWEEP_GRID)
+    tracking.log_dict(uri, parent_id, {"trials": [t.run_name() for t in trials]}, tracking.SWEEP_GRID)
     # Done: finished, or stopped by ASHA (its decision; a new scheduler, without the old one's rung
     # history, might let the trial run to the end).
-    done = {r.info.run_name for r in tracking.child_runs(uri, parent_id)
-            if r.info.status == tracking.FINISHED
+    done = {r.info.run_name for r in tracking.child_runs(uri, parent_id) if r.info.status == tracking.FINISHED
             or (sweep.asha and r.info.status == tracking.KILLED and r.data.tags.get(STOPPED_EARLY) == "true")}
-    todo = [{**dataclasses.asdict(t), "run_name": t.run_name()} for t in trials
-            if t.run_name() not in done]
+    todo = [{**dataclasses.asdict(t), "run_name": t.run_name()} for t in trials if t.run_name() not in done]
     print(f"sweep '{sweep.name}' (MLflow run {parent_id}): {len(trials)} trials, "
           f"{len(trials) - len(todo)} already done, {len(todo)} to run")
     return todo

@@ -7,6 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from resnet_pipeline import tracking
+from resnet_pipeline.files import write_bytes_atomic
 from resnet_pipeline.models import ModelConfig, net_label, trial_name
 from resnet_pipeline.stats import mean_std
 from resnet_pipeline.sweep.config import SweepConfig, Trial, trial_model
@@ -19,8 +21,6 @@ SUMMARY_COLUMNS = ("depth", "shortcut", "seed", "status", "train_error", "val_er
 def summarize(uri: str, parent_id: str, sweep: SweepConfig, digest: str, trials: list[Trial],
               model_cfg: ModelConfig, num_classes: int, input_size: int) -> dict[str, Any]:
     """The sweep's table, read back from the child runs in MLflow (the source of truth)."""
-    from resnet_pipeline import tracking
-
     runs = {r.info.run_name: r for r in tracking.child_runs(uri, parent_id)}
     rows = []
     for t in trials:
@@ -31,9 +31,8 @@ def summarize(uri: str, parent_id: str, sweep: SweepConfig, digest: str, trials:
         if run is not None:
             m = tracking.run_metrics(run)
             speeds = [v for _, v in tracking.metric_history(uri, run.info.run_id, "images_per_s")]
-            row.update(status=run.info.status, run_id=run.info.run_id,
-                       train_error=m.get("train_error"), val_error=m.get("best_val_error"),
-                       test_error=m.get("test_error"),
+            row.update(status=run.info.status, run_id=run.info.run_id, train_error=m.get("train_error"),
+                       val_error=m.get("best_val_error"), test_error=m.get("test_error"),
                        wall_time_s=((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000,
                        images_per_s=statistics.median(speeds) if speeds else None)
         rows.append(row)
@@ -42,12 +41,9 @@ def summarize(uri: str, parent_id: str, sweep: SweepConfig, digest: str, trials:
 
 
 def log_to_parent(uri: str, parent_id: str, summary: dict[str, Any], step: int) -> None:
-    """The sweep's headline on its parent run, so that the collapsed runs table and the charts show
-    it: the best finished trial by validation error (the test error never selects), its val and test
-    error, and how many trials finished; at ``step``, the trials' last iteration, where the charts draw
-    the trials' own final values."""
-    from resnet_pipeline import tracking
-
+    """The sweep's headline on its parent run, so that the collapsed runs table and the charts show it: the best
+    finished trial by validation error (the test error never selects), its val and test error, and how many trials
+    finished; at ``step``, the trials' last iteration, where the charts draw the trials' own final values."""
     done = [r for r in summary["trials"] if r["status"] == tracking.FINISHED and r.get("val_error") is not None]
     metrics = {"trials_finished": float(len(done))}
     if done:
@@ -74,15 +70,12 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def write_summary(summary: dict[str, Any], out: Path) -> Path:
     """summary.json (everything), summary.csv (one row per trial) and metrics.json (mean over seeds
     per net, flat, for `dvc metrics show`), each written atomically."""
-    from resnet_pipeline.files import write_bytes_atomic
-
     out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out / "summary.json", json.dumps(summary, indent=2).encode())
-    flat = {net_label(a["depth"], a["shortcut"], "key"): {k: v for k, v in a.items() if k.endswith("_mean") or k == "seeds"}
-            for a in summary["aggregate"]}
-    write_bytes_atomic(out / "metrics.json", json.dumps(flat, indent=2).encode())
-    lines = [",".join(SUMMARY_COLUMNS)]
-    for r in summary["trials"]:
-        lines.append(",".join("" if r.get(c) is None else str(r.get(c)) for c in SUMMARY_COLUMNS))
-    write_bytes_atomic(out / "summary.csv", ("\n".join(lines) + "\n").encode())
+    flat = {net_label(a["depth"], a["shortcut"], "key"):
+            {k: v for k, v in a.items() if k.endswith("_mean") or k == "seeds"} for a in summary["aggregate"]}
+    lines = [",".join(SUMMARY_COLUMNS)] + [",".join("" if r.get(c) is None else str(r.get(c)) for c in SUMMARY_COLUMNS)
+                                           for r in summary["trials"]]
+    for name, text in (("summary.json", json.dumps(summary, indent=2)), ("metrics.json", json.dumps(flat, indent=2)),
+                       ("summary.csv", "\n".join(lines) + "\n")):
+        write_bytes_atomic(out / name, text.encode())
     return out

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_pipeline.models import ModelConfig
+from resnet_pipeline.storage import join
 from resnet_pipeline.sweep.config import SweepConfig
 from resnet_pipeline.sweep.resources import Placement, placement
 from resnet_pipeline.training.config import TrainConfig
@@ -24,8 +25,7 @@ def _trial_fn(config: dict[str, Any]) -> None:
 
     base, t = config["base"], config["trial"]
     train_cfg = TrainConfig(**{**base["train"], "seed": t["seed"], "run_name": t["run_name"]})
-    model_cfg = ModelConfig(**{**base["model"], "depth": t["depth"], "shortcut": t["shortcut"],
-                               "family": t["family"]})
+    model_cfg = ModelConfig(**{**base["model"], "depth": t["depth"], "shortcut": t["shortcut"], "family": t["family"]})
     if base["in_trial"]:
         launch: dict[str, Any] = {"launcher": "local", "on_report": tune.report}
     else:
@@ -44,16 +44,13 @@ def trial_base(sweep: SweepConfig, train: TrainConfig, model_cfg: ModelConfig, d
                digest: str, *, backend: str, normalize: str, num_threads: int, aug: dict[str, Any] | None,
                uri: str, parent_id: str, snapshot: dict[str, Any]) -> dict[str, Any]:
     """What every trial of the sweep shares (`_trial_fn`'s ``config["base"]``)."""
-    from resnet_pipeline.storage import join
-
     # The storage path made absolute here (Tune runs each trial in its own working directory),
     # one folder per sweep and settings: trials of other sweeps have the same names.
     return {"train": {**dataclasses.asdict(train), "storage_path": str(join(storage, f"{sweep.name}-{digest}"))},
-            "model": dataclasses.asdict(model_cfg),
-            "data_dir": str(data_path), "backend": backend, "normalize": normalize,
-            "num_threads": num_threads, "aug": dict(aug or {}), "tracking_uri": uri,
-            "parent_run_id": parent_id, "snapshot": snapshot,
-            "tags": {"sweep": sweep.name, "config_digest": digest}, "in_trial": sweep.in_trial(train.workers)}
+            "model": dataclasses.asdict(model_cfg), "data_dir": str(data_path), "backend": backend,
+            "normalize": normalize, "num_threads": num_threads, "aug": dict(aug or {}), "tracking_uri": uri,
+            "parent_run_id": parent_id, "snapshot": snapshot, "tags": {"sweep": sweep.name, "config_digest": digest},
+            "in_trial": sweep.in_trial(train.workers)}
 
 
 def _place_on_cluster(sweep: SweepConfig, train: TrainConfig, in_trial: bool, storage: str | Path) -> Placement:

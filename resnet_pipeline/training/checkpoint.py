@@ -25,12 +25,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message names the file."""
 
 
-def _serialize(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)  # serialise fully in memory first: a failure here touches no file
-    return buf.getvalue()
-
-
 class CheckpointManager:
     """Checkpoints of one run in ``directory`` (a folder or a URI): ``ckpt_<iteration>.pt``, ``best.pt``."""
 
@@ -58,7 +52,9 @@ class CheckpointManager:
     def save(self, state: dict[str, Any], iteration: int, val_error: float | None = None) -> str | Path:
         """Write the checkpoint of ``iteration``; also as best.pt when ``val_error`` is a new best."""
         try:
-            data = _serialize(state)
+            buf = io.BytesIO()
+            torch.save(state, buf)  # serialise fully in memory first: a failure here touches no file
+            data = buf.getvalue()
             self.store.write(_name(iteration), data)
             best = self.best_error()
             if val_error is not None and (best is None or val_error < best):

@@ -59,7 +59,8 @@ class TrainConfig:
     checkpoint_every: Positive = 2_000
     keep_checkpoints: Positive = 2  # the last N, plus the best on validation error
     nonfinite: Literal["fail", "skip"] = "fail"
-    max_failures: Annotated[int, Bounds(ge=-1, note="-1: unlimited")] = 2  # Ray Train restarts of the worker group from the last checkpoint
+    # Ray Train restarts of the worker group from the last checkpoint.
+    max_failures: Annotated[int, Bounds(ge=-1, note="-1: unlimited")] = 2
     # Where checkpoints and Ray results go; relative paths are under the project root.
     # On a multi-node cluster this must be a filesystem every node shares.
     # auto: results/<the prepared data folder's name> (`for_data`).
@@ -83,23 +84,23 @@ class TrainConfig:
         check_fields(self, "train")
         for key in ("experiment", "storage_path"):
             if not str(getattr(self, key)).strip():
-                raise ConfigError(f"train.{key}: must not be empty (e.g. {TrainConfig.__dataclass_fields__[key].default!r})")
+                raise ConfigError(f"train.{key}: must not be empty "
+                                  f"(e.g. {TrainConfig.__dataclass_fields__[key].default!r})")
         ms = list(self.milestones)
         if any(b <= a for a, b in zip(ms, ms[1:])) or any(m <= 0 for m in ms):
             raise ConfigError(f"train.milestones: must be strictly increasing positive iterations, got {ms}")
         if self.workers != "auto" and self.batch_size % self.workers:
-            raise ConfigError(
-                f"train.batch_size {self.batch_size} is not divisible by train.workers {self.workers}: the global "
-                f"batch is split evenly across workers; use e.g. batch_size "
-                f"{self.batch_size - self.batch_size % self.workers or self.workers} or workers dividing it")
+            raise ConfigError(f"train.batch_size {self.batch_size} is not divisible by train.workers {self.workers}: "
+                              "the global batch is split evenly across workers; use e.g. batch_size "
+                              f"{self.batch_size - self.batch_size % self.workers or self.workers} "
+                              "or workers dividing it")
         if self.run_name is not None:
             check_name("train.run_name", self.run_name, "resnet20-baseline")
 
     def resolved(self, gpus: int, cpus: int) -> "TrainConfig":
-        """This config with ``workers: auto`` made a number, given the GPUs and CPU cores that training
-        can use: one worker per GPU (unless use_gpu is off), else 2 on the CPU (at most the cores);
-        then the largest count not above that which divides the global batch. An explicit number is
-        kept (and checked where it runs)."""
+        """This config with ``workers: auto`` made a number for the GPUs and CPU cores training can use (see
+        ``workers``), then the largest count not above that which divides the global batch. An explicit
+        number is kept (and checked where it runs)."""
         if self.workers != "auto":
             return self
         want = gpus if gpus > 0 and self.use_gpu != "off" else min(2, max(1, cpus))
@@ -114,8 +115,7 @@ class TrainConfig:
 
     @property
     def peak_lr(self) -> float:
-        scale = self.batch_size / self.base_batch_size if self.lr_scaling == "linear" else 1.0
-        return self.lr * scale
+        return self.lr * (self.batch_size / self.base_batch_size if self.lr_scaling == "linear" else 1.0)
 
     def warmup_enabled(self, depth: int, family: str) -> bool:
         """``auto``: the paper's warm-up is for its CIFAR ResNet-110 (Sec. 4.2), not ImageNet's 101/152."""

@@ -8,19 +8,30 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from dataclasses import dataclass
+import getpass
+import os
+import platform
 import signal
+import sys
+import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
+
 from resnet_pipeline import environment
 from resnet_pipeline.config import ConfigError, project_relative
+from resnet_pipeline.data import dataset_fingerprint, load_manifest
+from resnet_pipeline.data.loader import dali_available, loader_spec
 from resnet_pipeline.models import ModelConfig, net_label, trial_name
-from resnet_pipeline.training.config import TrainConfig
 from resnet_pipeline.storage import credentials_in, display, is_uri, join, open_store
 from resnet_pipeline.training.checkpoint import CheckpointError, CheckpointManager
+from resnet_pipeline.training.config import TrainConfig
 from resnet_pipeline.training.loop import DataSource
+from resnet_pipeline.training.ray_launch import check_local_capacity, cluster_devices, fit_with_ray
+from resnet_pipeline.training.worker import run_worker, worker_config
 
 
 class Terminated(KeyboardInterrupt):
@@ -81,8 +92,7 @@ def check_resumable(checkpoints: str | Path, train_cfg: TrainConfig, model_cfg: 
 
 def default_run_name(model_cfg: ModelConfig, seed: int) -> str:
     """``resnet20-A-s0-20261207-120000``: what tells runs apart first, so that truncated names differ."""
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{trial_name(model_cfg.depth, model_cfg.resolved_shortcut(), seed)}-{stamp}"
+    return f"{trial_name(model_cfg.depth, model_cfg.resolved_shortcut(), seed)}-{dt.datetime.now():%Y%m%d-%H%M%S}"
 
 
 # The tag that holds a run's git commit: MLflow's own, which its UI shows in the runs table.
@@ -92,13 +102,11 @@ GIT_COMMIT_TAG = "mlflow.source.git.commit"
 def environment_tags(workers: int) -> dict[str, str]:
     """Where a run ran: MLflow's standard source tags (git commit, user, entry point) that the UI
     shows in its columns, whether the work tree had uncommitted changes, world size, devices, versions."""
-    import getpass
-    import platform
-
     tags = {GIT_COMMIT_TAG: environment.git_commit(), "git_dirty": environment.git_dirty(),
             "mlflow.user": getpass.getuser(), "mlflow.source.name": "cli.py", "mlflow.source.type": "LOCAL",
             "world_size": str(workers), "python": platform.python_version(), "device": environment.device_name()}
-    tags.update({f"version.{pkg}": v for pkg, v in environment.versions(environment.RUN_PACKAGES).items() if v is not None})
+    tags.update({f"version.{pkg}": v for pkg, v in environment.versions(environment.RUN_PACKAGES).items()
+                 if v is not None})
     return tags
 
 
@@ -113,16 +121,9 @@ class Devices:
 
 
 def available_devices() -> Devices:
-    import os
-    import sys
-
     ray = sys.modules.get("ray")
     if os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):
-        from resnet_pipeline.training.ray_launch import cluster_devices
-
         return Devices(*cluster_devices())
-    import torch
-
     gpus, cpus = torch.cuda.device_count(), os.cpu_count() or 1
     return Devices(gpus, cpus, cpus // gpus if gpus else 0)
 
@@ -134,11 +135,8 @@ def loader_threads(train_cfg: TrainConfig, backend: str, num_threads: int, devic
     decodes on the GPU, but reading, the ImageNet resize and the crops keep several CPU threads busy
     per GPU, and ``num_threads // workers`` (1 with 8 workers) would starve it. ``gpu_share``: the part
     of a GPU that each worker has (a sweep's fractional GPUs)."""
-    from resnet_pipeline.data.loader import dali_available
-
-    on_gpu = train_cfg.use_gpu != "off" and devices.gpus > 0
     shared = max(1, num_threads // train_cfg.workers)
-    if on_gpu and backend in ("auto", "dali-gpu") and dali_available():
+    if train_cfg.use_gpu != "off" and devices.gpus > 0 and backend in ("auto", "dali-gpu") and dali_available():
         # One core of each GPU's share is left to the training process itself (and a Tune trial's driver).
         return max(shared, int(devices.cpus_per_gpu * gpu_share) - 1)
     return shared
@@ -166,12 +164,11 @@ def data_choices(spec, normalize: str, model_cfg: ModelConfig) -> str:
     stem = model_cfg.resolved_stem(spec.input_size)
     return (f"data: {spec.kind} kind ({why}, {spec.num_classes} classes): normalize {spec.normalize}"
             f"{' (auto)' if normalize == 'auto' else ''}, {geometry}; model: {model_cfg.resolved_family()} family, "
-            f"depth {model_cfg.depth}, shortcut {model_cfg.resolved_shortcut()}, {stem} stem, input {spec.input_size} px")
+            f"depth {model_cfg.depth}, shortcut {model_cfg.resolved_shortcut()}, {stem} stem, "
+            f"input {spec.input_size} px")
 
 
 def check_data_dir(data_dir: str | Path) -> Path:
-    from resnet_pipeline.data import load_manifest
-
     path = Path(data_dir).resolve()
     manifest = load_manifest(path)  # raises DataError naming the folder when it is not a prepared dataset
     for split in ("train", "val"):
@@ -187,17 +184,16 @@ IMAGENET_ONLY = ("crop_size", "resize_range", "eval_resize", "color_aug")
 
 def run_description(model_cfg: ModelConfig, train_cfg: TrainConfig, spec, data_path: Path) -> str:
     """The run page's description: what was trained, on what, how long."""
-    return (f"{net_label(model_cfg.depth, model_cfg.resolved_shortcut())}, seed {train_cfg.seed}, on {data_path.name} ({spec.num_classes} classes, {spec.kind} kind): "
-            f"{train_cfg.iterations:,} iterations at batch {train_cfg.batch_size}, lr {train_cfg.lr:g} divided by "
-            f"{1 / train_cfg.lr_decay:g} at {', '.join(f'{m:,}' for m in train_cfg.milestones) or 'no milestone'}.")
+    milestones = ", ".join(f"{m:,}" for m in train_cfg.milestones) or "no milestone"
+    return (f"{net_label(model_cfg.depth, model_cfg.resolved_shortcut())}, seed {train_cfg.seed}, on {data_path.name} "
+            f"({spec.num_classes} classes, {spec.kind} kind): {train_cfg.iterations:,} iterations at batch "
+            f"{train_cfg.batch_size}, lr {train_cfg.lr:g} divided by {1 / train_cfg.lr_decay:g} at {milestones}.")
 
 
 def resolve_storage(storage_path: str) -> str | Path:
     """``train.storage_path`` made absolute here, on the driver (Ray workers change directory); an
     object-store URI is checked by writing and deleting a small object, before anything starts."""
     if is_uri(storage_path):
-        import uuid
-
         how = ("give a folder, or a URI pyarrow opens (s3://bucket/prefix, gs://bucket/prefix) with the store's "
                "credentials in the environment (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, "
                "and AWS_ENDPOINT_URL for S3-compatible stores)")
@@ -220,22 +216,18 @@ def resolve_storage(storage_path: str) -> str | Path:
 
 
 def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, *, backend: str = "auto",
-          normalize: str = "auto", num_threads: int = 2, aug: dict[str, Any] | None = None,
-          launcher: str = "auto",
-          tracking_uri: str | None = None, snapshot: dict[str, Any] | None = None,
-          parent_run_id: str | None = None, callbacks: list | None = None,
-          on_report: Callable[[dict[str, float]], None] | None = None, gpu_share: float = 1.0,
-          extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
+          normalize: str = "auto", num_threads: int = 2, aug: dict[str, Any] | None = None, launcher: str = "auto",
+          tracking_uri: str | None = None, snapshot: dict[str, Any] | None = None, parent_run_id: str | None = None,
+          callbacks: list | None = None, on_report: Callable[[dict[str, float]], None] | None = None,
+          gpu_share: float = 1.0, extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train one model. Returns a summary dict (run id, name, metrics, checkpoint folder).
 
     ``launcher``: "ray" (a Ray Train worker group; ``callbacks`` are its RunConfig callbacks),
     "local" (this process trains; ``on_report`` gets the metrics Ray Train would get), or "auto"
-    (Ray when installed).
-
-    ``aug``: ImageNet-kind geometry (`DataConfig.aug`: crop_size, resize_range, eval_resize,
-    color_aug); None keeps the loader's defaults. ``gpu_share``: the part of a GPU this run has (a sweep's
-    fractional GPUs per trial), which scales its DALI threads (`loader_threads`). ``extra_tags``: more run
-    tags (a sweep's trial: the sweep's name and configuration digest)."""
+    (Ray when installed). ``aug``: ImageNet-kind geometry (`DataConfig.aug`: crop_size, resize_range,
+    eval_resize, color_aug); None keeps the loader's defaults. ``gpu_share``: the part of a GPU this run
+    has (a sweep's fractional GPUs per trial), which scales its DALI threads (`loader_threads`).
+    ``extra_tags``: more run tags (a sweep's trial: the sweep's name and configuration digest)."""
     from resnet_pipeline import tracking
 
     train_cfg, data_path, spec, launcher = _check_before_ray(train_cfg, model_cfg, data_dir, normalize, aug, launcher)
@@ -255,21 +247,15 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
     summary = {"run_id": run_id, "run_name": run_name, "run_dir": display(run_dir), "tracking_uri": uri}
     if previous == tracking.FINISHED:
         print(f"run '{run_name}' already finished (MLflow run {run_id}); nothing to do")
-        metrics = tracking.run_metrics(tracking.get_run(uri, run_id))
-        return {**summary, "metrics": metrics, "resumed": False}
+        return {**summary, "metrics": tracking.run_metrics(tracking.get_run(uri, run_id)), "resumed": False}
     print(f"{'resuming' if previous else 'starting'} run '{run_name}' (MLflow run {run_id}, {uri})")
     print("resolved config: " + ", ".join(f"{k}={v}" for k, v in shown.items() if k != "run_name"))
     print("model: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(model_cfg).items()))
-
-    from resnet_pipeline.training.worker import run_worker, worker_config
-
     config = worker_config(train_cfg, model_cfg, src, str(run_dir), uri, run_id, snapshot)
     status = tracking.FAILED
     try:
         with sigterm_as_interrupt(), tracking.system_metrics(uri, run_id):
             if launcher == "ray":
-                from resnet_pipeline.training.ray_launch import fit_with_ray
-
                 fit_with_ray(config, train_cfg.workers, train_cfg.use_gpu, run_name, storage,
                              train_cfg.max_failures, callbacks, cpus_per_worker=threads)
             else:
@@ -280,8 +266,7 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
         raise
     finally:
         tracking.end_run(uri, run_id, status)
-    metrics = tracking.run_metrics(tracking.get_run(uri, run_id))
-    return {**summary, "metrics": metrics, "resumed": previous is not None}
+    return {**summary, "metrics": tracking.run_metrics(tracking.get_run(uri, run_id)), "resumed": previous is not None}
 
 
 def _check_before_ray(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, normalize: str,
@@ -290,8 +275,6 @@ def _check_before_ray(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: 
     settings against this dataset (e.g. per-pixel mean needs fixed-size images), one batch for every
     worker, and the launcher against what is installed and the machine's capacity. Returns the
     resolved training config, the data folder, the training loader's spec and the launcher."""
-    from resnet_pipeline.data.loader import loader_spec
-
     train_cfg.validate()
     model_cfg.validate()
     data_path = check_data_dir(data_dir)
@@ -311,8 +294,6 @@ def _check_before_ray(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: 
     if launcher == "local" and train_cfg.workers != 1:
         raise ConfigError(f"train.workers={train_cfg.workers} needs Ray (not installed); use --workers 1")
     if launcher == "ray":
-        from resnet_pipeline.training.ray_launch import check_local_capacity
-
         check_local_capacity(train_cfg.workers, train_cfg.use_gpu)
     return train_cfg, data_path, spec, launcher
 
@@ -337,8 +318,6 @@ def _run_tags(train_cfg: TrainConfig, model_cfg: ModelConfig, spec: Any, data_pa
               extra_tags: dict[str, str] | None) -> dict[str, str]:
     """The MLflow run's tags: environment, net, seed, checkpoint folder, and what it trained on (so
     that evaluation finds the same data, and refuses other data)."""
-    from resnet_pipeline.data import dataset_fingerprint
-
     return {**environment_tags(train_cfg.workers), "depth": str(model_cfg.depth),
             "shortcut": model_cfg.resolved_shortcut(), "family": model_cfg.resolved_family(),
             "seed": str(train_cfg.seed), "run_dir": display(run_dir) if is_uri(run_dir) else project_relative(run_dir),

@@ -4,9 +4,8 @@
 torchvision's `train_one_epoch` and `evaluate`); `Trainer` and `fit` run the paper's iteration-based
 schedule with them: logging windows, validation, checkpoints and resume (`TrainState`). Under Ray
 Train, `fit` runs on every worker with its rank and world size (the process group is already
-initialised); without Ray it runs in one process (e.g. on a GPU machine with torch alone).
-
-Imports only torch, torchvision (through the models) and our data loaders.
+initialised); without Ray it runs in one process. Imports only torch, torchvision (through the
+models) and our data loaders.
 """
 
 from __future__ import annotations
@@ -27,6 +26,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from resnet_pipeline.data import load_manifest, make_loader
+from resnet_pipeline.data.loader import eval_geometry
 from resnet_pipeline.models import ModelConfig, ResNet, build_model
 from resnet_pipeline.storage import join
 from resnet_pipeline.training.checkpoint import CheckpointManager
@@ -64,12 +65,8 @@ def cpu_has_fast_bf16() -> bool:
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for fp32. auto: bf16 on GPUs that support it (else fp16), bf16 on
     CPUs with native bf16 (AMX/AVX512-BF16), fp32 otherwise."""
-    if precision == "fp32":
-        return None
-    if precision == "fp16":
-        return torch.float16
-    if precision == "bf16":
-        return torch.bfloat16
+    if precision != "auto":
+        return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else None
@@ -157,11 +154,8 @@ def has_top5(num_classes: int) -> bool:
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
              amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Loss, top-1 and top-5 error over ``loader`` (summed across ranks when distributed); no
-    ``top5_error`` for 5 classes or fewer (`has_top5`).
-
-    A [N, K, 3, H, W] batch (e.g. ten-crop) is scored by averaging the K views' softmax outputs
-    (`predict_views`).
-    """
+    ``top5_error`` for 5 classes or fewer (`has_top5`). A [N, K, 3, H, W] batch (e.g. ten-crop) is
+    scored by averaging the K views' softmax outputs (`predict_views`)."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 wrong, top-5 wrong, count
@@ -199,22 +193,9 @@ class DataSource:
     aug: dict[str, Any] = field(default_factory=dict)
 
 
-def make_train_loader(src: DataSource, batch: int, rank: int, world: int, seed: int):
-    """The run's training loader, built once: it reshuffles every epoch (see `Loader`)."""
-    from resnet_pipeline.data import make_loader
-
-    return make_loader(src.data_dir, "train", train=True, batch_size=batch, backend=src.backend, shard_id=rank,
-                       num_shards=world, seed=seed, num_threads=src.num_threads, normalize=src.normalize,
-                       **src.aug)
-
-
 def make_eval_loader(src: DataSource, split: str, batch: int, rank: int, world: int):
-    from resnet_pipeline.data import make_loader
-    from resnet_pipeline.data.loader import eval_geometry
-
     return make_loader(src.data_dir, split, train=False, batch_size=batch, backend=src.backend, shard_id=rank,
-                       num_shards=world, num_threads=src.num_threads, normalize=src.normalize,
-                       **eval_geometry(src.aug))
+                       num_shards=world, num_threads=src.num_threads, normalize=src.normalize, **eval_geometry(src.aug))
 
 
 def unwrap(model: nn.Module) -> ResNet:
@@ -237,14 +218,10 @@ class Window:
     `torch.where`, and the host reads them once, at the window's end (`sums`)."""
 
     def __init__(self, device: torch.device, sums: list[float] | None = None) -> None:
-        loss_sum, wrong, count = sums or (0.0, 0.0, 0.0)
-        self.loss_sum = torch.full((), loss_sum, dtype=torch.float64, device=device)
-        self.wrong = torch.full((), wrong, dtype=torch.float64, device=device)
-        self.count = count  # samples, a host number (known without the device)
+        self.loss_sum, self.wrong = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(2))
         self.step = torch.zeros((), dtype=torch.float64, device=device)  # the iteration, counted on the device
         self.bad = torch.full((2,), -1.0, dtype=torch.float64, device=device)  # first non-finite: iteration, loss
-        self.iterations, self.data_wait_s = 0, 0.0
-        self.started = time.perf_counter()
+        self.restart(sums)
 
     def record(self, loss: torch.Tensor, wrong: torch.Tensor | None, samples: int) -> None:
         """Count one step; a skipped one (``wrong`` None, `train_step`) adds nothing to the totals."""
@@ -261,11 +238,13 @@ class Window:
         """[loss sum, wrong, count] (one host sync)."""
         return [*torch.stack([self.loss_sum, self.wrong]).tolist(), float(self.count)]
 
-    def restart(self) -> None:
-        """Zero the totals (at a logging window's end); the device iteration counter goes on."""
-        self.loss_sum.zero_()
-        self.wrong.zero_()
-        self.count, self.iterations, self.data_wait_s = 0, 0, 0.0
+    def restart(self, sums: list[float] | None = None) -> None:
+        """Zero the totals (at a logging window's end), or set them to ``sums`` (a restored window's); the
+        device iteration counter goes on."""
+        loss_sum, wrong, self.count = sums or (0.0, 0.0, 0)  # count: samples, a host number (known without the device)
+        self.loss_sum.fill_(loss_sum)
+        self.wrong.fill_(wrong)
+        self.iterations, self.data_wait_s = 0, 0.0
         self.started = time.perf_counter()
 
 
@@ -275,10 +254,8 @@ def train_window(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: tor
                  channels_last: bool = False, skip_nonfinite: bool = False) -> int:
     """Train iterations ``start`` to ``stop`` - 1 on the next batches of ``batches``, adding each step
     to ``window``; returns the number of steps skipped for a non-finite loss (``skip_nonfinite``).
-
-    No host sync: the step's numbers stay on the device (`Window`), and the only host work is the
-    schedule's lr and the time spent waiting for data.
-    """
+    No host sync: the step's numbers stay on the device (`Window`); the only host work is the
+    schedule's lr and the time spent waiting for data."""
     skipped = 0
     for iteration in range(start, stop):
         waited = time.perf_counter()
@@ -298,12 +275,9 @@ def train_window(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: tor
 @dataclass
 class TrainState:
     """Where a run stands, besides the model, optimizer, schedule and scaler: what a checkpoint keeps of
-    the loop and `Trainer.restore` gives back.
-
-    ``iteration``, ``nonfinite_skipped`` and ``metrics`` are kept current as the run goes. The rest live
-    in the loader, the RNGs and the open `Window` while training; `Trainer.snapshot` copies them in for
-    a checkpoint, and `Trainer.restore` copies them back out.
-    """
+    the loop. ``iteration``, ``nonfinite_skipped`` and ``metrics`` are kept current as the run goes; the
+    rest live in the loader, the RNGs and the open `Window` while training, and `Trainer.snapshot`
+    copies them in for a checkpoint (`Trainer.restore` copies them back out)."""
 
     iteration: int = 0
     nonfinite_skipped: int = 0
@@ -327,30 +301,11 @@ class TrainState:
                    window=state.get("window"))
 
 
-@dataclass
-class FailureInjection:
-    """Chaos testing (`train.inject_failure_at`): rank 0 fails once, as an exception or a SIGKILL, when
-    the run reaches iteration ``at``. The trainer ends a stretch of steps there and calls this between
-    stretches, never inside the step loop; the marker file makes it once per run, across restarts."""
-
-    at: int
-    kind: str  # "raise" or "sigkill"
-    ckpts: CheckpointManager
-    rank: int
-
-    def __call__(self, iteration: int) -> None:
-        if iteration == self.at and self.rank == 0 and self.ckpts.mark_once(".failure_injected"):
-            if self.kind == "sigkill":
-                os.kill(os.getpid(), signal.SIGKILL)
-            raise InjectedFailure(f"injected failure at iteration {iteration} (train.inject_failure_at)")
-
-
 class Trainer:
     """The paper's iteration-based schedule for one rank, in named steps: `train_until` trains (the hot
     loop, `train_window`, with no host sync), `end_window` logs a window, `validate` and `checkpoint`
     run between windows, `restore` resumes from the newest checkpoint, `test` scores the test split
-    once, and `run` strings them together. ``state`` (`TrainState`) is where the run stands.
-    """
+    once, and `run` strings them together. ``state`` (`TrainState`) is where the run stands."""
 
     def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str | Path, *,
                  rank: int = 0, world_size: int = 1, device: torch.device | None = None,
@@ -362,17 +317,19 @@ class Trainer:
         configure_torch(cfg, device, world_size)
         seed_everything(cfg.seed)  # the same on every rank: identical initial weights
         self.amp_dtype = resolve_precision(cfg.precision, device)
-        from resnet_pipeline.data import load_manifest
-
         self.has_test = "test" in load_manifest(src.data_dir)["splits"]
         self.src, per_worker = src, cfg.per_worker_batch
         self.val_loader = make_eval_loader(src, "val", per_worker, rank, world_size)
-        self.loader = make_train_loader(src, per_worker, rank, world_size, cfg.seed)
+        # built once: it reshuffles every epoch (see `Loader`)
+        self.loader = make_loader(src.data_dir, "train", train=True, batch_size=per_worker, backend=src.backend,
+                                  shard_id=rank, num_shards=world_size, seed=cfg.seed, num_threads=src.num_threads,
+                                  normalize=src.normalize, **src.aug)
         if len(self.loader) == 0:
             raise ValueError(f"train.batch_size {cfg.batch_size} is larger than the training split "
                              f"({self.loader.num_samples} images over {world_size} workers)")
         model = build_model(model_cfg, num_classes=self.loader.num_classes, input_size=self.loader.spec.input_size)
-        self.model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+        layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=layout)
         # fused on CUDA: one kernel for the update, and GradScaler (fp16) then checks for inf/NaN
         # gradients on the device instead of reading them back every step.
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.peak_lr, momentum=cfg.momentum,
@@ -384,13 +341,9 @@ class Trainer:
             plateau_patience=cfg.plateau_patience, plateau_threshold=cfg.plateau_threshold)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.ckpts = CheckpointManager(join(run_dir, "checkpoints"), cfg.keep_checkpoints)
-        self.failure = (None if cfg.inject_failure_at is None else
-                        FailureInjection(cfg.inject_failure_at, cfg.inject_failure, self.ckpts, rank))
         self.state = TrainState()
         self.window = Window(device)
         self._batches = self.batches()
-
-    # -- resume ------------------------------------------------------------------------------------
 
     def restore(self) -> bool:
         """Resume from the newest checkpoint, if any. It is read onto the CPU: the RNG states must stay
@@ -399,10 +352,8 @@ class Trainer:
         saved = self.ckpts.load_latest(map_location="cpu")
         if saved is None:
             return False
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.schedule.load_state_dict(saved["schedule"])
-        self.scaler.load_state_dict(saved["scaler"])
+        for part in ("model", "optimizer", "schedule", "scaler"):
+            getattr(self, part).load_state_dict(saved[part])
         # A run restarted after its last checkpoint (in the test pass, or logging the model) trains
         # no further, and still reports the last window's training error (``state.metrics``).
         self.state = state = TrainState.from_checkpoint(saved)
@@ -430,8 +381,6 @@ class Trainer:
             self.model = torch.compile(self.model)
         self.model.train()
 
-    # -- training --------------------------------------------------------------------------------------
-
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The training stream across epochs (the loader goes on to its next epoch at each end; it
         starts where `restore` put it, as the generator reads the loader only once drawn from)."""
@@ -446,8 +395,6 @@ class Trainer:
             stop, self.device, amp_dtype=self.amp_dtype, channels_last=cfg.channels_last,
             skip_nonfinite=cfg.nonfinite == "skip")
         state.iteration = max(state.iteration, stop)
-
-    # -- between windows -----------------------------------------------------------------------------
 
     def end_window(self) -> None:
         """Read the window's totals (all-reduced), check them, report them, and start the next window."""
@@ -516,16 +463,24 @@ class Trainer:
         self.report(metrics, self.state.iteration)
         return metrics
 
-    # -- the schedule --------------------------------------------------------------------------------
-
     def next_stop(self) -> int:
         """The next iteration at which something other than a step happens (a window ends, validation,
         a checkpoint, the injected failure)."""
         cfg, it = self.cfg, self.state.iteration
         stops = [(it // every + 1) * every for every in (cfg.log_every, cfg.eval_every, cfg.checkpoint_every)]
-        if self.failure is not None and self.failure.at > it:
-            stops.append(self.failure.at)
+        if cfg.inject_failure_at is not None and cfg.inject_failure_at > it:
+            stops.append(cfg.inject_failure_at)
         return min(cfg.iterations, *stops)
+
+    def fail_if_injected(self) -> None:
+        """Chaos testing (`train.inject_failure_at`): rank 0 fails once, as an exception or a SIGKILL, when
+        the run reaches that iteration. `next_stop` ends a stretch of steps there and `run` calls this
+        between stretches, never inside the step loop; the marker file makes it once per run, across restarts."""
+        it = self.state.iteration
+        if it == self.cfg.inject_failure_at and self.rank == 0 and self.ckpts.mark_once(".failure_injected"):
+            if self.cfg.inject_failure == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise InjectedFailure(f"injected failure at iteration {it} (train.inject_failure_at)")
 
     def between_windows(self) -> None:
         """What happens at the iteration where `train_until` stopped: log, validate, checkpoint."""
@@ -544,8 +499,7 @@ class Trainer:
         self.wrap()
         self.window.started = time.perf_counter()
         while self.state.iteration < self.cfg.iterations:
-            if self.failure is not None:
-                self.failure(self.state.iteration)
+            self.fail_if_injected()
             self.train_until(self.next_stop())
             self.between_windows()
         final = dict(self.state.metrics)
@@ -577,9 +531,7 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str 
         config_snapshot: dict[str, Any] | None = None) -> FitResult:
     """Train to ``cfg.iterations``, resuming from the newest checkpoint in ``run_dir/checkpoints``
     (``run_dir``: a folder, or an object-store URI such as ``s3://bucket/prefix/run``).
-
     ``report(metrics, iteration)`` is called on every rank at each logging window and evaluation,
-    with the same (all-reduced) metrics, the same number of times on every rank.
-    """
+    with the same (all-reduced) metrics, the same number of times on every rank."""
     return Trainer(cfg, model_cfg, src, run_dir, rank=rank, world_size=world_size, device=device, report=report,
                    config_snapshot=config_snapshot).run()

@@ -11,11 +11,16 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
+
 from resnet_pipeline.config import ConfigError
+from resnet_pipeline.storage import display, is_uri, open_store
 
 # A Tune trial's driver function holds a logical CPU on top of its workers' own; on a 2-core machine
 # 2 workers x 1 CPU would otherwise never be scheduled beside it.
@@ -26,11 +31,10 @@ def init_ray(workers: int, concurrent_trials: int = 1, trial_cpus: int = TRIAL_C
              log_to_driver: bool = True) -> None:
     """Connect to $RAY_ADDRESS, or start a local Ray instance sized for ``concurrent_trials`` trials
     of ``workers`` workers plus ``trial_cpus`` for each trial's own process (logical CPUs are
-    accounting only; threads are set per worker).
-
-    ``log_to_driver`` streams the workers' and raylet's log lines to this process, printed to
-    whatever ``sys.stdout`` is at that moment; a long-lived process that captures stdout for other
-    work (the test session's shared instance) turns it off. The lines stay in Ray's session logs."""
+    accounting only; threads are set per worker). ``log_to_driver`` streams the workers' and raylet's
+    log lines to this process, printed to whatever ``sys.stdout`` is at that moment; a long-lived
+    process that captures stdout for other work (the test session's shared instance) turns it off.
+    The lines stay in Ray's session logs."""
     import ray
 
     if ray.is_initialized():
@@ -50,8 +54,7 @@ def cluster_devices() -> tuple[int, int, int]:
     $RAY_ADDRESS first if need be."""
     import ray
 
-    if not ray.is_initialized():
-        init_ray(1)
+    init_ray(1)
     total = ray.cluster_resources()
     per_gpu = [int(n["Resources"].get("CPU", 0) // n["Resources"]["GPU"]) for n in ray.nodes()
                if n.get("Alive") and n["Resources"].get("GPU", 0) > 0]
@@ -76,10 +79,6 @@ def check_local_capacity(workers: int, use_gpu: str) -> None:
     """Before Ray or MLflow start: a local Ray instance is sized to the request (init_ray), so it would
     start more workers than this machine has cores (or GPUs) and crawl; refuse that. A cluster
     ($RAY_ADDRESS, or one already connected) is checked by check_capacity once connected."""
-    import sys
-
-    import torch
-
     ray = sys.modules.get("ray")
     if os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()):
         return
@@ -94,18 +93,11 @@ def check_local_capacity(workers: int, use_gpu: str) -> None:
 
 def check_storage(storage_path: str | Path) -> None:
     """On a cluster of several nodes, ``storage_path`` must be one place every node sees: Ray Train
-    restores a restarted worker group, possibly on other nodes, from the checkpoints there.
-
-    One node: nothing to check (the single-machine default is local). Several: a marker written
-    here (a file in the folder, or an object under the URI) must be visible from every alive node,
-    else ConfigError names the nodes.
-    """
-    import uuid
-
+    restores a restarted worker group, possibly on other nodes, from the checkpoints there. A marker
+    written here (a file in the folder, or an object under the URI) must be visible from every alive
+    node, else ConfigError names the nodes. One node: nothing to check (the single-machine default is local)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from resnet_pipeline.storage import display, is_uri, open_store
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) <= 1:
@@ -129,8 +121,6 @@ def check_storage(storage_path: str | Path) -> None:
 
 
 def _sees(storage_path: str, name: str) -> bool:
-    from resnet_pipeline.storage import open_store
-
     try:
         return name in open_store(storage_path).names()
     except OSError:  # e.g. no credentials for the object store on this node
@@ -140,8 +130,6 @@ def _sees(storage_path: str, name: str) -> bool:
 def ray_storage(storage_path: str | Path) -> dict[str, Any]:
     """RunConfig's storage arguments: a folder as is; a URI resolved here to a pyarrow filesystem and
     a path in it (Ray would re-parse the URI, and its query, on every process)."""
-    from resnet_pipeline.storage import is_uri
-
     if not is_uri(storage_path):
         return {"storage_path": str(storage_path)}
     import pyarrow.fs
@@ -158,22 +146,18 @@ def _ray_worker_fn(config: dict[str, Any]) -> None:
 
     # Ray Train logs every report at INFO from a logger named after its file; keep the console to
     # our one line per window.
-    try:
+    with contextlib.suppress(ImportError):
         from ray.train.v2._internal.execution import context as train_context
 
         logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    except ImportError:
-        pass
     ctx = ray.train.get_context()
     run_worker(config, rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
                device=ray.train.torch.get_device(), report_to=ray.train.report)
 
 
 def use_gpu_resolved(use_gpu: str) -> bool:
-    if use_gpu == "off":
-        return False
-    if use_gpu == "on":
-        return True
+    if use_gpu in ("on", "off"):
+        return use_gpu == "on"
     import ray
 
     return ray.cluster_resources().get("GPU", 0) > 0
@@ -213,14 +197,11 @@ def fit_with_ray(config: dict[str, Any], workers: int, use_gpu: str, run_name: s
     check_capacity(workers, gpu, cpus)
     check_storage(storage_path)
     trainer = TorchTrainer(
-        _ray_worker_fn,
-        train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        _ray_worker_fn, train_loop_config=config, torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": cpus}),
         run_config=RunConfig(name=run_name, **ray_storage(storage_path),
                              failure_config=FailureConfig(max_failures=max_failures),
-                             callbacks=extra_callbacks or None, logging_config=LoggingConfig("WARNING")),
-    )
+                             callbacks=extra_callbacks or None, logging_config=LoggingConfig("WARNING")))
     with _ctrl_c_as_interrupt():
         result = trainer.fit()
     if result.error:

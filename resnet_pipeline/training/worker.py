@@ -9,9 +9,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from resnet_pipeline.data.loader import eval_geometry, loader_spec
 from resnet_pipeline.models import ModelConfig, net_name
 from resnet_pipeline.training.config import TrainConfig
-from resnet_pipeline.training.loop import DataSource, FitResult, fit, resolve_device
+from resnet_pipeline.training.loop import DataSource, FitResult, fit
 
 
 class Reporter:
@@ -22,8 +23,7 @@ class Reporter:
         self.rank, self.total = rank, total
         self.tracking_uri, self.run_id = tracking_uri, run_id
         self.report_to = report_to  # ray.train.report in a Ray Train worker, ray.tune.report in a Tune trial
-        self.started = time.perf_counter()
-        self.first_step: int | None = None
+        self.first_step: int | None = None  # the first step printed, and its time, for the ETA
         self.latest: dict[str, float] = {}  # every metric's last value, so each Ray report carries all
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
@@ -69,13 +69,11 @@ def _fmt(seconds: float) -> str:
 def run_worker(config: dict[str, Any], rank: int = 0, world_size: int = 1, device=None,
                report_to: Callable[[dict[str, float]], None] | None = None) -> FitResult:
     """Train from a plain dict (what Ray ships to each worker) and, on rank 0, log the final model.
-
     ``report_to`` receives every metric's latest value (plus ``iteration``) at each logging window
     and evaluation once a validation error exists, on every rank."""
     train_cfg = TrainConfig(**config["train"])
     model_cfg = ModelConfig(**config["model"])
     src = DataSource(**config["data"])
-    device = device or resolve_device(train_cfg.use_gpu)
     uri, run_id = config.get("tracking_uri"), config.get("run_id")
     reporter = Reporter(rank, train_cfg.iterations, uri, run_id, report_to)
     result = fit(train_cfg, model_cfg, src, config["run_dir"], rank=rank, world_size=world_size, device=device,
@@ -84,20 +82,14 @@ def run_worker(config: dict[str, Any], rank: int = 0, world_size: int = 1, devic
         from resnet_pipeline import tracking
 
         model = result.model.float().cpu()
-        size = model_input_size(src)
+        size = loader_spec(src.data_dir, "val", train=False, batch_size=1, normalize=src.normalize,
+                           **eval_geometry(src.aug)).input_size
         example = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
         tracking.log_model(uri, run_id, model, example, name=net_name(model_cfg.depth, model_cfg.resolved_shortcut()))
         # The rest of the final metrics were logged at the last step already: one metric per quantity.
         if "best_val_error" in result.metrics:
             tracking.log_metrics(uri, run_id, {"best_val_error": result.metrics["best_val_error"]}, result.iteration)
     return result
-
-
-def model_input_size(src: DataSource) -> int:
-    from resnet_pipeline.data.loader import eval_geometry, loader_spec
-
-    return loader_spec(src.data_dir, "val", train=False, batch_size=1, normalize=src.normalize,
-                       **eval_geometry(src.aug)).input_size
 
 
 def worker_config(train_cfg: TrainConfig, model_cfg: ModelConfig, src: DataSource, run_dir: str,
