@@ -83,6 +83,8 @@ def cuda_info() -> dict:
 
 
 def machine_info() -> dict:
-    """CPU model, core count, GPU and library versions, recorded beside every benchmark figure."""
+    """CPU model, core count, GPU, library versions and the 1, 5 and 15 minute load averages (how busy the shared
+    machine was), recorded beside every benchmark figure."""
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu_name(), "python": platform.python_version(),
-            **versions(("torch", "torchvision", "nvidia-dali-cuda130", "pillow", "numpy")), **cuda_info()}
+            **versions(("torch", "torchvision", "nvidia-dali-cuda130", "pillow", "numpy")), **cuda_info(),
+            "load": os.getloadavg() if hasattr(os, "getloadavg") else None}

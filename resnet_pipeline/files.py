@@ -22,10 +22,9 @@ from typing import Any, Iterator
 def atomic_dir(dest: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``dest``; on success it replaces ``dest``.
 
-    The previous ``dest`` is moved aside first and deleted only after the new one is in place. On an exception
-    the temporary folder is removed, with any parent folder this call created, and ``dest`` is untouched.
-    Temporary folders that a killed earlier run left beside ``dest`` (their names carry its PID) are removed
-    first."""
+    The previous ``dest`` is moved aside first and deleted only after the new one is in place. On an exception the
+    temporary folder is removed, with any parent folder this call created, and ``dest`` is untouched. Temporary folders
+    that a killed earlier run left beside ``dest`` (their names carry its PID) are removed first."""
     dest = Path(dest)
     created = [p for p in dest.parents if not p.exists()]  # innermost first
     dest.parent.mkdir(parents=True, exist_ok=True)

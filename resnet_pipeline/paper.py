@@ -1,12 +1,11 @@
 """The paper's reference numbers, in one place (He, Zhang, Ren, Sun, arXiv 1512.03385).
 
-Every number carries where it comes from and how it was measured, so that a comparison never sets a
-single-view test error beside a 10-crop validation error without saying so. Errors are percentages, as
-printed in the paper.
+Every number carries where it comes from and how it was measured, so that a comparison never sets a single-view test
+error beside a 10-crop validation error without saying so. Errors are percentages, as printed in the paper.
 
-``source="paper"`` numbers were checked against the paper's tables. ``source="secondary"`` marks the numbers
-that the project's notes (PAPER.md, "(~)") could only check against secondary sources: show them, label
-them, never assert on them. Plain Python only: importable anywhere (no torch, no MLflow).
+``source="paper"`` numbers were checked against the paper's tables. ``source="secondary"`` marks the numbers that the
+project's notes (PAPER.md, "(~)") could only check against secondary sources: show them, label them, never assert on
+them. Plain Python only: importable anywhere (no torch, no MLflow).
 """
 
 from __future__ import annotations

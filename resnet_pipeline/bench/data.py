@@ -31,10 +31,9 @@ def bench_data(data_dir: str | Path, *, backends: list[str] | None = None, split
     (`dali.pipeline_parts`; each row's ``layout`` says which). The backends take turns, ``rounds`` times, every other
     round in reverse order, so a change in the machine's load hits all of them alike and none always runs right after
     another's shutdown. Each turn builds a fresh loader, lets ``warmup_batches`` pass untimed (worker start-up, first
-    allocations), then counts images for at least ``seconds``, across epochs if need be; GPU work is synchronised
-    before the clock stops. Also reports images per CPU-second (this process and its worker processes).
-    Returns {"results": [{backend, images_per_s (median), rounds_images_per_s, images_per_cpu_s, ...}],
-    "machine": {...}}.
+    allocations), then counts images for at least ``seconds``, across epochs if need be; GPU work is synchronised before
+    the clock stops. Also reports images per CPU-second (this process and its worker processes). Returns {"results":
+    [{backend, images_per_s (median), rounds_images_per_s, images_per_cpu_s, ...}], "machine": {...}}.
     """
     import torch
 

@@ -212,6 +212,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cifar_part(args: argparse.Namespace, device: torch.device, summary: Summary,
+                left: Callable[[], float]) -> dict[str, Any]:
+    """`cifar_run` in ``--cifar-mode`` (default: compile on a GPU) within the time left; after a failure there
+    (e.g. a compile error), once more eager, keeping the error."""
+    mode = args.cifar_mode or ("compile" if device.type == "cuda" else "eager")
+    iterations = args.iterations or (4 if args.smoke else 64_000)
+    batch = 8 if args.smoke else 128
+    budget = min(args.cifar_budget_s, left() - 30)
+    threads = args.loader_threads or max(1, min(8, (os.cpu_count() or 2) - 1))
+    work = Path(args.work or tempfile.mkdtemp(prefix="gpu-bench-"))
+    try:
+        return cifar_run(args.cifar, work, device, args.precision, mode, iterations, batch, budget, summary, threads)
+    except Exception as exc:  # noqa: BLE001 - e.g. a compile failure: retry eager, keep the error
+        if mode == "eager":
+            raise
+        first_error = f"{type(exc).__name__}: {exc}"
+        res = cifar_run(args.cifar, work, device, args.precision, "eager", iterations, batch,
+                        min(budget, left() - 30), summary, threads)
+        return {**res, "error_in_" + mode: first_error}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = _parser()
     args = p.parse_args(argv)
@@ -246,26 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name in nets:
             run_part(summary, "throughput", lambda: throughput(name, "eager", *shared))
     if args.cifar is not None:
-        mode = args.cifar_mode or ("compile" if gpu else "eager")
-        iterations = args.iterations or (4 if args.smoke else 64_000)
-        batch = 8 if args.smoke else 128
-        budget = min(args.cifar_budget_s, left() - 30)
-        threads = args.loader_threads or max(1, min(8, (os.cpu_count() or 2) - 1))
-        work = Path(args.work or tempfile.mkdtemp(prefix="gpu-bench-"))
-
-        def cifar() -> dict[str, Any]:
-            try:
-                return cifar_run(args.cifar, work, device, args.precision, mode, iterations, batch, budget, summary,
-                                 threads)
-            except Exception as exc:  # noqa: BLE001 - e.g. a compile failure: retry eager, keep the error
-                if mode == "eager":
-                    raise
-                first_error = f"{type(exc).__name__}: {exc}"
-                res = cifar_run(args.cifar, work, device, args.precision, "eager", iterations, batch,
-                                min(budget, left() - 30), summary, threads)
-                return {**res, "error_in_" + mode: first_error}
-
-        run_part(summary, "cifar", cifar)
+        run_part(summary, "cifar", lambda: _cifar_part(args, device, summary, left))
     for name in [n for n in ("resnet50", "resnet20", "resnet56", "resnet110") if n in nets]:
         for mode in [m for m in modes if m != "eager"]:
             if left() < 75:  # a compilation can take a minute; never start one without the time

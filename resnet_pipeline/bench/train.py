@@ -61,14 +61,13 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
                 memory_formats: tuple[str, ...] = ("channels_last",),
                 modes: tuple[str, ...] = ("bare", "ray-1", "ray-2"), backend: str = "dali-cpu",
                 variant_seconds: float = 45.0, rounds: int = 1) -> dict[str, Any]:
-    """Images/s of each mode at the first precision and memory format, then of the bare loop at every other
-    combination.
+    """Images/s of each mode at the first precision and memory format, then of the bare loop at every other combination.
 
     The modes run ``rounds`` times, in reverse order every other round (so a drift in the machine's load hits them
     alike); ``summary`` has each mode's median images/s and its median ratio to the bare loop of the same round. The
-    other combinations run once, after, log every iteration and stop after ``variant_seconds`` once they have 3
-    windows: bf16 is emulated on CPUs without AVX512-BF16/AMX and runs 20-100x slower than fp32 there. ``vs_bare`` is
-    each row against the bare loop at the first combination in the same round.
+    other combinations run once, after, log every iteration and stop after ``variant_seconds`` once they have 3 windows:
+    bf16 is emulated on CPUs without AVX512-BF16/AMX and runs 20-100x slower than fp32 there. ``vs_bare`` is each row
+    against the bare loop at the first combination in the same round.
     """
     if rounds < 1:
         raise ValueError(f"rounds: {rounds} is not valid; use an integer >= 1")
@@ -117,7 +116,7 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
     return {"depth": depth, "batch_size": batch_size, "iterations": iterations, "precisions": list(precisions),
             "memory_formats": list(memory_formats), "backend": backend, "data_dir": str(data),
             "variant_seconds": variant_seconds, "rounds": rounds,
-            "machine": {**machine_info(), "load": load_average()}, "results": results, "summary": summary}
+            "machine": machine_info(), "results": results, "summary": summary}
 
 
 def _bare_run(cfg: TrainConfig, model_cfg: ModelConfig, data: Path, backend: str, run_dir: Path,
@@ -176,14 +175,6 @@ def _against_bare(results: list[dict], modes: tuple[str, ...], precision: str, f
 
 # --- depths ------------------------------------------------------------------------------------
 
-def load_average() -> tuple[float, float, float] | None:
-    """1, 5 and 15 minute load averages: how busy the shared machine was."""
-    try:
-        return os.getloadavg()
-    except OSError:
-        return None
-
-
 def cpu_peak() -> dict[str, Any]:
     """Estimated fp32 peak of this CPU: cores x clock x FLOPs per cycle per core.
 
@@ -235,33 +226,11 @@ def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
     """
     import torch
 
-    from resnet_pipeline.models import count_params, resnet_cifar, resnet_imagenet, resnet_mult_adds
-    from resnet_pipeline.training.loop import resolve_precision, train_step
-
     precisions, graphs = _choices(precisions, PRECISIONS, "precision"), _choices(graphs, GRAPHS, "graph")
     torch.set_num_threads(os.cpu_count() or 1)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    gen = torch.Generator().manual_seed(0)
     nets = [("cifar", d, 32, 10) for d in cifar_depths] + [("imagenet", d, imagenet_input, 1000)
                                                            for d in imagenet_depths]
-    entries = []
-    for family, depth, size, classes in nets:
-        x = torch.randn(batch_size, 3, size, size, generator=gen).contiguous(memory_format=fmt)
-        y = torch.randint(0, classes, (batch_size,), generator=gen)
-        counts = None  # (params, mult-adds): the same in every combination, counted once
-        for graph, precision in ((g, p) for g in graphs for p in precisions):
-            torch.manual_seed(depth)  # the same initial weights in every combination
-            model = (resnet_cifar(depth, classes) if family == "cifar" else resnet_imagenet(depth, classes)).to(
-                memory_format=fmt)
-            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-            scaler = torch.amp.GradScaler("cpu", enabled=False)
-            amp_dtype = resolve_precision(precision, torch.device("cpu"))
-            net = torch.compile(model) if graph == "compiled" else model
-            counts = counts or (count_params(model), resnet_mult_adds(model, size))
-            entries.append({"family": family, "depth": depth, "input_size": size, "precision": precision,
-                            "graph": graph, "params": counts[0], "mult_adds": counts[1], "rates": [],
-                            "step": lambda m=net, x=x, y=y, o=opt, s=scaler, a=amp_dtype:
-                                train_step(m, x, y, o, s, a)[0].item()})
+    entries = _step_entries(nets, batch_size, channels_last, graphs, precisions)
     # Every net is a `ResNet`, so every compiled one is a recompilation of the same forward: past dynamo's limit (8)
     # the rest would quietly run eager.
     compiled = sum(e["graph"] == "compiled" for e in entries)
@@ -283,7 +252,39 @@ def bench_depths(*, cifar_depths: tuple[int, ...] = (20, 32, 44, 56, 110),
     return {"batch_size": batch_size, "precisions": list(precisions),
             "memory_format": "channels_last" if channels_last else "nchw", "graphs": list(graphs),
             "seconds_per_round": seconds, "rounds": rounds, "threads": torch.get_num_threads(), "peak": peak,
-            "machine": {**machine_info(), "load": load_average()}, "results": results}
+            "machine": machine_info(), "results": results}
+
+
+def _step_entries(nets: list[tuple[str, int, int, int]], batch_size: int, channels_last: bool,
+                  graphs: tuple[str, ...], precisions: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One entry per (net, graph, precision): its own model and optimizer, and a ``step`` that trains one batch
+    of fixed synthetic tensors; ``nets`` are (family, depth, input size, classes)."""
+    import torch
+
+    from resnet_pipeline.models import count_params, resnet_cifar, resnet_imagenet, resnet_mult_adds
+    from resnet_pipeline.training.loop import resolve_precision, train_step
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    gen = torch.Generator().manual_seed(0)
+    entries = []
+    for family, depth, size, classes in nets:
+        x = torch.randn(batch_size, 3, size, size, generator=gen).contiguous(memory_format=fmt)
+        y = torch.randint(0, classes, (batch_size,), generator=gen)
+        counts = None  # (params, mult-adds): the same in every combination, counted once
+        for graph, precision in ((g, p) for g in graphs for p in precisions):
+            torch.manual_seed(depth)  # the same initial weights in every combination
+            model = (resnet_cifar(depth, classes) if family == "cifar" else resnet_imagenet(depth, classes)).to(
+                memory_format=fmt)
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+            scaler = torch.amp.GradScaler("cpu", enabled=False)
+            amp_dtype = resolve_precision(precision, torch.device("cpu"))
+            net = torch.compile(model) if graph == "compiled" else model
+            counts = counts or (count_params(model), resnet_mult_adds(model, size))
+            entries.append({"family": family, "depth": depth, "input_size": size, "precision": precision,
+                            "graph": graph, "params": counts[0], "mult_adds": counts[1], "rates": [],
+                            "step": lambda m=net, x=x, y=y, o=opt, s=scaler, a=amp_dtype:
+                                train_step(m, x, y, o, s, a)[0].item()})
+    return entries
 
 
 def _depth_row(e: dict[str, Any], peak: dict[str, Any]) -> dict[str, Any]:
@@ -351,7 +352,7 @@ def bench_overhead(data_dir: str | Path, *, trials: int = 3, iterations: int = 1
 
     return {"trials": trials, "iterations": iterations, "batch_size": batch_size, "depth": depth, "backend": backend,
             "workers": workers, "data_dir": str(data), "ray_start_s": ray_start, "sweeps": sweeps,
-            "machine": {**machine_info(), "load": load_average()}}
+            "machine": machine_info()}
 
 
 def _overhead_sweep(data: Path, launcher: str, trials: int, train: TrainConfig, depth: int,

@@ -242,6 +242,12 @@ def _collect(source: _Source, cfg: DataConfig) -> tuple[list[_Candidate], list[t
             if len(candidates) == found:
                 raise DataError(f"class folder {class_dir} is empty: every class needs at least one image "
                                 "(hidden files and broken links do not count)")
+    _check_classes(class_sets, image_root, cfg.dataset)
+    return candidates, extras
+
+
+def _check_classes(class_sets: dict[str, list[str]], image_root: Path, dataset: str) -> None:
+    """DataError unless every split has the train split's class folders (and CIFAR-10's, for cifar10)."""
     train_classes = class_sets["train"]
     for split, names in class_sets.items():
         if names != train_classes:
@@ -250,10 +256,9 @@ def _collect(source: _Source, cfg: DataConfig) -> tuple[list[_Candidate], list[t
             raise DataError(f"{image_root / split} has other classes than {image_root / 'train'}: "
                             f"missing {missing or 'none'}, extra {extra or 'none'}; every split needs the same "
                             "class folders")
-    if cfg.dataset == "cifar10" and tuple(train_classes) != CIFAR10_CLASSES:
+    if dataset == "cifar10" and tuple(train_classes) != CIFAR10_CLASSES:
         raise DataError(f"{image_root / 'train'} has classes {train_classes}, expected CIFAR-10's "
                         f"{list(CIFAR10_CLASSES)} (use dataset: imagefolder for other data)")
-    return candidates, extras
 
 
 def _inspect(candidates: list[_Candidate], workers: int, expected_size: tuple[int, int] | None

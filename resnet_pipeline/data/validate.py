@@ -43,13 +43,12 @@ def inspect_image(path: str | Path, expected_size: tuple[int, int] | None = None
     """Accept or reject one file by its content (its extension is ignored).
 
     Rejected: empty files, files that are not images, corrupt or truncated images (PIL ``verify`` and then a full
-    decode), images of another size than ``expected_size`` (width, height). Accepted as is: RGB JPEG and PNG.
-    Accepted after conversion to RGB and lossless re-encoding as PNG: greyscale, CMYK, palette and alpha modes
-    (alpha is dropped, the colour channels are kept as stored), 16-bit colour PNGs (their high bytes kept), JPEGs
-    with an EXIF rotation (applied, since the loaders' decoders disagree on honouring it), and other formats PIL
-    reads (BMP, GIF, TIFF, WebP...). High-bit-depth modes (I, I;16, F: greyscale of more than 8 bits) are
-    rejected: converting them would need a range we do not know. Accepted images no larger than
-    ``keep_pixels_max_side`` a side keep their RGB pixels.
+    decode), images of another size than ``expected_size`` (width, height). Accepted as is: RGB JPEG and PNG. Accepted
+    after conversion to RGB and lossless re-encoding as PNG: greyscale, CMYK, palette and alpha modes (alpha is dropped,
+    the colour channels are kept as stored), 16-bit colour PNGs (their high bytes kept), JPEGs with an EXIF rotation
+    (applied, since the loaders' decoders disagree on honouring it), and other formats PIL reads (BMP, GIF, TIFF,
+    WebP...). High-bit-depth modes (I, I;16, F: greyscale of more than 8 bits) are rejected: converting them would need
+    a range we do not know. Accepted images no larger than ``keep_pixels_max_side`` a side keep their RGB pixels.
     """
     data = Path(path).read_bytes()
     result = Inspection(sha256=hashlib.sha256(data).hexdigest())

@@ -1,14 +1,13 @@
 """The evaluation transform for single image files, and what it needs, stored with each model.
 
-`Preprocessing` is everything needed to turn an image file into the model's input exactly as the evaluation loaders
-do (`resnet_pipeline/data/spec.py`, single view): the classes, the dataset kind, the normalisation (the train
-split's per-pixel mean image, or per-channel mean) and the per-channel std, and for the ImageNet kind the resize and
-crop sizes. `evaluate` writes it as ``preprocessing.json`` next to each logged model, so `predict` needs no dataset
-folder.
+`Preprocessing` is everything needed to turn an image file into the model's input exactly as the evaluation loaders do
+(`resnet_pipeline/data/spec.py`, single view): the classes, the dataset kind, the normalisation (the train split's
+per-pixel mean image, or per-channel mean) and the per-channel std, and for the ImageNet kind the resize and crop sizes.
+`evaluate` writes it as ``preprocessing.json`` next to each logged model, so `predict` needs no dataset folder.
 
 CIFAR kind: the stored images all have the dataset's size (`prepare` checks it); an image of another size is first
-resized to it (the aspect ratio is not kept). ImageNet kind: shorter side to ``eval_resize``, centre ``crop_size``
-crop, as the torch loader does (DALI's resampling differs from torchvision's by small amounts)."""
+resized to it (the aspect ratio is not kept). ImageNet kind: shorter side to ``eval_resize``, centre ``crop_size`` crop,
+as the torch loader does (DALI's resampling differs from torchvision's by small amounts)."""
 
 from __future__ import annotations
 

@@ -79,9 +79,8 @@ def describe(run) -> RunInfo:
 def resolve_runs(uri: str, experiment: str, sweep: str | None, run_ids: Sequence[str]) -> dict[str, Any]:
     """The runs to evaluate: a sweep's children, or the given run ids.
 
-    Returns {"parent": the sweep's parent run or None, "runs": [RunInfo] (FINISHED), "skipped": [{"run_id",
-    "run_name", "reason"}]}. A given run that is not FINISHED is an error; a sweep's unfinished trials are skipped
-    (and listed)."""
+    Returns {"parent": the sweep's parent run or None, "runs": [RunInfo] (FINISHED), "skipped": [{"run_id", "run_name",
+    "reason"}]}. A given run that is not FINISHED is an error; a sweep's unfinished trials are skipped (and listed)."""
     if sweep and run_ids:
         raise EvaluationError("give either a sweep name or run ids, not both")
     if not sweep and not run_ids:

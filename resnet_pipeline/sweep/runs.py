@@ -25,7 +25,8 @@ def parent_params(snapshot: dict[str, Any] | None, sweep: SweepConfig, model_cfg
     """The parent's params: what all trials share. Each trial sets its own depth, shortcut and family."""
     snap = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in (snapshot or {}).items()}
     snap.update(sweep=dataclasses.asdict(sweep),
-                model={k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("depth", "shortcut", "family")},
+                model={k: v for k, v in dataclasses.asdict(model_cfg).items()
+                       if k not in ("depth", "shortcut", "family")},
                 train={**dataclasses.asdict(train), "storage_path": display(train.storage_path)})
     return snap
 

@@ -106,7 +106,8 @@ def run_tune(todo: list[dict[str, Any]], base: dict[str, Any], sweep: SweepConfi
                                   **ray_storage(storage), verbose=0,
                                   # In-trial, a crashed trial is retried by Tune (it resumes from its
                                   # checkpoints); Ray Train restarts its own workers.
-                                  failure_config=tune.FailureConfig(max_failures=train.max_failures if in_trial else 0)),
+                                  failure_config=tune.FailureConfig(
+                                      max_failures=train.max_failures if in_trial else 0)),
     )
     # Ctrl-C (and SIGTERM) stop the sweep with KeyboardInterrupt, as they stop `train`; Tune's own
     # handler would end tuner.fit() normally, and the stage would look complete to DVC.

@@ -1,8 +1,7 @@
 """Atomic checkpoints: keep the last N and the best on validation error.
 
-Checkpoints live in a folder or under an object-store URI (`resnet_pipeline.storage`). Either way a
-checkpoint appears complete or not at all, so a crash or a full disk mid-write leaves the previous
-checkpoints untouched.
+Checkpoints live in a folder or under an object-store URI (`resnet_pipeline.storage`). Either way a checkpoint appears
+complete or not at all, so a crash or a full disk mid-write leaves the previous checkpoints untouched.
 """
 
 from __future__ import annotations

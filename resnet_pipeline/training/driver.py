@@ -130,11 +130,10 @@ def available_devices() -> Devices:
 
 def loader_threads(train_cfg: TrainConfig, backend: str, num_threads: int, devices: Devices,
                    gpu_share: float = 1.0) -> int:
-    """DALI threads (torch: loader processes) per training worker. On the CPU, ``data.num_threads``
-    shared by the workers. With DALI on GPUs, about the cores of a GPU's share of its node: nvJPEG
-    decodes on the GPU, but reading, the ImageNet resize and the crops keep several CPU threads busy
-    per GPU, and ``num_threads // workers`` (1 with 8 workers) would starve it. ``gpu_share``: the part
-    of a GPU that each worker has (a sweep's fractional GPUs)."""
+    """DALI threads (torch: loader processes) per training worker. On the CPU, ``data.num_threads`` shared by the
+    workers. With DALI on GPUs, about the cores of a GPU's share of its node: nvJPEG decodes on the GPU, but reading,
+    the ImageNet resize and the crops keep several CPU threads busy per GPU, and ``num_threads // workers`` (1 with 8
+    workers) would starve it. ``gpu_share``: the part of a GPU that each worker has (a sweep's fractional GPUs)."""
     shared = max(1, num_threads // train_cfg.workers)
     if train_cfg.use_gpu != "off" and devices.gpus > 0 and backend in ("auto", "dali-gpu") and dali_available():
         # One core of each GPU's share is left to the training process itself (and a Tune trial's driver).
@@ -222,12 +221,11 @@ def train(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: str | Path, 
           gpu_share: float = 1.0, extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train one model. Returns a summary dict (run id, name, metrics, checkpoint folder).
 
-    ``launcher``: "ray" (a Ray Train worker group; ``callbacks`` are its RunConfig callbacks),
-    "local" (this process trains; ``on_report`` gets the metrics Ray Train would get), or "auto"
-    (Ray when installed). ``aug``: ImageNet-kind geometry (`DataConfig.aug`: crop_size, resize_range,
-    eval_resize, color_aug); None keeps the loader's defaults. ``gpu_share``: the part of a GPU this run
-    has (a sweep's fractional GPUs per trial), which scales its DALI threads (`loader_threads`).
-    ``extra_tags``: more run tags (a sweep's trial: the sweep's name and configuration digest)."""
+    ``launcher``: "ray" (a Ray Train worker group; ``callbacks`` are its RunConfig callbacks), "local" (this process
+    trains; ``on_report`` gets the metrics Ray Train would get), or "auto" (Ray when installed). ``aug``: ImageNet-kind
+    geometry (`DataConfig.aug`: crop_size, resize_range, eval_resize, color_aug); None keeps the loader's defaults.
+    ``gpu_share``: the part of a GPU this run has (a sweep's fractional GPUs per trial), which scales its DALI threads
+    (`loader_threads`). ``extra_tags``: more run tags (a sweep's trial: the sweep's name and configuration digest)."""
     from resnet_pipeline import tracking
 
     train_cfg, data_path, spec, launcher = _check_before_ray(train_cfg, model_cfg, data_dir, normalize, aug, launcher)
@@ -300,9 +298,8 @@ def _check_before_ray(train_cfg: TrainConfig, model_cfg: ModelConfig, data_dir: 
 
 def _snapshot(snapshot: dict[str, Any] | None, train_cfg: TrainConfig, model_cfg: ModelConfig, run_name: str,
               spec: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The run's logged configuration, and its train section as printed: both without the
-    credentials a storage URI may carry (the workers get it whole), and with only the data settings
-    that shape this run."""
+    """The run's logged configuration, and its train section as printed: both without the credentials a storage URI may
+    carry (the workers get it whole), and with only the data settings that shape this run."""
     snapshot = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
                 for k, v in (snapshot or {"model": model_cfg}).items()}
     shown = {**dataclasses.asdict(train_cfg), "run_name": run_name, "storage_path": display(train_cfg.storage_path)}

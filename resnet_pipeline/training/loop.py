@@ -1,11 +1,10 @@
 """The training loop: plain, importable functions that run with or without Ray.
 
-`train_step`, `train_window` and `evaluate` are the building blocks, usable on their own (as
-torchvision's `train_one_epoch` and `evaluate`); `Trainer` and `fit` run the paper's iteration-based
-schedule with them: logging windows, validation, checkpoints and resume (`TrainState`). Under Ray
-Train, `fit` runs on every worker with its rank and world size (the process group is already
-initialised); without Ray it runs in one process. Imports only torch, torchvision (through the
-models) and our data loaders.
+`train_step`, `train_window` and `evaluate` are the building blocks, usable on their own (as torchvision's
+`train_one_epoch` and `evaluate`); `Trainer` and `fit` run the paper's iteration-based schedule with them: logging
+windows, validation, checkpoints and resume (`TrainState`). Under Ray Train, `fit` runs on every worker with its rank
+and world size (the process group is already initialised); without Ray it runs in one process. Imports only torch,
+torchvision (through the models) and our data loaders.
 """
 
 from __future__ import annotations
@@ -180,6 +179,12 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
     return {**out, "top5_error": wrong5 / n} if has_top5(num_classes) else out
 
 
+def split_metrics(split: str, result: dict[str, float]) -> dict[str, float]:
+    """`evaluate`'s result as ``<split>_loss``, ``<split>_error`` and (when there) ``<split>_top5_error``."""
+    return {f"{split}_loss": result["loss"], f"{split}_error": result["top1_error"],
+            **({f"{split}_top5_error": result["top5_error"]} if "top5_error" in result else {})}
+
+
 @dataclass
 class DataSource:
     """Where the prepared data is and how to load it (from the `data` section)."""
@@ -252,10 +257,9 @@ def train_window(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: tor
                  schedule: PaperSchedule, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], window: Window,
                  start: int, stop: int, device: torch.device, *, amp_dtype: torch.dtype | None = None,
                  channels_last: bool = False, skip_nonfinite: bool = False) -> int:
-    """Train iterations ``start`` to ``stop`` - 1 on the next batches of ``batches``, adding each step
-    to ``window``; returns the number of steps skipped for a non-finite loss (``skip_nonfinite``).
-    No host sync: the step's numbers stay on the device (`Window`); the only host work is the
-    schedule's lr and the time spent waiting for data."""
+    """Train iterations ``start`` to ``stop`` - 1 on the next batches of ``batches``, adding each step to ``window``;
+    returns the number of steps skipped for a non-finite loss (``skip_nonfinite``). No host sync: the step's numbers
+    stay on the device (`Window`); the only host work is the schedule's lr and the time spent waiting for data."""
     skipped = 0
     for iteration in range(start, stop):
         waited = time.perf_counter()
@@ -423,8 +427,7 @@ class Trainer:
     def validate(self) -> float:
         val = evaluate(self.model, self.val_loader, self.device, self.amp_dtype)
         self.schedule.observe_val_error(val["top1_error"])
-        self.report({"val_loss": val["loss"], "val_error": val["top1_error"],
-                     **({"val_top5_error": val["top5_error"]} if "top5_error" in val else {})}, self.state.iteration)
+        self.report(split_metrics("val", val), self.state.iteration)
         return val["top1_error"]
 
     def snapshot(self) -> TrainState:
@@ -457,9 +460,7 @@ class Trainer:
     def test(self) -> dict[str, float]:
         """The test split, once, at the end: the test set never selects anything."""
         loader = make_eval_loader(self.src, "test", self.cfg.per_worker_batch, self.rank, self.world_size)
-        test = evaluate(self.model, loader, self.device, self.amp_dtype)
-        metrics = {"test_loss": test["loss"], "test_error": test["top1_error"],
-                   **({"test_top5_error": test["top5_error"]} if "top5_error" in test else {})}
+        metrics = split_metrics("test", evaluate(self.model, loader, self.device, self.amp_dtype))
         self.report(metrics, self.state.iteration)
         return metrics
 

@@ -29,12 +29,11 @@ TRIAL_CPUS = 1
 
 def init_ray(workers: int, concurrent_trials: int = 1, trial_cpus: int = TRIAL_CPUS,
              log_to_driver: bool = True) -> None:
-    """Connect to $RAY_ADDRESS, or start a local Ray instance sized for ``concurrent_trials`` trials
-    of ``workers`` workers plus ``trial_cpus`` for each trial's own process (logical CPUs are
-    accounting only; threads are set per worker). ``log_to_driver`` streams the workers' and raylet's
-    log lines to this process, printed to whatever ``sys.stdout`` is at that moment; a long-lived
-    process that captures stdout for other work (the test session's shared instance) turns it off.
-    The lines stay in Ray's session logs."""
+    """Connect to $RAY_ADDRESS, or start a local Ray instance sized for ``concurrent_trials`` trials of ``workers``
+    workers plus ``trial_cpus`` for each trial's own process (logical CPUs are accounting only; threads are set per
+    worker). ``log_to_driver`` streams the workers' and raylet's log lines to this process, printed to whatever
+    ``sys.stdout`` is at that moment; a long-lived process that captures stdout for other work (the test session's
+    shared instance) turns it off. The lines stay in Ray's session logs."""
     import ray
 
     if ray.is_initialized():

@@ -12,15 +12,13 @@ import torch
 class PaperSchedule:
     """lr(t) = peak * decay^(milestones passed by t + plateaus seen), preceded by an optional warm-up.
 
-    Section 4.2: "For ResNet-110 we use 0.01 to warm up the training until the training error is
-    below 80% (about 400 iterations), and then go back to 0.1." The warm-up ends at the first
-    logging window whose training error is below ``warmup_until_error``, or after
-    ``warmup_max_iterations``, whichever comes first.
+    Section 4.2: "For ResNet-110 we use 0.01 to warm up the training until the training error is below 80% (about 400
+    iterations), and then go back to 0.1." The warm-up ends at the first logging window whose training error is below
+    ``warmup_until_error``, or after ``warmup_max_iterations``, whichever comes first.
 
-    Section 3.4: "The learning rate starts from 0.1 and is divided by 10 when the error plateaus."
-    With ``plateau_patience`` > 0, every ``plateau_patience`` validations in a row without a new
-    best validation error (lower by at least ``plateau_threshold``) add one decay. Warm-up and
-    plateau state are saved in checkpoints.
+    Section 3.4: "The learning rate starts from 0.1 and is divided by 10 when the error plateaus." With
+    ``plateau_patience`` > 0, every ``plateau_patience`` validations in a row without a new best validation error (lower
+    by at least ``plateau_threshold``) add one decay. Warm-up and plateau state are saved in checkpoints.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, peak_lr: float, milestones: Sequence[int],
