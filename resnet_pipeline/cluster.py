@@ -204,6 +204,7 @@ def up(state_dir: Path | None = None, *, host: str = "127.0.0.1", mlflow_host: s
     write_json_atomic(state_dir / STATE_FILE, state)  # from now on `down` can stop what runs, whatever happens next
     try:
         state["processes"]["mlflow"] = _spawn(mlflow_cmd, state_dir / "mlflow-server.log", env)
+        write_json_atomic(state_dir / STATE_FILE, state)
         # Bound to every interface: record the address other nodes reach (MLflow allows private IPs).
         reach = {h: _primary_ip() if h in ("0.0.0.0", "::") else h for h in (host, mlflow_host)}
         state.update(dashboard=f"http://{reach[host]}:{dashboard_port}", gcs_port=port,

@@ -6,6 +6,7 @@ evidence. torch is imported only by the device functions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -50,12 +51,10 @@ def versions(dists: tuple[str, ...]) -> dict[str, str | None]:
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo, else what platform knows."""
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 
@@ -83,8 +82,15 @@ def cuda_info() -> dict:
 
 
 def machine_info() -> dict:
-    """CPU model, core count, GPU, library versions and the 1, 5 and 15 minute load averages (how busy the shared
-    machine was), recorded beside every benchmark figure."""
+    """CPU model, core count, GPU, library versions and the load averages (how busy the shared machine
+    was), recorded beside every benchmark figure."""
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu_name(), "python": platform.python_version(),
             **versions(("torch", "torchvision", "nvidia-dali-cuda130", "pillow", "numpy")), **cuda_info(),
-            "load": os.getloadavg() if hasattr(os, "getloadavg") else None}
+            "load": load_average()}
+
+
+def load_average() -> tuple[float, float, float] | None:
+    """1, 5 and 15 minute load averages, or None where the system gives none."""
+    with contextlib.suppress(AttributeError, OSError):  # no getloadavg (Windows), or no load figures
+        return os.getloadavg()
+    return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import importlib.metadata
 import io
 import json
 import os
@@ -20,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
+from resnet_pipeline import environment
 from resnet_pipeline.config import ConfigError
 
 T = TypeVar("T")
@@ -289,7 +289,7 @@ def log_model(uri: str, run_id: str, model: Any, input_example: Any, name: str =
         # of this call's time (docs/benchmarks.md); the output above already came from this model.
         info = mlflow.pytorch.log_model(
             model, name=name, input_example=input_example, signature=signature, serialization_format="pt2",
-            pip_requirements=[f"{p}=={importlib.metadata.version(p)}" for p in ("torch", "torchvision")],
+            pip_requirements=[f"{p}=={v}" for p, v in environment.versions(("torch", "torchvision")).items()],
             validate_serving_input=False)
     # Closing our own start_run context marks the run FINISHED; the driver owns the status.
     set_running(uri, run_id)

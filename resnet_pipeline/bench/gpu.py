@@ -39,6 +39,7 @@ import torch
 from resnet_pipeline.data.config import DataConfig
 from resnet_pipeline.data.prepare import load_manifest, prepare
 from resnet_pipeline.environment import machine_info
+from resnet_pipeline.files import write_json_atomic
 from resnet_pipeline.models import ModelConfig, resnet_cifar, resnet_imagenet, resnet_mult_adds
 from resnet_pipeline.training.config import TrainConfig
 from resnet_pipeline.training.loop import DataSource, Trainer, configure_torch, train_step
@@ -59,10 +60,7 @@ class Summary:
         self.path, self.data = path, data
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, self.data)
 
 
 def sync(device: torch.device) -> None:

@@ -77,7 +77,6 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
     from resnet_pipeline.training.driver import check_data_dir
 
     data = check_data_dir(data_dir)
-    cores = os.cpu_count() or 1
     base = TrainConfig(iterations=iterations, batch_size=batch_size, log_every=log_every, eval_every=iterations,
                        checkpoint_every=iterations, milestones=[iterations * 10], precision=precisions[0],
                        channels_last=memory_formats[0] == "channels_last", experiment="bench-train")
@@ -87,36 +86,40 @@ def bench_train(data_dir: str | Path, *, depth: int = 20, batch_size: int = 128,
     runs = [(r, *run) for r in range(rounds) for run in (main if r % 2 == 0 else main[::-1])]
     if "bare" in modes:
         runs += [(0, "bare", p, f) for p in precisions for f in memory_formats if (p, f) != first]
-    results = []
     with _stopping_ray_it_starts(), tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        for i, (round_, mode, precision, fmt) in enumerate(runs):
-            start = time.perf_counter()
-            variant = (precision, fmt) != first
-            if mode == "bare":
-                cfg = dataclasses.replace(base, workers=1, threads_per_worker=cores, precision=precision,
-                                          channels_last=fmt == "channels_last", log_every=1 if variant else log_every)
-                speeds, waits = _bare_run(cfg, model_cfg, data, backend, Path(tmp) / f"bare{i}",
-                                          variant_seconds if variant else None)
-            else:
-                # A run name and results folder of its own: a finished run of the same name would be taken as done
-                # ("nothing to do") instead of trained again.
-                cfg = dataclasses.replace(base, workers=int(mode.split("-")[1]), run_name=f"{mode}-{round_}",
-                                          storage_path=str(Path(tmp) / f"results{i}"))
-                speeds, waits = _ray_run(cfg, model_cfg, data, backend, Path(tmp) / "mlflow.db")
-            wall = time.perf_counter() - start
-            ips = statistics.median(speeds[1:] if len(speeds) > 2 else speeds)  # after the first window (warm-up)
-            row = {"round": round_, "mode": mode, "precision": precision, "memory_format": fmt, "images_per_s": ips,
-                   # the part of the training time spent waiting for the loader (rank 0's, median window)
-                   "data_wait_fraction": statistics.median(waits) if waits else None,
-                   "windows": len(speeds), "wall_s": wall, "train_s": None, "overhead_s": None}
-            if not variant:  # a full run: start-up and evaluation are what the wall time adds
-                row.update(train_s=iterations * batch_size / ips, overhead_s=wall - iterations * batch_size / ips)
-            results.append(row)
+        results = [_bench_run(base, model_cfg, data, backend, Path(tmp), i, *run, variant=run[2:] != first,
+                              variant_seconds=variant_seconds) for i, run in enumerate(runs)]
     summary = _against_bare(results, modes, *first)
     return {"depth": depth, "batch_size": batch_size, "iterations": iterations, "precisions": list(precisions),
             "memory_formats": list(memory_formats), "backend": backend, "data_dir": str(data),
             "variant_seconds": variant_seconds, "rounds": rounds,
             "machine": machine_info(), "results": results, "summary": summary}
+
+
+def _bench_run(base: TrainConfig, model_cfg: ModelConfig, data: Path, backend: str, tmp: Path, i: int, round_: int,
+               mode: str, precision: str, fmt: str, *, variant: bool, variant_seconds: float) -> dict[str, Any]:
+    """One timed run of `bench_train` (the ``i``-th, in ``tmp``): its row."""
+    start = time.perf_counter()
+    if mode == "bare":
+        cfg = dataclasses.replace(base, workers=1, threads_per_worker=os.cpu_count() or 1, precision=precision,
+                                  channels_last=fmt == "channels_last", log_every=1 if variant else base.log_every)
+        speeds, waits = _bare_run(cfg, model_cfg, data, backend, tmp / f"bare{i}", variant_seconds if variant else None)
+    else:
+        # A run name and results folder of its own: a finished run of the same name would be taken as done
+        # ("nothing to do") instead of trained again.
+        cfg = dataclasses.replace(base, workers=int(mode.split("-")[1]), run_name=f"{mode}-{round_}",
+                                  storage_path=str(tmp / f"results{i}"))
+        speeds, waits = _ray_run(cfg, model_cfg, data, backend, tmp / "mlflow.db")
+    wall = time.perf_counter() - start
+    ips = statistics.median(speeds[1:] if len(speeds) > 2 else speeds)  # after the first window (warm-up)
+    row = {"round": round_, "mode": mode, "precision": precision, "memory_format": fmt, "images_per_s": ips,
+           # the part of the training time spent waiting for the loader (rank 0's, median window)
+           "data_wait_fraction": statistics.median(waits) if waits else None,
+           "windows": len(speeds), "wall_s": wall, "train_s": None, "overhead_s": None}
+    if not variant:  # a full run: start-up and evaluation are what the wall time adds
+        train_s = base.iterations * base.batch_size / ips
+        row.update(train_s=train_s, overhead_s=wall - train_s)
+    return row
 
 
 def _bare_run(cfg: TrainConfig, model_cfg: ModelConfig, data: Path, backend: str, run_dir: Path,

@@ -59,8 +59,8 @@ class _Candidate:
     cls: str
     path: Path  # absolute, in the source or the scratch folder
     rel: str  # as reported: relative to the source root
+    split: str  # where it goes: source_split, or val when held out from train
     inspection: Inspection | None = None
-    split: str = ""  # where it goes: source_split, or val when held out from train
     dest: str | None = None  # "<split>/<class>/<name>" once accepted
 
 
@@ -238,7 +238,7 @@ def _collect(source: _Source, cfg: DataConfig) -> tuple[list[_Candidate], list[t
                 elif any(part.startswith(".") for part in f.relative_to(class_dir).parts):
                     extras.append((f, rel(f), "hidden file"))
                 else:
-                    candidates.append(_Candidate(split, class_dir.name, f, rel(f), split=split))
+                    candidates.append(_Candidate(split, class_dir.name, f, rel(f), split))
             if len(candidates) == found:
                 raise DataError(f"class folder {class_dir} is empty: every class needs at least one image "
                                 "(hidden files and broken links do not count)")

@@ -1,8 +1,8 @@
 """Evaluation: test errors (top-1/top-5, 10-crop), per-class accuracy and confusion matrices, the paper comparison,
 the degradation check, Figure 7's layer responses, the model registry, predict.
 
-Importing this package imports neither torch, MLflow nor matplotlib; the modules that need them (`metrics`,
-`responses`, `evaluate`, `predict`, `registry`) import them where they are used."""
+Importing this package imports neither torch, MLflow nor matplotlib: the modules that need them (`metrics`,
+`responses`, `evaluate`, `predict`, `registry`) are imported by name, where they are used."""
 
 from resnet_pipeline.evaluation.compare import comparison_table, mean_std
 from resnet_pipeline.evaluation.config import CHAMPION, EvaluateConfig, load_evaluate_config

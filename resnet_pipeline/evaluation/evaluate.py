@@ -195,7 +195,7 @@ def run_evaluation(cfg: EvaluateConfig, data_dir: str | Path | None, *, experime
         summary = _summary(
             cfg, uri, registry, manifest, rows, histories, series7, units=UNITS, sweep=sweep,
             parent_run_id=parent.info.run_id if parent is not None else None, experiment=experiment,
-            experiment_id=experiment_id, tracking_uri=uri, dataset=manifest["dataset"], data_dir=str(data_path),
+            experiment_id=experiment_id, data_dir=str(data_path),
             kind=kind, split=cfg.split, compared=f"{cfg.split}_10crop" if ten_crop else cfg.split,
             skipped=resolved["skipped"], environment=env)
         write_json_atomic(details_dir / SUMMARY, summary.to_json())
@@ -219,9 +219,9 @@ def _summary(cfg: EvaluateConfig, uri: str, registry: str, manifest: dict[str, A
     families = sorted({r["family"] for r in rows})
     benchmark = paper.benchmark(manifest)
     return EvaluationSummary(
-        families=families, paper_protocol={f: paper.protocol(f) for f in families}, runs=rows,
-        paper_benchmark=benchmark, table=comparison_table(rows, benchmark),
-        degradation=[dataclasses.asdict(c) for c in checks],
+        tracking_uri=uri, dataset=manifest["dataset"], families=families,
+        paper_protocol={f: paper.protocol(f) for f in families}, runs=rows, paper_benchmark=benchmark,
+        table=comparison_table(rows, benchmark), degradation=[dataclasses.asdict(c) for c in checks],
         layer_responses=[LayerResponses(s["shortcut"], s["depth"], len(s["stds"]), sum(s["stds"]) / len(s["stds"]),
                                         max(s["stds"])) for s in series7],
         registry=RegistryState(registry, CHAMPION, str(champion.version) if champion is not None else None,

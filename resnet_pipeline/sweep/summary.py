@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
 from resnet_pipeline import tracking
-from resnet_pipeline.files import write_bytes_atomic
+from resnet_pipeline.files import write_bytes_atomic, write_json_atomic
 from resnet_pipeline.models import ModelConfig, net_label, trial_name
 from resnet_pipeline.stats import mean_std
 from resnet_pipeline.sweep.config import SweepConfig, Trial, trial_model
@@ -75,7 +74,7 @@ def write_summary(summary: dict[str, Any], out: Path) -> Path:
             {k: v for k, v in a.items() if k.endswith("_mean") or k == "seeds"} for a in summary["aggregate"]}
     lines = [",".join(SUMMARY_COLUMNS)] + [",".join("" if r.get(c) is None else str(r.get(c)) for c in SUMMARY_COLUMNS)
                                            for r in summary["trials"]]
-    for name, text in (("summary.json", json.dumps(summary, indent=2)), ("metrics.json", json.dumps(flat, indent=2)),
-                       ("summary.csv", "\n".join(lines) + "\n")):
-        write_bytes_atomic(out / name, text.encode())
+    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / "metrics.json", flat)
+    write_bytes_atomic(out / "summary.csv", ("\n".join(lines) + "\n").encode())
     return out

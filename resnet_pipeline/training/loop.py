@@ -215,6 +215,7 @@ class FitResult:
     metrics: dict[str, float]
     model: ResNet
     checkpoint_dir: str | Path  # a folder, or a URI
+    input_size: int  # of the evaluation loader: what the model is exported with
 
 
 class Window:
@@ -509,7 +510,8 @@ class Trainer:
         best = self.ckpts.best_error()
         if best is not None:
             final["best_val_error"] = best
-        return FitResult(self.state.iteration, final, unwrap(self.model), self.ckpts.directory)
+        return FitResult(self.state.iteration, final, unwrap(self.model), self.ckpts.directory,
+                         self.val_loader.spec.input_size)
 
 
 def configure_torch(cfg: TrainConfig, device: torch.device, world_size: int) -> None:

@@ -9,7 +9,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from resnet_pipeline.data.loader import eval_geometry, loader_spec
 from resnet_pipeline.models import ModelConfig, net_name
 from resnet_pipeline.training.config import TrainConfig
 from resnet_pipeline.training.loop import DataSource, FitResult, fit
@@ -82,8 +81,7 @@ def run_worker(config: dict[str, Any], rank: int = 0, world_size: int = 1, devic
         from resnet_pipeline import tracking
 
         model = result.model.float().cpu()
-        size = loader_spec(src.data_dir, "val", train=False, batch_size=1, normalize=src.normalize,
-                           **eval_geometry(src.aug)).input_size
+        size = result.input_size
         example = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
         tracking.log_model(uri, run_id, model, example, name=net_name(model_cfg.depth, model_cfg.resolved_shortcut()))
         # The rest of the final metrics were logged at the last step already: one metric per quantity.
